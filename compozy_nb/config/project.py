@@ -1,0 +1,90 @@
+"""``compozy.yaml``: the project file, and autoload of resource files."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from compozy_nb.config._yaml import Document, load_file, validate_document
+from compozy_nb.config.memory import MemoryResource
+from compozy_nb.errors import ConfigError
+
+PROJECT_FILE = "compozy.yaml"
+DEFAULT_INCLUDE = ("memory/*.yaml", "memory/*.yml", "workflows/*.yaml", "workflows/*.yml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class RedisSettings(_Strict):
+    """``redis``: where memories live (overridden by ``COMPOZY_REDIS_URL`` and explicit URLs)."""
+
+    url: str | None = None
+
+
+class AutoloadSettings(_Strict):
+    """``autoload``: which files define resources."""
+
+    enabled: bool = True
+    strict: bool = True
+    include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE))
+    exclude: list[str] = Field(default_factory=list)
+
+
+class ProjectSettings(_Strict):
+    """The contents of ``compozy.yaml``."""
+
+    name: str = Field("default", min_length=1, pattern=r"^[A-Za-z0-9_\-.]+$")
+    version: str | None = None
+    description: str | None = None
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    autoload: AutoloadSettings = Field(default_factory=AutoloadSettings)
+    models: list[dict[str, Any]] | dict[str, Any] | None = None
+    providers: dict[str, Any] | None = None
+
+
+def load_settings(directory: Path) -> tuple[ProjectSettings, Document | None]:
+    """Read ``compozy.yaml`` in ``directory`` (optional: defaults when absent)."""
+    path = directory / PROJECT_FILE
+    if not path.exists():
+        return ProjectSettings(), None
+    docs = load_file(path)
+    if not docs:
+        return ProjectSettings(), None
+    if len(docs) > 1:
+        raise ConfigError("compozy.yaml must hold one YAML document", source=f"{path}:{docs[1].start_line}")
+    return validate_document(ProjectSettings, docs[0], what="project file"), docs[0]
+
+
+def autoload_files(directory: Path, settings: AutoloadSettings) -> list[Path]:
+    """Files matched by the include globs and not by the exclude globs, sorted."""
+    if not settings.enabled:
+        return []
+    found: set[Path] = set()
+    for pattern in settings.include:
+        found.update(p for p in directory.glob(pattern) if p.is_file())
+    kept = [
+        p for p in found
+        if not any(fnmatch.fnmatch(p.relative_to(directory).as_posix(), ex) for ex in settings.exclude)
+    ]
+    return sorted(kept)
+
+
+def resource_kind(doc: Document) -> str | None:
+    """The ``resource:`` of a document (``memory``, ``workflow`` ...) or None."""
+    data = doc.data
+    if isinstance(data, dict):
+        kind = data.get("resource")
+        if kind is None and "tasks" in data:
+            return "workflow"
+        return str(kind) if kind is not None else None
+    return None
+
+
+def parse_memory(doc: Document) -> MemoryResource:
+    """Validate a document as a memory resource."""
+    return validate_document(MemoryResource, doc, what="memory resource")

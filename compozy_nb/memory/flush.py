@@ -1,0 +1,176 @@
+"""Flush strategies: which stored messages a flush removes, and the summary that replaces them.
+
+A strategy only plans. The plan is applied by ``flush.lua``, which removes exactly the planned messages
+(matched by their stored bytes), so messages appended after the snapshot always survive.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from compozy_nb.config.memory import MemoryResource
+from compozy_nb.tokens import TokenCounter
+
+TARGET_RATIO = 0.5
+STRATEGIES = ("simple_fifo", "fifo", "lru", "token_aware_lru", "hybrid_summary")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One stored message of a snapshot: its exact bytes, decoded form and position."""
+
+    raw: bytes
+    message: Mapping[str, Any]
+    position: int
+
+    @property
+    def tokens(self) -> int:
+        """The token count recorded at write time."""
+        value = self.message.get("tokens", 0)
+        return int(value) if isinstance(value, int | float) else 0
+
+    @property
+    def role(self) -> str:
+        """The message role."""
+        return str(self.message.get("role", "user"))
+
+    @property
+    def is_summary(self) -> bool:
+        """True for a summary written by an earlier hybrid_summary flush."""
+        return bool(self.message.get("summary"))
+
+
+@dataclass
+class FlushPlan:
+    """What a flush will do."""
+
+    strategy: str
+    remove: list[Stored] = field(default_factory=list)
+    summary: str | None = None
+    summarized: int = 0
+
+    @property
+    def removed_tokens(self) -> int:
+        """Tokens the removed messages held."""
+        return sum(s.tokens for s in self.remove)
+
+
+class Summarizer(Protocol):
+    """Turns the messages being flushed (and any earlier summary) into one summary text."""
+
+    def __call__(self, messages: Sequence[Mapping[str, Any]], previous: str | None, max_tokens: int) -> str: ...
+
+
+def usage(resource: MemoryResource, message_count: int, token_count: int) -> float:
+    """How full the memory is: the highest ratio of count to limit over the limits that are set."""
+    ratios = []
+    if resource.token_limit:
+        ratios.append(token_count / resource.token_limit)
+    if resource.max_messages:
+        ratios.append(message_count / resource.max_messages)
+    return max(ratios, default=0.0)
+
+
+def _evict_until_target(
+    ordered: Sequence[Stored], resource: MemoryResource, count: int, tokens: int, *, tokens_only: bool = False
+) -> list[Stored]:
+    """Take messages from ``ordered`` until the memory is within TARGET_RATIO of each limit."""
+    msg_target = None if tokens_only else (
+        math.floor(resource.max_messages * TARGET_RATIO) if resource.max_messages else None
+    )
+    tok_target = math.floor(resource.token_limit * TARGET_RATIO) if resource.token_limit else None
+    if tokens_only and tok_target is None and resource.max_messages:
+        msg_target = math.floor(resource.max_messages * TARGET_RATIO)
+    removed: list[Stored] = []
+    for item in ordered:
+        over_msgs = msg_target is not None and count > msg_target
+        over_tokens = tok_target is not None and tokens > tok_target
+        if not (over_msgs or over_tokens):
+            break
+        removed.append(item)
+        count -= 1
+        tokens -= item.tokens
+    return removed
+
+
+def plan_flush(
+    strategy: str,
+    snapshot: Sequence[Stored],
+    resource: MemoryResource,
+    *,
+    access: Mapping[str, float] | None = None,
+) -> FlushPlan:
+    """Plan a flush of ``snapshot`` (oldest first) with ``strategy``. System messages are never removed,
+    except an earlier summary, which hybrid_summary folds into the new one."""
+    strategy = "simple_fifo" if strategy == "fifo" else strategy
+    count = len(snapshot)
+    tokens = sum(s.tokens for s in snapshot)
+    evictable = [s for s in snapshot if s.role != "system"]
+    if strategy == "simple_fifo":
+        return FlushPlan(strategy, _evict_until_target(evictable, resource, count, tokens))
+    if strategy in ("lru", "token_aware_lru"):
+        seen = access or {}
+
+        def last_used(s: Stored) -> float:
+            mid = str(s.message.get("id", ""))
+            return seen.get(mid, float(s.position) - 1e15)
+
+        if strategy == "lru":
+            ordered = sorted(evictable, key=lambda s: (last_used(s), s.position))
+            return FlushPlan(strategy, _evict_until_target(ordered, resource, count, tokens))
+        ordered = sorted(evictable, key=lambda s: (last_used(s), -s.tokens, s.position))
+        return FlushPlan(strategy, _evict_until_target(ordered, resource, count, tokens, tokens_only=True))
+    if strategy == "hybrid_summary":
+        previous = [s for s in snapshot if s.is_summary]
+        plain = [s for s in evictable]
+        take = math.ceil(len(plain) * resource.flushing.summarize_oldest_percent) if len(plain) >= 2 else 0
+        take = max(take, 2) if take else 0
+        chosen = plain[:take]
+        if not chosen:
+            return FlushPlan(strategy)
+        remove = sorted([*previous, *chosen], key=lambda s: s.position)
+        return FlushPlan(strategy, remove, summarized=len(chosen))
+    raise ValueError(f"invalid strategy '{strategy}', must be one of: {', '.join(STRATEGIES)}")
+
+
+class RuleBasedSummarizer:
+    """The deterministic summarizer used when no LLM summarizer is configured.
+
+    It folds an earlier summary in, then lists each message as ``role: first words``, cut to
+    ``max_tokens`` tokens with the memory's tokenizer.
+    """
+
+    def __init__(self, counter: TokenCounter, preview_chars: int = 120) -> None:
+        self._counter = counter
+        self._preview = preview_chars
+
+    def __call__(self, messages: Sequence[Mapping[str, Any]], previous: str | None, max_tokens: int) -> str:
+        lines = [f"Summary of {len(messages)} earlier messages:"]
+        if previous:
+            lines.append(f"Earlier: {previous}")
+        for message in messages:
+            text = " ".join(str(message.get("content", "")).split())
+            if len(text) > self._preview:
+                text = text[: self._preview - 3].rstrip() + "..."
+            lines.append(f"- {message.get('role', 'user')}: {text}")
+        return truncate_tokens("\n".join(lines), self._counter, max_tokens)
+
+
+def truncate_tokens(text: str, counter: TokenCounter, max_tokens: int) -> str:
+    """Cut ``text`` to at most ``max_tokens`` tokens (ending in ``...`` when cut)."""
+    if counter.count(text) <= max_tokens:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if counter.count(text[:mid].rstrip() + "...") <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo].rstrip() + "..."
+
+
+SummarizerFactory = Callable[[MemoryResource, TokenCounter], Summarizer]

@@ -1,0 +1,552 @@
+"""One memory instance (a resource + a rendered key) and its 8 operations.
+
+Every operation that changes data is a single Lua script: atomic, one round trip, no lock. Each returns
+the output map documented in docs/features/memory-tasks.md; every map carries ``operation`` and ``key``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from compozy_nb.backends import Backend
+from compozy_nb.config.memory import MemoryResource
+from compozy_nb.errors import (
+    BackendError,
+    CompozyNbError,
+    ConfigError,
+    ConfirmRequiredError,
+    InvalidKeyError,
+    InvalidPayloadError,
+)
+from compozy_nb.memory import flush as flushing
+from compozy_nb.memory.keys import KeyLayout, validate_key
+from compozy_nb.memory.messages import Encoded, decode, encode, new_id, normalize_payload, utc_now_iso
+from compozy_nb.memory.store import Scripts, redis_errors
+from compozy_nb.privacy import PrivacyPolicy
+from compozy_nb.tokens import TokenCounter, get_counter
+
+OPERATIONS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats")
+Output = dict[str, Any]
+
+
+class MemoryRuntime:
+    """What a resource needs at run time, built once per resource: tokenizer, privacy policy, summarizer."""
+
+    def __init__(
+        self,
+        resource: MemoryResource,
+        summarizer: flushing.Summarizer | None = None,
+    ) -> None:
+        self.resource = resource
+        self.counter: TokenCounter = get_counter(resource.model_name)
+        policy = resource.privacy_policy
+        self.privacy = PrivacyPolicy(
+            redact_patterns=policy.redact_patterns if policy else (),
+            non_persistable_roles=policy.non_persistable_message_types if policy else (),
+            redaction=policy.default_redaction_string if policy else "[REDACTED]",
+        )
+        self.summarizer: flushing.Summarizer = summarizer or flushing.RuleBasedSummarizer(self.counter)
+        self.ttl_ms = int(resource.persistence.ttl_seconds * 1000)
+
+
+@dataclass
+class _Connection:
+    backend: Backend
+    scripts: Scripts
+
+
+_connections: dict[int, _Connection] = {}
+
+
+def _connection(backend: Backend) -> _Connection:
+    conn = _connections.get(id(backend))
+    if conn is None or conn.backend is not backend:
+        conn = _Connection(backend, Scripts(backend.client))
+        _connections[id(backend)] = conn
+    return conn
+
+
+class MemoryInstance:
+    """The memory stored under one key, with the 8 operations of Compozy's memory tasks.
+
+    Payloads given to these methods are data, stored verbatim (after privacy redaction).
+
+    Args:
+        runtime: The resource and its tokenizer/privacy/summarizer.
+        key: The rendered memory key (validated here).
+        backend: Where the data lives.
+        project: The project name (the ``{project}`` part of the Redis keys).
+    """
+
+    def __init__(self, runtime: MemoryRuntime, key: str, backend: Backend, project: str = "default") -> None:
+        self.runtime = runtime
+        self.resource = runtime.resource
+        self.key = validate_key(key)
+        self.backend = backend
+        self.project = project
+        self.layout = KeyLayout(project, self.key, backend.cluster)
+        self._keys = self.layout.all_keys
+        self._scripts = _connection(backend).scripts
+
+    def __repr__(self) -> str:
+        return f"MemoryInstance(ref={self.resource.id!r}, key={self.key!r}, backend={self.backend.kind!r})"
+
+    # ------------------------------------------------------------------ helpers
+    def _out(self, operation: str, **values: Any) -> Output:
+        return {"operation": operation, "key": self.key, **values}
+
+    def _run(self, script: str, args: Sequence[Any], operation: str) -> Any:
+        return self._scripts.run(script, self._keys, args, operation=operation, key=self.key)
+
+    def _encode(self, payload: Any, operation: str) -> tuple[list[Encoded], int]:
+        messages = normalize_payload(payload, operation=operation)
+        messages, skipped = self.runtime.privacy.apply(messages)
+        now = utc_now_iso()
+        encoded = [
+            encode(
+                m,
+                self.runtime.counter,
+                now=now,
+                max_bytes=self.resource.max_message_bytes,
+                max_tokens=self.resource.token_limit,
+                operation=operation,
+                index=i,
+            )
+            for i, m in enumerate(messages)
+        ]
+        return encoded, skipped
+
+    def _store(self, mode: str, encoded: Sequence[Encoded], operation: str) -> list[int]:
+        args: list[Any] = [
+            mode,
+            self.runtime.ttl_ms,
+            self.resource.max_messages or 0,
+            self.resource.token_limit or 0,
+            self.resource.archive_max_messages,
+            len(encoded),
+        ]
+        for item in encoded:
+            args.extend((item.raw, item.tokens, item.id, item.role))
+        result = self._run("append", args, operation)
+        return [int(v) for v in result]
+
+    def _decode_all(self, raws: Sequence[bytes], start: int) -> list[dict[str, Any]]:
+        return [decode(raw, key=self.key, position=start + i) for i, raw in enumerate(raws)]
+
+    # ------------------------------------------------------------------ operations
+    def append(self, payload: Any) -> Output:
+        """Append one message, a list of messages or a string (a user message), atomically.
+
+        Over a limit, the oldest non-system messages are evicted into the archive in the same step.
+        A message whose id is already stored is skipped and counted in ``duplicates``.
+        """
+        encoded, skipped = self._encode(payload, "append")
+        if not encoded:
+            meta = self._counters("append")
+            return self._out(
+                "append", success=True, appended=0, total_count=meta[0], token_count=meta[1], evicted=0,
+                skipped=skipped, duplicates=0, ids=[],
+            )
+        accepted, total, tokens, evicted, duplicates, _ = self._store("append", encoded, "append")
+        out = self._out(
+            "append",
+            success=True,
+            appended=accepted,
+            total_count=total,
+            token_count=tokens,
+            evicted=evicted,
+            skipped=skipped,
+            duplicates=duplicates,
+            ids=[e.id for e in encoded],
+        )
+        if self.resource.flushing.type == "hybrid_summary" and self._over_threshold(total, tokens, None):
+            summary = self.flush(strategy="hybrid_summary")
+            out["summary_flush"] = {k: summary[k] for k in ("flushed_count", "summary_generated")}
+            out["total_count"], out["token_count"] = summary["message_count"], summary["token_count"]
+        return out
+
+    def write(self, payload: Any) -> Output:
+        """Replace the whole content atomically (limits and privacy apply as for append)."""
+        encoded, skipped = self._encode(payload, "write")
+        accepted, total, tokens, evicted, duplicates, _ = self._store("replace", encoded, "write")
+        return self._out(
+            "write",
+            success=True,
+            count=accepted,
+            total_count=total,
+            token_count=tokens,
+            evicted=evicted,
+            skipped=skipped,
+            duplicates=duplicates,
+        )
+
+    def read(
+        self,
+        limit: int | None = None,
+        offset: int = 0,
+        *,
+        last: int | None = None,
+        max_tokens: int | None = None,
+        archive: bool = False,
+    ) -> Output:
+        """Read messages, oldest first.
+
+        Args:
+            limit: At most this many messages (default: all).
+            offset: Skip this many of the oldest messages.
+            last: Only the newest ``last`` messages.
+            max_tokens: The newest messages whose tokens fit this budget (one round trip, flat in history).
+            archive: Read the archive of flushed and evicted messages instead (newest first).
+        """
+        _check_nonneg(limit=limit, offset=offset, last=last, max_tokens=max_tokens)
+        track = "1" if self.resource.uses_access_tracking and not archive else "0"
+        now_ms = str(int(time.time() * 1000))
+        if archive:
+            args: list[Any] = ["archive", offset, -1 if limit is None else limit, "0", now_ms]
+        elif max_tokens is not None:
+            args = ["budget", max_tokens, 0, track, now_ms]
+        elif last is not None:
+            args = ["last", last, 0, track, now_ms]
+        else:
+            args = ["range", offset, -1 if limit is None else limit, track, now_ms]
+        result = self._run("read", args, "read")
+        total = int(result[0])
+        raws = result[1:]
+        if archive or (max_tokens is None and last is None):
+            start = offset
+            has_more = offset + len(raws) < total
+        else:
+            start = total - len(raws)
+            has_more = start > 0
+        messages = self._decode_all(raws, start)
+        out = self._out(
+            "read", messages=messages, count=len(messages), total_count=total, has_more=has_more,
+            offset=start,
+        )
+        if archive:
+            out["archive"] = True
+        if max_tokens is not None:
+            out["token_count"] = sum(int(m.get("tokens", 0)) for m in messages)
+            out["max_tokens"] = max_tokens
+        return out
+
+    def delete(self) -> Output:
+        """Remove the instance: messages, metadata, archive, ids, access data and backups."""
+        count, deleted = (int(v) for v in self._run("delete", [], "delete"))
+        return self._out("delete", success=True, deleted=deleted > 0, messages_deleted=count)
+
+    def clear(self, confirm: bool = False, backup: bool = False) -> Output:
+        """Remove all messages. Needs ``confirm=True``; ``backup=True`` keeps them in a restorable backup list.
+
+        Raises:
+            ConfirmRequiredError: without ``confirm=True`` (nothing is removed).
+        """
+        if confirm is not True:
+            raise ConfirmRequiredError(
+                "clear operation requires clear_config.confirm to be true (nothing was removed)",
+                operation="clear",
+                key=self.key,
+            )
+        backup_key = self.layout.backup(_stamp()) if backup else ""
+        cleared, created = (int(v) for v in self._run("clear", [backup_key, self.runtime.ttl_ms], "clear"))
+        return self._out(
+            "clear",
+            success=True,
+            messages_cleared=cleared,
+            backup_created=bool(created),
+            backup_key=backup_key if created else None,
+        )
+
+    def backups(self) -> list[str]:
+        """The backup keys made by ``clear(backup=True)`` that still exist, oldest first."""
+        client = self.backend.client
+        with redis_errors("backups", self.key):
+            names = sorted(n.decode() if isinstance(n, bytes) else n for n in client.smembers(self.layout.backups))
+            return [n for n in names if client.exists(n)]
+
+    def restore(self, backup_key: str) -> Output:
+        """Replace the content with a backup made by ``clear(backup=True)``."""
+        if not backup_key.startswith(self.layout.base + ":backup:"):
+            raise InvalidKeyError(
+                f"{backup_key!r} is not a backup of memory {self.key!r}", operation="restore", key=self.key
+            )
+        with redis_errors("restore", self.key):
+            raws = self.backend.client.lrange(backup_key, 0, -1)
+        if not raws:
+            raise InvalidKeyError(f"backup {backup_key!r} does not exist (expired?)", operation="restore",
+                                  key=self.key)
+        messages = self._decode_all(raws, 0)
+        encoded = [
+            Encoded(raw.decode("utf-8") if isinstance(raw, bytes) else raw,
+                    int(m.get("tokens") or self.runtime.counter.count_message(m["role"], m["content"])),
+                    str(m.get("id") or new_id()), str(m["role"]))
+            for raw, m in zip(raws, messages, strict=True)
+        ]
+        accepted, total, tokens, evicted, _, _ = self._store("replace", encoded, "restore")
+        return self._out("restore", success=True, restored=accepted, total_count=total, token_count=tokens,
+                         evicted=evicted, backup_key=backup_key)
+
+    def flush(
+        self,
+        strategy: str | None = None,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        threshold: float | None = None,
+    ) -> Output:
+        """Flush when usage reaches ``threshold`` (default: the resource's summarize_threshold) or ``force``.
+
+        Removed messages go to the archive; ``hybrid_summary`` replaces the oldest ones with one summary
+        system message. Messages appended while the flush runs survive. A flush racing another flush never
+        raises: the second removes what is still there (possibly nothing, ``flushed_count: 0``).
+        """
+        chosen = strategy or self.resource.flushing.type
+        if chosen not in flushing.STRATEGIES:
+            raise ConfigError(
+                f"invalid strategy '{chosen}', must be one of: {', '.join(flushing.STRATEGIES)}",
+                operation="flush", key=self.key, field="flush_config.strategy",
+            )
+        if chosen == "hybrid_summary" and not self.resource.flushing.summary_tokens:
+            raise ConfigError(
+                "hybrid_summary needs flushing.summary_tokens on the memory resource",
+                operation="flush", key=self.key, field="flush_config.strategy",
+            )
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise ConfigError("threshold must be between 0 and 1", operation="flush", key=self.key,
+                              field="flush_config.threshold")
+        limit = self.resource.flushing.summarize_threshold if threshold is None else threshold
+        snapshot, access = self._snapshot(chosen)
+        count = len(snapshot)
+        tokens = sum(s.tokens for s in snapshot)
+        current_usage = flushing.usage(self.resource, count, tokens)
+        would_flush = bool(count) and (force or current_usage >= limit)
+        plan = flushing.plan_flush(chosen, snapshot, self.resource, access=access) if would_flush \
+            else flushing.FlushPlan(chosen)
+        base = {"actual_strategy": plan.strategy, "threshold": limit, "usage": round(current_usage, 4)}
+        if dry_run or not plan.remove:
+            remaining = count - (len(plan.remove) if dry_run else 0)
+            return self._out(
+                "flush", success=True, flushed_count=0, message_count=count, token_count=tokens,
+                summary_generated=False, dry_run=dry_run, would_flush=would_flush and bool(plan.remove),
+                would_remove=len(plan.remove), would_remain=remaining, **base,
+            )
+        summary_raw, summary_tokens, summary_id = "", 0, ""
+        if plan.strategy == "hybrid_summary":
+            summary_raw, summary_tokens, summary_id = self._summary(plan)
+        result = self._run(
+            "flush",
+            [self.runtime.ttl_ms, self.resource.archive_max_messages, utc_now_iso(), summary_raw,
+             summary_tokens, summary_id, len(plan.remove), *(s.raw for s in plan.remove)],
+            "flush",
+        )
+        removed, remaining_count, remaining_tokens, summary_written = (int(v) for v in result)
+        return self._out(
+            "flush", success=True, flushed_count=removed, message_count=remaining_count,
+            token_count=remaining_tokens, summary_generated=bool(summary_written), dry_run=False,
+            would_flush=True, **base,
+        )
+
+    def health(self, include_stats: bool = True) -> Output:
+        """Check Redis and this instance. Unreachable Redis gives ``healthy: false``, not an exception."""
+        client = self.backend.client
+        warnings: list[str] = []
+        try:
+            with redis_errors("health", self.key):
+                started = time.perf_counter()
+                client.ping()
+                ping_ms = round((time.perf_counter() - started) * 1000, 3)
+                info = _server_info(client)
+            count, tokens, last_flush = self._counters("health")
+        except BackendError as exc:
+            return self._out(
+                "health", healthy=False, error=exc.message, message_count=None, token_count=None,
+                actual_strategy=self.resource.flushing.type, last_flush=None, redis=None,
+                warnings=["Redis is unreachable"],
+            )
+        policy = info.get("maxmemory_policy")
+        if isinstance(policy, str) and policy.startswith("allkeys-"):
+            warnings.append(
+                f"maxmemory-policy is {policy}: Redis may evict memories under memory pressure "
+                "(use noeviction or volatile-*)"
+            )
+        out = self._out(
+            "health", healthy=True, message_count=count, token_count=tokens,
+            actual_strategy=self.resource.flushing.type, last_flush=last_flush,
+            redis={"ping_ms": ping_ms, **info}, warnings=warnings,
+        )
+        if include_stats:
+            out["usage"] = round(flushing.usage(self.resource, count, tokens), 4)
+        return out
+
+    def stats(self, include_content: bool = False) -> Output:
+        """Counters kept in the metadata hash: O(1) whatever the history size."""
+        client = self.backend.client
+        with redis_errors("stats", self.key):
+            pipe = client.pipeline(transaction=False)
+            pipe.hgetall(self.layout.metadata)
+            pipe.pttl(self.layout.base)
+            pipe.llen(self.layout.base)
+            if include_content:
+                pipe.lrange(self.layout.base, 0, 2)
+                pipe.lrange(self.layout.base, -3, -1)
+            results = pipe.execute()
+        meta = {_s(k): _s(v) for k, v in results[0].items()}
+        length = int(results[2])
+        count = int(meta.get("message_count", length))
+        tokens = int(meta.get("token_count", 0))
+        roles = {k[5:]: int(v) for k, v in meta.items() if k.startswith("role:") and int(v) > 0}
+        if count != length:  # written by another tool: the metadata is not ours, trust the list
+            count = length
+        pttl = int(results[1])
+        limit = self.resource.token_limit
+        out = self._out(
+            "stats",
+            message_count=count,
+            token_count=tokens,
+            max_tokens=limit,
+            max_messages=self.resource.max_messages,
+            token_utilization=round(tokens / limit, 4) if limit else None,
+            message_utilization=round(count / self.resource.max_messages, 4) if self.resource.max_messages
+            else None,
+            role_distribution=dict(sorted(roles.items())),
+            ttl_seconds=round(pttl / 1000, 3) if pttl > 0 else None,
+            last_flush=meta.get("last_flush"),
+            flush_count=int(meta.get("flush_count", 0)),
+            evicted_count=int(meta.get("evicted_count", 0)),
+            avg_tokens_per_message=round(tokens / count, 2) if count else 0,
+            actual_strategy=self.resource.flushing.type,
+        )
+        if include_content:
+            head = self._decode_all(results[3], 0)
+            tail = self._decode_all(results[4], max(0, length - len(results[4])))
+            out["content_preview"] = {
+                "first": [_preview(m) for m in head],
+                "last": [_preview(m) for m in tail] if length > 3 else [],
+            }
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _counters(self, operation: str) -> tuple[int, int, str | None]:
+        with redis_errors(operation, self.key):
+            values = self.backend.client.hmget(self.layout.metadata, "message_count", "token_count", "last_flush")
+            length = int(self.backend.client.llen(self.layout.base))
+        count = int(values[0]) if values[0] is not None else length
+        return (length if count != length else count), int(values[1] or 0), _s(values[2]) if values[2] else None
+
+    def _over_threshold(self, count: int, tokens: int, threshold: float | None) -> bool:
+        limit = self.resource.flushing.summarize_threshold if threshold is None else threshold
+        return flushing.usage(self.resource, count, tokens) >= limit
+
+    def _snapshot(self, strategy: str) -> tuple[list[flushing.Stored], dict[str, float] | None]:
+        client = self.backend.client
+        with redis_errors("flush", self.key):
+            if strategy in ("lru", "token_aware_lru"):
+                pipe = client.pipeline(transaction=False)
+                pipe.lrange(self.layout.base, 0, -1)
+                pipe.zrange(self.layout.access, 0, -1, withscores=True)
+                raws, scored = pipe.execute()
+                access: dict[str, float] | None = {_s(m): float(s) for m, s in scored}
+            else:
+                raws, access = client.lrange(self.layout.base, 0, -1), None
+        snapshot = []
+        for position, raw in enumerate(raws):
+            try:
+                message: Mapping[str, Any] = decode(raw, key=self.key, position=position)
+            except CompozyNbError:
+                message = {"role": "user", "content": "", "tokens": 0}
+            snapshot.append(flushing.Stored(raw, message, position))
+        return snapshot, access
+
+    def _summary(self, plan: flushing.FlushPlan) -> tuple[str, int, str]:
+        previous = "\n".join(str(s.message.get("content", "")) for s in plan.remove if s.is_summary) or None
+        originals = [s.message for s in plan.remove if not s.is_summary]
+        budget = int(self.resource.flushing.summary_tokens or 0)
+        text = self.runtime.summarizer(originals, previous, budget)
+        if not isinstance(text, str) or not text.strip():
+            raise CompozyNbError("the summarizer returned no text", code="FLUSH_FAILED", operation="flush",
+                                 key=self.key)
+        text = flushing.truncate_tokens(text, self.runtime.counter, budget)
+        folded = sum(int(s.message.get("summarized_count", 0)) for s in plan.remove if s.is_summary)
+        encoded = encode(
+            {"role": "system", "content": text, "summary": True, "summarized_count": folded + len(originals)},
+            self.runtime.counter, now=utc_now_iso(), max_bytes=self.resource.max_message_bytes,
+            max_tokens=None, operation="flush",
+        )
+        return encoded.raw, encoded.tokens, encoded.id
+
+
+def _check_nonneg(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise InvalidPayloadError(f"read_config.{name} must be a non-negative integer, got {value!r}",
+                                      operation="read", field=f"read_config.{name}")
+
+
+def _s(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{int(time.time() * 1000) % 1000:03d}Z-" + \
+        new_id()[:6]
+
+
+def _preview(message: Mapping[str, Any], width: int = 80) -> dict[str, Any]:
+    text = " ".join(str(message.get("content", "")).split())
+    return {"role": message.get("role"), "content": text if len(text) <= width else text[: width - 3] + "..."}
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    import redis
+
+    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
+
+
+def _server_info(client: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    try:
+        server = client.info("server")
+        info["version"] = server.get("redis_version")
+    except Exception as exc:
+        if _is_connection_error(exc):
+            raise
+        info["version"] = None
+    try:
+        policy = client.config_get("maxmemory-policy")
+        info["maxmemory_policy"] = _s(next(iter(policy.values()))) if policy else None
+    except Exception as exc:  # managed Redis often disables CONFIG
+        if _is_connection_error(exc):
+            raise
+        info["maxmemory_policy"] = None
+    return info
+
+
+def run_operation(instance: MemoryInstance, operation: str, payload: Any = None,
+                  options: Mapping[str, Any] | None = None) -> Output:
+    """Dispatch one of the 8 operations with task-style options (``read_config`` etc. already unpacked)."""
+    opts = dict(options or {})
+    handlers: dict[str, Callable[[], Output]] = {
+        "read": lambda: instance.read(**opts),
+        "write": lambda: instance.write(payload),
+        "append": lambda: instance.append(payload),
+        "delete": instance.delete,
+        "flush": lambda: instance.flush(**opts),
+        "health": lambda: instance.health(**opts),
+        "clear": lambda: instance.clear(**opts),
+        "stats": lambda: instance.stats(**opts),
+    }
+    handler = handlers.get(operation)
+    if handler is None:
+        raise ConfigError(
+            f"invalid operation '{operation}', must be one of: {', '.join(OPERATIONS)}", field="operation"
+        )
+    return handler()
+
+
+def dumps(output: Mapping[str, Any]) -> str:
+    """JSON for an output map."""
+    return json.dumps(output, ensure_ascii=False, indent=2, default=str)

@@ -1,0 +1,7 @@
+-- Delete every key of an instance: messages, metadata, archive, ids, access data and backups.
+-- Returns {messages_deleted, keys_deleted}.
+local count = redis.call('LLEN', LIST)
+local deleted = 0
+for _, key in ipairs(redis.call('SMEMBERS', BACKUPS)) do deleted = deleted + redis.call('DEL', key) end
+deleted = deleted + redis.call('DEL', LIST, META, ARCHIVE, IDS, ACCESS, BACKUPS)
+return {count, deleted}

@@ -1,0 +1,68 @@
+"""The Lua scripts of the memory layout, and Redis errors mapped onto our exception tree."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+
+from compozy_nb.errors import (
+    BackendError,
+    CompozyNbError,
+    LimitExceededError,
+    MemoryOperationError,
+)
+
+SCRIPT_NAMES = ("append", "read", "flush", "clear", "delete")
+
+
+@cache
+def script_source(name: str) -> str:
+    """The full source of one script: the shared helpers followed by the script itself."""
+    folder = resources.files("compozy_nb.memory") / "scripts"
+    common = (folder / "_common.lua").read_text(encoding="utf-8")
+    body = (folder / f"{name}.lua").read_text(encoding="utf-8")
+    return f"{common}\n{body}"
+
+
+class Scripts:
+    """The registered scripts of one client (EVALSHA with automatic reload after SCRIPT FLUSH)."""
+
+    def __init__(self, client: Any) -> None:
+        self._scripts: dict[str, Callable[..., Any]] = {
+            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
+        }
+
+    def run(self, name: str, keys: Sequence[str], args: Sequence[Any], *, operation: str, key: str) -> Any:
+        """Run script ``name``; Redis errors become CompozyNbError subclasses naming the operation and key."""
+        with redis_errors(operation, key):
+            return self._scripts[name](keys=list(keys), args=list(args))
+
+
+@contextmanager
+def redis_errors(operation: str, key: str | None) -> Iterator[None]:
+    """Translate redis-py exceptions raised inside the block."""
+    try:
+        yield
+    except CompozyNbError:
+        raise
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise BackendError(f"Redis unavailable during {operation}: {exc}", operation=operation, key=key) from None
+    except redis.exceptions.ResponseError as exc:
+        text = str(exc)
+        if "LIMIT_EXCEEDED" in text:
+            detail = text.split("LIMIT_EXCEEDED", 1)[1].strip()
+            raise LimitExceededError(detail, operation=operation, key=key) from None
+        if "WRONGTYPE" in text:
+            raise MemoryOperationError(
+                f"the Redis key for memory {key!r} holds another type of value: {text}",
+                operation=operation,
+                key=key,
+            ) from None
+        raise MemoryOperationError(f"{operation} failed: {text}", operation=operation, key=key) from None
+    except redis.exceptions.RedisError as exc:
+        raise BackendError(f"Redis error during {operation}: {exc}", operation=operation, key=key) from None

@@ -1,0 +1,647 @@
+"""Privacy enforcement: redact sensitive text and drop non-persistable messages before they are stored.
+
+A :class:`PrivacyPolicy` mirrors Compozy's ``privacy_policy`` block: a list of redaction patterns, a list
+of message roles that must never be persisted, and the string that replaces every match.
+
+Patterns are written for Go's RE2 in Compozy YAML files, but they run here on a backtracking engine (the
+`regex <https://pypi.org/project/regex/>`_ package, compiled with ``regex.V0``, i.e. ``re``-compatible
+semantics). Two defences keep a hostile or careless pattern from hanging a write:
+
+1. **Load-time structural check** (:func:`check_pattern`). The pattern is parsed with Python's own
+   regular-expression parser (``re._parser``, formerly ``sre_parse``) and the parse tree is walked. A
+   repeat with no upper bound (``*``, ``+``, ``{n,}``, greedy or lazy) is rejected when its body contains
+
+   * an alternation (``(a|aa)+``), or
+   * another variable-width repeat (``(a+)+``, ``(.*)*``, ``(\\w+\\s?)+``, ``(x+x+)+`` ...),
+
+   unless every iteration of the body can match in only one way: the body is a plain sequence of single
+   characters and single-character repeats, and each variable repeat is followed by a mandatory single
+   character it cannot match (``(?:[a-z0-9-]+\\.)+``, ``(?:-?\\d)+``). Such bodies cannot be split
+   between iterations in more than one way, so backtracking stays polynomial. In addition, and exactly
+   like Compozy, any group that contains a top-level ``|`` and is directly followed by ``*``, ``+`` or
+   ``{n,}`` is rejected, because the parser folds some alternations (``(a|b)*``) into character classes.
+   Bounded repeats such as ``\\b(?:\\d[ -]*?){13,16}\\b`` are accepted. Patterns longer than
+   :data:`MAX_PATTERN_LENGTH` characters, empty patterns and patterns that do not compile are rejected too.
+
+2. **Run-time bound**. Every substitution runs with ``regex``'s ``timeout=`` argument
+   (:data:`DEFAULT_TIMEOUT_S` per pattern per text). A pattern that runs past it raises
+   :class:`~compozy_nb.errors.PrivacyError`, naming the pattern but never the content, and nothing is
+   stored. The structural check is a heuristic (a backreference-heavy pattern can still be slow); the
+   timeout is what guarantees the bound.
+
+Redaction replaces matches literally: backslashes or ``$1`` in the redaction string are not expanded.
+Empty matches are left alone, so a pattern such as ``\\d*`` never inserts the redaction string between
+characters.
+
+Example:
+    >>> policy = PrivacyPolicy([r"\\b\\d{3}-\\d{2}-\\d{4}\\b"], non_persistable_roles=["system"])
+    >>> policy.apply([
+    ...     {"role": "system", "content": "You are helpful."},
+    ...     {"role": "user", "content": "My SSN is 123-45-6789."},
+    ... ])
+    ([{'role': 'user', 'content': 'My SSN is [REDACTED].'}], 1)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import regex
+
+from compozy_nb.errors import ConfigError, PrivacyError
+
+DEFAULT_REDACTION = "[REDACTED]"
+"""Replacement used when the policy names none (Compozy's ``default_redaction_string``)."""
+
+DEFAULT_TIMEOUT_S = 0.05
+"""Time bound, in seconds, of one pattern applied to one text."""
+
+MAX_PATTERN_LENGTH = 1000
+"""Longest accepted pattern, in characters."""
+
+# ``re._parser`` on Python >= 3.11, ``sre_parse`` before. Loaded dynamically: neither is typed public API.
+try:
+    _sre: Any = importlib.import_module("re._parser")
+except ImportError:  # pragma: no cover - Python 3.10
+    _sre = importlib.import_module("sre_parse")
+
+_UNBOUNDED: int = int(_sre.MAXREPEAT)
+_REPEAT_OPS = frozenset({"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"})
+_ATOM_OPS = frozenset({"LITERAL", "NOT_LITERAL", "ANY", "IN"})
+_ZERO_WIDTH_OPS = frozenset({"AT", "ASSERT", "ASSERT_NOT"})
+_ALTERNATION_OPS = frozenset({"BRANCH", "GROUPREF_EXISTS"})
+_MAX_FINITE_SET = 512
+
+# Single-category classes that share no character (order irrelevant).
+_DISJOINT_CATEGORIES = frozenset(
+    frozenset(pair)
+    for pair in (
+        ("CATEGORY_DIGIT", "CATEGORY_SPACE"),
+        ("CATEGORY_WORD", "CATEGORY_SPACE"),
+        ("CATEGORY_DIGIT", "CATEGORY_NOT_DIGIT"),
+        ("CATEGORY_WORD", "CATEGORY_NOT_WORD"),
+        ("CATEGORY_SPACE", "CATEGORY_NOT_SPACE"),
+        ("CATEGORY_DIGIT", "CATEGORY_NOT_WORD"),
+    )
+)
+_CATEGORY_CLASSES = {
+    "CATEGORY_DIGIT": r"\d",
+    "CATEGORY_NOT_DIGIT": r"\D",
+    "CATEGORY_SPACE": r"\s",
+    "CATEGORY_NOT_SPACE": r"\S",
+    "CATEGORY_WORD": r"\w",
+    "CATEGORY_NOT_WORD": r"\W",
+}
+_OPEN_ENDED_BRACES = re.compile(r"\{\d*,\}")
+
+# An element of a parse tree: (opcode, argument).
+_Item = tuple[Any, Any]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pattern checking
+# --------------------------------------------------------------------------------------------------------
+
+
+def check_pattern(pattern: str) -> None:
+    """Reject a redaction pattern that is invalid or prone to catastrophic backtracking.
+
+    Args:
+        pattern: The regular expression, as written in the ``redact_patterns`` list.
+
+    Raises:
+        ConfigError: (``INVALID_CONFIG``) if the pattern is not a string, is empty, is longer than
+            :data:`MAX_PATTERN_LENGTH` characters, does not compile, or has an unsafe shape (a nested
+            unbounded quantifier or an alternation under one). The message names the pattern and the reason.
+    """
+    _compile_checked(pattern)
+
+
+@functools.lru_cache(maxsize=512)
+def _compile_checked_cached(pattern: str) -> Any:
+    if not pattern:
+        raise _pattern_error(pattern, "the pattern is empty")
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise _pattern_error(
+            pattern, f"the pattern is {len(pattern)} characters long; the limit is {MAX_PATTERN_LENGTH}"
+        )
+    try:
+        compiled = regex.compile(pattern, flags=regex.V0)
+    except regex.error as exc:
+        raise _pattern_error(pattern, f"invalid regular expression: {exc}") from None
+    except (RecursionError, OverflowError, ValueError, MemoryError) as exc:
+        raise _pattern_error(pattern, f"invalid regular expression: {type(exc).__name__}: {exc}") from None
+    try:
+        reason = _unsafe_reason(pattern)
+    except RecursionError:
+        reason = "groups are nested too deeply to verify"
+    if reason is not None:
+        raise _pattern_error(pattern, f"unsafe pattern (catastrophic backtracking risk): {reason}")
+    return compiled
+
+
+def _compile_checked(pattern: object) -> Any:
+    """Check ``pattern`` and return it compiled with ``regex.V0`` (compiled objects are cached)."""
+    if not isinstance(pattern, str):
+        raise ConfigError(
+            f"redaction pattern must be a string, got {type(pattern).__name__}", field="redact_patterns"
+        )
+    return _compile_checked_cached(pattern)
+
+
+def _pattern_error(pattern: str, reason: str) -> ConfigError:
+    shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
+    return ConfigError(f"pattern {shown!r}: {reason}", field="redact_patterns", pattern=shown)
+
+
+def _unsafe_reason(pattern: str) -> str | None:
+    """Why ``pattern`` (already known to compile) is unsafe, or ``None`` if it passes the structural check."""
+    reason = _alternation_under_open_repeat(pattern)
+    if reason is not None:
+        return reason
+    translated, opaque = _translate_for_parser(pattern)
+    try:
+        tree = _sre.parse(translated)
+    except Exception as exc:  # re.error, RecursionError, ... anything the checker cannot digest
+        return f"it uses syntax the safety check cannot verify ({exc})"
+    return _walk(tree, allow_deterministic=not opaque)
+
+
+def _alternation_under_open_repeat(pattern: str) -> str | None:
+    """Compozy's textual rule: a group with a top-level ``|`` followed by ``*``, ``+`` or ``{n,}``."""
+    stack: list[bool] = []  # one entry per open group: does it contain a top-level "|"?
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+        elif char == "[":
+            i = _skip_class(pattern, i)
+        elif char == "(" and pattern.startswith("(?#", i):
+            end = pattern.find(")", i)
+            i = n if end < 0 else end + 1
+        elif char == "(":
+            stack.append(False)
+            i += 1
+        elif char == "|":
+            if stack:
+                stack[-1] = True
+            i += 1
+        elif char == ")":
+            has_alternation = stack.pop() if stack else False
+            quantifier = _open_quantifier_at(pattern, i + 1)
+            if has_alternation and quantifier is not None:
+                return f"alternation inside a group repeated by {quantifier!r}"
+            i += 1
+        else:
+            i += 1
+    return None
+
+
+def _skip_class(pattern: str, start: int) -> int:
+    """Index just past the character class opening at ``start``."""
+    i, n = start + 1, len(pattern)
+    if i < n and pattern[i] == "^":
+        i += 1
+    if i < n and pattern[i] == "]":
+        i += 1
+    while i < n:
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+        elif char == "[" and pattern.startswith("[:", i):
+            end = pattern.find(":]", i + 2)
+            i = i + 1 if end < 0 else end + 2
+        elif char == "]":
+            return i + 1
+        else:
+            i += 1
+    return n
+
+
+def _open_quantifier_at(pattern: str, index: int) -> str | None:
+    """The unbounded quantifier (``*``, ``+``, ``{n,}``) starting at ``index``, if any."""
+    if index >= len(pattern):
+        return None
+    if pattern[index] in "*+":
+        return pattern[index]
+    match = _OPEN_ENDED_BRACES.match(pattern, index)
+    return match.group(0) if match else None
+
+
+def _translate_for_parser(pattern: str) -> tuple[str, bool]:
+    """Rewrite ``regex``-only syntax so Python's parser accepts it with the same structure.
+
+    Returns:
+        The rewritten pattern and whether it contains constructs whose character sets the checker cannot
+        reason about (Unicode properties, POSIX classes); for those, the "deterministic body" exemption of
+        the nested-repeat rule is disabled.
+    """
+    out: list[str] = []
+    opaque = "[:" in pattern
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        if char != "\\" or i + 1 >= n:
+            out.append(char)
+            i += 1
+            continue
+        escaped = pattern[i + 1]
+        if escaped in "pP":  # \pL, \p{Greek}, \P{^Lu}: one character of an unknown set
+            opaque = True
+            if i + 2 < n and pattern[i + 2] == "{":
+                end = pattern.find("}", i + 3)
+                i = n if end < 0 else end + 1
+            else:
+                i += 3
+            out.append(r"\w")
+        elif escaped == "z":
+            out.append(r"\Z")
+            i += 2
+        else:
+            out.append(pattern[i : i + 2])
+            i += 2
+    return "".join(out), opaque
+
+
+def _op(item: _Item) -> str:
+    return str(item[0])
+
+
+def _children(item: _Item) -> list[Any]:
+    """Sub-patterns nested directly in a parse-tree item."""
+    op, arg = _op(item), item[1]
+    if op in _REPEAT_OPS:
+        return [arg[2]]
+    if op == "SUBPATTERN":
+        return [arg[-1]]
+    if op == "ATOMIC_GROUP":
+        return [arg]
+    if op == "BRANCH":
+        return list(arg[1])
+    if op in ("ASSERT", "ASSERT_NOT"):
+        return [arg[1]]
+    if op == "GROUPREF_EXISTS":
+        return [sub for sub in arg[1:] if sub is not None]
+    return []
+
+
+def _is_unbounded(item: _Item) -> bool:
+    return _op(item) in _REPEAT_OPS and int(item[1][1]) >= _UNBOUNDED
+
+
+def _is_variable(item: _Item) -> bool:
+    return _op(item) in _REPEAT_OPS and int(item[1][0]) != int(item[1][1])
+
+
+def _any_item(tree: Any, predicate: Any) -> bool:
+    """Whether ``predicate`` holds for some item of ``tree`` at any depth."""
+    for item in tree:
+        if predicate(item) or any(_any_item(child, predicate) for child in _children(item)):
+            return True
+    return False
+
+
+def _walk(tree: Any, *, allow_deterministic: bool) -> str | None:
+    for item in tree:
+        if _is_unbounded(item):
+            body = item[1][2]
+            if _any_item(body, lambda it: _op(it) in _ALTERNATION_OPS):
+                return "alternation inside a repeat with no upper bound"
+            if _any_item(body, _is_variable) and not (allow_deterministic and _deterministic(body)):
+                return "nested quantifier: a variable-width repeat inside a repeat with no upper bound"
+        for child in _children(item):
+            reason = _walk(child, allow_deterministic=allow_deterministic)
+            if reason is not None:
+                return reason
+    return None
+
+
+def _flatten(tree: Any) -> list[_Item] | None:
+    """The consuming items of ``tree`` with groups inlined, or ``None`` if it is not a plain sequence.
+
+    Each returned item is an atom (one character) or a repeat whose body is exactly one atom.
+    """
+    items: list[_Item] = []
+    for item in tree:
+        op = _op(item)
+        if op in _ZERO_WIDTH_OPS:
+            continue
+        if op in _ATOM_OPS:
+            items.append(item)
+        elif op in ("SUBPATTERN", "ATOMIC_GROUP"):
+            inner = _flatten(_children(item)[0])
+            if inner is None:
+                return None
+            items.extend(inner)
+        elif op in _REPEAT_OPS:
+            inner = _flatten(item[1][2])
+            if inner is None or len(inner) != 1 or _op(inner[0]) not in _ATOM_OPS:
+                return None
+            items.append((item[0], (item[1][0], item[1][1], inner[0])))
+        else:
+            return None
+    return items
+
+
+def _deterministic(body: Any) -> bool:
+    """Whether each iteration of ``body`` can match in at most one way from a given start.
+
+    True when the body is a sequence of single-character atoms and single-character repeats in which each
+    variable repeat (unless possessive) is followed, within the body or - for the last one - by the body's
+    first item of the next iteration, by a mandatory character disjoint from the repeated one.
+    """
+    items = _flatten(body)
+    if not items:
+        return False
+    for index, item in enumerate(items):
+        if not _is_variable(item) or _op(item) == "POSSESSIVE_REPEAT":
+            continue
+        follower = items[(index + 1) % len(items)]
+        if _op(follower) in _REPEAT_OPS:
+            if int(follower[1][0]) < 1:  # optional: the character after it is not mandatory
+                return False
+            follower_atom = follower[1][2]
+        else:
+            follower_atom = follower
+        if follower is item or not _disjoint(item[1][2], follower_atom):
+            return False
+    return True
+
+
+def _finite_chars(atom: _Item) -> set[int] | None:
+    """The code points an atom matches, when it is a small explicit set."""
+    op, arg = _op(atom), atom[1]
+    if op == "LITERAL":
+        return {int(arg)}
+    if op != "IN":
+        return None
+    chars: set[int] = set()
+    for member in arg:
+        member_op = _op(member)
+        if member_op == "LITERAL":
+            chars.add(int(member[1]))
+        elif member_op == "RANGE":
+            low, high = int(member[1][0]), int(member[1][1])
+            if high - low + len(chars) > _MAX_FINITE_SET:
+                return None
+            chars.update(range(low, high + 1))
+        else:  # NEGATE, CATEGORY, ...
+            return None
+    return chars
+
+
+def _single_category(atom: _Item) -> str | None:
+    if _op(atom) == "IN" and len(atom[1]) == 1 and _op(atom[1][0]) == "CATEGORY":
+        return str(atom[1][0][1])
+    return None
+
+
+def _case_variants(code: int) -> set[str]:
+    char = chr(code)
+    variants = {char, char.lower(), char.upper(), char.casefold(), char.swapcase()}
+    return {variant for variant in variants if len(variant) == 1}
+
+
+def _in_category(category: str, char: str) -> bool:
+    """Whether ``char`` may belong to ``category`` under any of the Unicode/ASCII/``regex`` definitions."""
+    cls = _CATEGORY_CLASSES.get(category)
+    if cls is None:
+        return True
+    return bool(
+        re.fullmatch(cls, char) or re.fullmatch(cls, char, re.ASCII) or regex.fullmatch(cls, char, regex.V0)
+    )
+
+
+def _may_match(atom: _Item, char: str) -> bool:
+    """Conservative: ``False`` only when ``atom`` certainly does not match ``char``."""
+    op, arg = _op(atom), atom[1]
+    code = ord(char)
+    if op == "LITERAL":
+        return code == int(arg)
+    if op == "NOT_LITERAL":
+        return code != int(arg)
+    if op != "IN":
+        return True
+    negate = False
+    hit = False
+    for member in arg:
+        member_op = _op(member)
+        if member_op == "NEGATE":
+            negate = True
+        elif member_op == "LITERAL":
+            hit = hit or code == int(member[1])
+        elif member_op == "RANGE":
+            hit = hit or int(member[1][0]) <= code <= int(member[1][1])
+        elif member_op == "CATEGORY":
+            hit = hit or _in_category(str(member[1]), char)
+        else:
+            return True
+    return not hit if negate else hit
+
+
+def _disjoint(first: _Item, second: _Item) -> bool:
+    """Whether two single-character atoms provably share no character (case variants included)."""
+    for finite, other in ((first, second), (second, first)):
+        chars = _finite_chars(finite)
+        if chars is not None:
+            return not any(_may_match(other, variant) for code in chars for variant in _case_variants(code))
+    categories = {_single_category(first), _single_category(second)}
+    return None not in categories and frozenset(categories) in _DISJOINT_CATEGORIES
+
+
+# --------------------------------------------------------------------------------------------------------
+# Policy
+# --------------------------------------------------------------------------------------------------------
+
+
+class PrivacyPolicy:
+    """Redaction patterns and non-persistable roles, compiled once and applied before storage.
+
+    Args:
+        redact_patterns: Regular expressions (RE2-style, run with ``regex.V0``) whose matches are replaced,
+            applied in order. Each is checked with :func:`check_pattern`.
+        non_persistable_roles: Message roles that are never stored, compared case-insensitively.
+        redaction: Literal replacement for every match.
+        timeout_s: Time bound, in seconds, of one pattern applied to one text.
+
+    Raises:
+        ConfigError: If a pattern is unsafe or invalid, a role or the redaction is not a string, or
+            ``timeout_s`` is not a positive finite number.
+
+    Example:
+        >>> PrivacyPolicy([r"\\d{4}"], redaction="****").redact("PIN 1234")
+        'PIN ****'
+    """
+
+    __slots__ = ("_compiled", "_folded_roles", "_patterns", "_redaction", "_roles", "_timeout_s")
+
+    def __init__(
+        self,
+        redact_patterns: Sequence[str] = (),
+        non_persistable_roles: Sequence[str] = (),
+        redaction: str = DEFAULT_REDACTION,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        if isinstance(redact_patterns, str):
+            raise ConfigError(
+                "redact_patterns must be a list of patterns, not a string", field="redact_patterns"
+            )
+        if isinstance(non_persistable_roles, str):
+            raise ConfigError(
+                "non_persistable_roles must be a list of roles, not a string", field="non_persistable_roles"
+            )
+        if not isinstance(redaction, str):
+            raise ConfigError(
+                f"redaction must be a string, got {type(redaction).__name__}", field="redaction"
+            )
+        if (
+            isinstance(timeout_s, bool)
+            or not isinstance(timeout_s, (int, float))
+            or not math.isfinite(timeout_s)
+            or timeout_s <= 0
+        ):
+            raise ConfigError(
+                f"timeout_s must be a positive number of seconds, got {timeout_s!r}", field="timeout_s"
+            )
+        for role in non_persistable_roles:
+            if not isinstance(role, str):
+                raise ConfigError(
+                    f"non-persistable role must be a string, got {type(role).__name__}",
+                    field="non_persistable_roles",
+                )
+        self._patterns: tuple[str, ...] = tuple(redact_patterns)
+        self._compiled: tuple[Any, ...] = tuple(_compile_checked(pattern) for pattern in self._patterns)
+        self._roles: tuple[str, ...] = tuple(non_persistable_roles)
+        self._folded_roles: frozenset[str] = frozenset(role.casefold() for role in self._roles)
+        self._redaction = redaction
+        self._timeout_s = float(timeout_s)
+
+    @property
+    def redact_patterns(self) -> tuple[str, ...]:
+        """The redaction patterns, in the order they are applied."""
+        return self._patterns
+
+    @property
+    def non_persistable_roles(self) -> tuple[str, ...]:
+        """The roles that are never stored, as given."""
+        return self._roles
+
+    @property
+    def redaction(self) -> str:
+        """The literal string that replaces each match."""
+        return self._redaction
+
+    @property
+    def timeout_s(self) -> float:
+        """Time bound, in seconds, of one pattern applied to one text."""
+        return self._timeout_s
+
+    def __repr__(self) -> str:
+        return (
+            f"PrivacyPolicy(redact_patterns={list(self._patterns)!r}, "
+            f"non_persistable_roles={list(self._roles)!r}, redaction={self._redaction!r}, "
+            f"timeout_s={self._timeout_s!r})"
+        )
+
+    def is_empty(self) -> bool:
+        """Whether the policy neither redacts nor drops anything."""
+        return not self._patterns and not self._folded_roles
+
+    def persistable(self, role: str) -> bool:
+        """Whether messages with ``role`` may be stored (case-insensitive comparison).
+
+        Args:
+            role: A message role such as ``"user"``.
+
+        Returns:
+            ``False`` if the role is one of :attr:`non_persistable_roles`.
+        """
+        return str(role).casefold() not in self._folded_roles
+
+    def redact(self, text: str) -> str:
+        """Replace every match of every pattern, in order, with :attr:`redaction`.
+
+        Args:
+            text: Text to redact.
+
+        Returns:
+            The redacted text (``text`` itself when there are no patterns).
+
+        Raises:
+            PrivacyError: (``PRIVACY_ERROR``) if a pattern runs past :attr:`timeout_s`. The message names
+                the pattern, never the text.
+        """
+        for pattern, compiled in zip(self._patterns, self._compiled, strict=True):
+            try:
+                text = compiled.sub(self._replacement, text, timeout=self._timeout_s)
+            except TimeoutError:
+                raise PrivacyError(
+                    f"redaction pattern {pattern!r} timed out after {self._timeout_s:g}s; nothing was stored",
+                    operation="redact",
+                    pattern=pattern,
+                ) from None
+        return text
+
+    def _replacement(self, match: Any) -> str:
+        # A callable keeps the redaction literal; empty matches (e.g. of ``\d*``) are left alone.
+        return self._redaction if match.end() > match.start() else ""
+
+    def _redact_value(self, value: Any) -> Any:
+        """Redact the string leaves of a JSON-like value, rebuilding containers (keys are kept)."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, Mapping):
+            return {key: self._redact_value(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._redact_value(item) for item in value]
+        if isinstance(value, tuple):
+            return tuple(self._redact_value(item) for item in value)
+        return value
+
+    def apply(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """Prepare messages for storage.
+
+        Messages whose role is non-persistable are dropped. The others are copied and their ``content`` (when
+        it is a string) and every string leaf of their ``metadata`` are redacted. The input is never mutated.
+
+        Args:
+            messages: Messages as mappings with ``role`` and ``content``.
+
+        Returns:
+            The messages to store and the number dropped because of their role.
+
+        Raises:
+            PrivacyError: If a redaction runs past its time bound.
+        """
+        if self.is_empty():
+            return [dict(message) for message in messages], 0
+        kept: list[dict[str, Any]] = []
+        skipped = 0
+        for message in messages:
+            if not self.persistable(message.get("role", "")):
+                skipped += 1
+                continue
+            copy = dict(message)
+            if self._compiled:
+                content = copy.get("content")
+                if isinstance(content, str):
+                    copy["content"] = self.redact(content)
+                if "metadata" in copy:
+                    copy["metadata"] = self._redact_value(copy["metadata"])
+            kept.append(copy)
+        return kept, skipped
+
+
+__all__ = [
+    "DEFAULT_REDACTION",
+    "DEFAULT_TIMEOUT_S",
+    "MAX_PATTERN_LENGTH",
+    "PrivacyPolicy",
+    "check_pattern",
+]

@@ -1,0 +1,296 @@
+"""Tests of compozy_nb.tokens: offline tiktoken vocabularies, counting and model mapping."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import tiktoken
+
+from compozy_nb import tokens
+from compozy_nb.errors import ConfigError
+from compozy_nb.tokens import TokenCounter, encoding_for_model, ensure_offline_vocab, get_counter
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CL100K_FILE = "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"
+O200K_FILE = "fb374d419588a4632f3f557e76b4b70aebbca790"
+SAMPLES = [
+    "hello world",
+    "",
+    " ",
+    "Hello, World! How are you today?",
+    "naïve café — 東京 🚀",
+    "def f(x):\n    return x ** 2\n",
+    "<|endoftext|> is plain text here",
+    "1234567890 " * 20,
+]
+
+# Runs in a fresh interpreter: blocks every socket connection, counts, reports as JSON.
+_CHILD = textwrap.dedent(
+    """
+    import json, os, socket, sys
+
+    attempts = []
+
+    def _refuse(*args, **kwargs):
+        attempts.append(repr(args))
+        raise OSError("network disabled by test")
+
+    socket.socket.connect = _refuse
+    socket.create_connection = _refuse
+
+    from compozy_nb.tokens import get_counter
+
+    texts = json.loads(sys.argv[1])
+    out = {
+        "cl100k_base": [get_counter("gpt-4").count(t) for t in texts],
+        "o200k_base": [get_counter("gpt-4o").count(t) for t in texts],
+        "message": get_counter().count_message("user", "hello world"),
+        "cache_dir": os.environ.get("TIKTOKEN_CACHE_DIR"),
+        "attempts": attempts,
+    }
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _vocab() -> None:
+    """Make the offline vocabularies available to the reference ``tiktoken.get_encoding`` calls."""
+    ensure_offline_vocab()
+
+
+def _expected(encoding: str, texts: list[str]) -> list[int]:
+    enc = tiktoken.get_encoding(encoding)
+    return [len(enc.encode_ordinary(t)) for t in texts]
+
+
+def _offline_env(**overrides: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("NO_PROXY", "no_proxy", "TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        env.pop(key, None)
+    env.update(
+        HTTPS_PROXY="http://127.0.0.1:9",
+        HTTP_PROXY="http://127.0.0.1:9",
+        https_proxy="http://127.0.0.1:9",
+        http_proxy="http://127.0.0.1:9",
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p),
+    )
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def _run_child(env: dict[str, str], texts: list[str]) -> dict[str, object]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(texts)],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _assert_child_counts(result: dict[str, object], texts: list[str]) -> None:
+    assert result["cl100k_base"] == _expected("cl100k_base", texts)
+    assert result["o200k_base"] == _expected("o200k_base", texts)
+    assert result["message"] == 2 + 1 + 2  # "hello world" + "user" + 2
+    assert result["attempts"] == []
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- counting -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["cl100k_base", "o200k_base"])
+def test_counts_match_tiktoken(encoding: str) -> None:
+    counter = TokenCounter(encoding)
+    assert [counter.count(t) for t in SAMPLES] == _expected(encoding, SAMPLES)
+
+
+def test_known_values() -> None:
+    cl100k = TokenCounter()
+    assert cl100k.encoding_name == "cl100k_base"
+    assert cl100k.count("hello world") == 2
+    assert cl100k.count("") == 0
+    assert cl100k.count("Hello, World!") == 4
+    assert TokenCounter("o200k_base").count("hello world") == 2
+
+
+def test_special_token_text_is_counted_as_ordinary_text() -> None:
+    counter = TokenCounter()
+    assert counter.count("<|endoftext|>") > 1
+
+
+def test_count_message_adds_role_and_two() -> None:
+    counter = get_counter()
+    assert counter.count_message("user", "hello world") == 2 + 1 + 2
+    assert counter.count_message("assistant", "") == counter.count("assistant") + 2
+    content = "The quick brown fox jumps over the lazy dog."
+    assert counter.count_message("system", content) == counter.count(content) + counter.count("system") + 2
+
+
+def test_get_counter_is_cached_per_encoding() -> None:
+    assert get_counter() is get_counter(None)
+    assert get_counter("gpt-4") is get_counter("gpt-3.5-turbo") is get_counter()
+    assert get_counter("gpt-4o") is get_counter("o3-mini")
+    assert get_counter("gpt-4o").encoding_name == "o200k_base"
+    assert get_counter("gpt-4o") is not get_counter("gpt-4")
+
+
+def test_unsupported_encoding_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match="unsupported token encoding 'r50k_base'"):
+        TokenCounter("r50k_base")
+
+
+# --- model mapping --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "encoding"),
+    [
+        (None, "cl100k_base"),
+        ("", "cl100k_base"),
+        ("gpt-4", "cl100k_base"),
+        ("gpt-4-turbo", "cl100k_base"),
+        ("gpt-4-32k-0314", "cl100k_base"),
+        ("gpt-3.5-turbo", "cl100k_base"),
+        ("gpt-35-turbo", "cl100k_base"),
+        ("text-embedding-3-small", "cl100k_base"),
+        ("text-embedding-ada-002", "cl100k_base"),
+        ("gpt-4o", "o200k_base"),
+        ("gpt-4o-mini", "o200k_base"),
+        ("GPT-4o-2024-05-13", "o200k_base"),
+        ("chatgpt-4o-latest", "o200k_base"),
+        ("gpt-4.1", "o200k_base"),
+        ("gpt-4.1-nano", "o200k_base"),
+        ("gpt-4.5-preview", "o200k_base"),
+        ("gpt-5", "o200k_base"),
+        ("gpt-5-mini", "o200k_base"),
+        ("o1", "o200k_base"),
+        ("o1-preview", "o200k_base"),
+        ("o3", "o200k_base"),
+        ("o3-mini", "o200k_base"),
+        ("o4-mini", "o200k_base"),
+        ("openai/gpt-4o", "o200k_base"),
+        ("openai:gpt-4o", "o200k_base"),
+        ("openai:gpt-4", "cl100k_base"),
+        ("ft:gpt-4o-mini:my-org::abc123", "o200k_base"),
+        ("ft:gpt-3.5-turbo:my-org::abc123", "cl100k_base"),
+        ("claude-3-5-sonnet", "cl100k_base"),
+        ("llama3", "cl100k_base"),
+        ("omni-moderation-latest", "cl100k_base"),
+    ],
+)
+def test_encoding_for_model(model: str | None, encoding: str) -> None:
+    assert encoding_for_model(model) == encoding
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["gpt-4", "gpt-4o", "gpt-4.1", "gpt-5", "o1", "o3", "o4-mini", "gpt-3.5-turbo", "text-embedding-3-large"],
+)
+def test_encoding_for_model_agrees_with_tiktoken(model: str) -> None:
+    assert encoding_for_model(model) == tiktoken.encoding_name_for_model(model)
+
+
+# --- offline vocabulary files ---------------------------------------------------------------------------
+
+
+def test_cache_names_and_hashes_match_tiktoken() -> None:
+    spec = importlib.util.find_spec("tiktoken_ext.openai_public")
+    assert spec is not None and spec.origin is not None
+    source = Path(spec.origin).read_text(encoding="utf-8")
+    for name, vocab in tokens._VOCABS.items():
+        assert vocab.cache_key == hashlib.sha1(vocab.url.encode()).hexdigest()
+        assert f"encodings/{name}.tiktoken" in vocab.url
+        assert f'expected_hash="{vocab.sha256}"' in source
+    assert tokens._VOCABS["cl100k_base"].cache_key == CL100K_FILE
+    assert tokens._VOCABS["o200k_base"].cache_key == O200K_FILE
+
+
+def test_ensure_offline_vocab_writes_into_user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user_dir = tmp_path / "user-cache"
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(user_dir))
+    assert ensure_offline_vocab() == user_dir
+    assert os.environ["TIKTOKEN_CACHE_DIR"] == str(user_dir)
+    assert _sha256(user_dir / CL100K_FILE) == tokens._VOCABS["cl100k_base"].sha256
+    assert _sha256(user_dir / O200K_FILE) == tokens._VOCABS["o200k_base"].sha256
+    assert sorted(p.name for p in user_dir.iterdir()) == sorted([CL100K_FILE, O200K_FILE])
+
+
+def test_ensure_offline_vocab_repairs_corrupt_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    (tmp_path / CL100K_FILE).write_bytes(b"aGVsbG8= 0\n")  # parses fine, wrong vocabulary
+    ensure_offline_vocab()
+    assert _sha256(tmp_path / CL100K_FILE) == tokens._VOCABS["cl100k_base"].sha256
+
+
+def test_unwritable_user_dir_raises_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(ConfigError, match="TIKTOKEN_CACHE_DIR"):
+        ensure_offline_vocab()
+
+
+# --- fresh processes, network disabled ------------------------------------------------------------------
+
+
+def test_fresh_process_counts_offline_from_empty_user_dir(tmp_path: Path) -> None:
+    cache = tmp_path / "fresh"
+    result = _run_child(_offline_env(TIKTOKEN_CACHE_DIR=str(cache)), SAMPLES)
+    _assert_child_counts(result, SAMPLES)
+    assert result["cache_dir"] == str(cache)
+    assert (cache / CL100K_FILE).is_file()
+    assert (cache / O200K_FILE).is_file()
+
+
+def test_fresh_process_with_corrupt_user_cache_counts_correctly(tmp_path: Path) -> None:
+    # Valid tiktoken syntax but the wrong vocabulary: trusting it would give wrong counts.
+    (tmp_path / CL100K_FILE).write_bytes(b"aGVsbG8= 0\nIHdvcmxk 1\n")
+    (tmp_path / O200K_FILE).write_bytes(b"truncated")
+    result = _run_child(_offline_env(TIKTOKEN_CACHE_DIR=str(tmp_path)), SAMPLES)
+    _assert_child_counts(result, SAMPLES)
+    assert _sha256(tmp_path / CL100K_FILE) == tokens._VOCABS["cl100k_base"].sha256
+    assert _sha256(tmp_path / O200K_FILE) == tokens._VOCABS["o200k_base"].sha256
+
+
+def test_fresh_process_default_dir_sets_env(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    result = _run_child(_offline_env(HOME=str(home), TIKTOKEN_CACHE_DIR=None), ["hello world"])
+    expected_dir = home / ".cache" / "compozy-nb" / "tiktoken"
+    assert result["cache_dir"] == str(expected_dir)
+    assert result["cl100k_base"] == [2]
+    assert (expected_dir / CL100K_FILE).is_file()
+
+
+def test_fresh_process_falls_back_to_tempdir(tmp_path: Path) -> None:
+    home = tmp_path / "home-is-a-file"
+    home.write_text("x")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = _offline_env(HOME=str(home), TMPDIR=str(tmp), TIKTOKEN_CACHE_DIR="")
+    result = _run_child(env, ["hello world"])
+    assert result["cache_dir"] == str(tmp / "compozy-nb-tiktoken")
+    assert result["o200k_base"] == [2]
+    assert result["attempts"] == []
