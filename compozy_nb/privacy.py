@@ -48,6 +48,7 @@ import functools
 import importlib
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,6 +77,8 @@ _ATOM_OPS = frozenset({"LITERAL", "NOT_LITERAL", "ANY", "IN"})
 _ZERO_WIDTH_OPS = frozenset({"AT", "ASSERT", "ASSERT_NOT"})
 _ALTERNATION_OPS = frozenset({"BRANCH", "GROUPREF_EXISTS"})
 _MAX_FINITE_SET = 512
+_MAX_REPEAT_DEPTH = 6
+_MAX_ESTIMATED_SIZE = 20_000
 
 # Single-category classes that share no character (order irrelevant).
 _DISJOINT_CATEGORIES = frozenset(
@@ -130,19 +133,31 @@ def _compile_checked_cached(pattern: str) -> Any:
         raise _pattern_error(
             pattern, f"the pattern is {len(pattern)} characters long; the limit is {MAX_PATTERN_LENGTH}"
         )
+    # The structural check runs first: compiling with ``regex`` is itself exponential in the nesting depth
+    # of some repeats (``(?:(?:a+){1,3}){1,3}...``), so an unchecked pattern must never reach it.
+    translated, opaque = _translate_for_parser(pattern)
     try:
-        compiled = regex.compile(pattern, flags=regex.V0)
-    except regex.error as exc:
-        raise _pattern_error(pattern, f"invalid regular expression: {exc}") from None
-    except (RecursionError, OverflowError, ValueError, MemoryError) as exc:
-        raise _pattern_error(pattern, f"invalid regular expression: {type(exc).__name__}: {exc}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FutureWarning "possible nested set" and the like
+            tree = _sre.parse(translated)
+    except RecursionError:
+        raise _pattern_error(pattern, "groups are nested too deeply") from None
+    except Exception as exc:  # re.error, OverflowError ...
+        raise _pattern_error(pattern, f"invalid or unsupported regular expression: {exc}") from None
     try:
-        reason = _unsafe_reason(pattern)
+        reason = _alternation_under_open_repeat(pattern) or _walk(tree, allow_deterministic=not opaque)
+        if reason is None and _estimated_size(tree) > _MAX_ESTIMATED_SIZE:
+            reason = f"its counted repeats expand to more than {_MAX_ESTIMATED_SIZE} elements"
     except RecursionError:
         reason = "groups are nested too deeply to verify"
     if reason is not None:
         raise _pattern_error(pattern, f"unsafe pattern (catastrophic backtracking risk): {reason}")
-    return compiled
+    try:
+        return regex.compile(pattern, flags=regex.V0)
+    except regex.error as exc:
+        raise _pattern_error(pattern, f"invalid regular expression: {exc}") from None
+    except (RecursionError, OverflowError, ValueError, MemoryError) as exc:
+        raise _pattern_error(pattern, f"invalid regular expression: {type(exc).__name__}: {exc}") from None
 
 
 def _compile_checked(pattern: object) -> Any:
@@ -157,19 +172,6 @@ def _compile_checked(pattern: object) -> Any:
 def _pattern_error(pattern: str, reason: str) -> ConfigError:
     shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
     return ConfigError(f"pattern {shown!r}: {reason}", field="redact_patterns", pattern=shown)
-
-
-def _unsafe_reason(pattern: str) -> str | None:
-    """Why ``pattern`` (already known to compile) is unsafe, or ``None`` if it passes the structural check."""
-    reason = _alternation_under_open_repeat(pattern)
-    if reason is not None:
-        return reason
-    translated, opaque = _translate_for_parser(pattern)
-    try:
-        tree = _sre.parse(translated)
-    except Exception as exc:  # re.error, RecursionError, ... anything the checker cannot digest
-        return f"it uses syntax the safety check cannot verify ({exc})"
-    return _walk(tree, allow_deterministic=not opaque)
 
 
 def _alternation_under_open_repeat(pattern: str) -> str | None:
@@ -237,35 +239,57 @@ def _open_quantifier_at(pattern: str, index: int) -> str | None:
 def _translate_for_parser(pattern: str) -> tuple[str, bool]:
     """Rewrite ``regex``-only syntax so Python's parser accepts it with the same structure.
 
+    ``\\p{...}``/``\\P{...}`` become ``\\w``, ``\\z`` becomes ``\\Z``, a POSIX class such as ``[:alpha:]``
+    inside a set becomes ``\\w`` and any other ``[`` inside a set is escaped
+    (``regex.V0`` has no nested sets).
+
     Returns:
         The rewritten pattern and whether it contains constructs whose character sets the checker cannot
         reason about (Unicode properties, POSIX classes); for those, the "deterministic body" exemption of
         the nested-repeat rule is disabled.
     """
     out: list[str] = []
-    opaque = "[:" in pattern
+    opaque = False
+    in_class = False
     i, n = 0, len(pattern)
     while i < n:
         char = pattern[i]
-        if char != "\\" or i + 1 >= n:
+        if char == "\\" and i + 1 < n:
+            escaped = pattern[i + 1]
+            if escaped in "pP":  # \pL, \p{Greek}, \P{^Lu}: one character of a set we do not model
+                opaque = True
+                if i + 2 < n and pattern[i + 2] == "{":
+                    end = pattern.find("}", i + 3)
+                    i = n if end < 0 else end + 1
+                else:
+                    i += 3
+                out.append(r"\w")
+            else:
+                out.append(r"\Z" if escaped == "z" else pattern[i : i + 2])
+                i += 2
+        elif not in_class and char == "[":
+            in_class = True
+            start = i
+            i += 1
+            if i < n and pattern[i] == "^":
+                i += 1
+            if i < n and pattern[i] == "]":
+                i += 1
+            out.append(pattern[start:i])
+        elif in_class and char == "[":
+            end = pattern.find(":]", i + 2) if pattern.startswith("[:", i) else -1
+            if end >= 0:
+                opaque = True
+                out.append(r"\w")
+                i = end + 2
+            else:
+                out.append(r"\[")
+                i += 1
+        else:
+            if in_class and char == "]":
+                in_class = False
             out.append(char)
             i += 1
-            continue
-        escaped = pattern[i + 1]
-        if escaped in "pP":  # \pL, \p{Greek}, \P{^Lu}: one character of an unknown set
-            opaque = True
-            if i + 2 < n and pattern[i + 2] == "{":
-                end = pattern.find("}", i + 3)
-                i = n if end < 0 else end + 1
-            else:
-                i += 3
-            out.append(r"\w")
-        elif escaped == "z":
-            out.append(r"\Z")
-            i += 2
-        else:
-            out.append(pattern[i : i + 2])
-            i += 2
     return "".join(out), opaque
 
 
@@ -307,8 +331,14 @@ def _any_item(tree: Any, predicate: Any) -> bool:
     return False
 
 
-def _walk(tree: Any, *, allow_deterministic: bool) -> str | None:
+def _walk(tree: Any, *, allow_deterministic: bool, depth: int = 0) -> str | None:
+    """The first unsafe construct of ``tree``; ``depth`` counts the repeats enclosing it."""
     for item in tree:
+        inner_depth = depth
+        if _op(item) in _REPEAT_OPS:
+            inner_depth += 1
+            if inner_depth > _MAX_REPEAT_DEPTH:
+                return f"repeats nested more than {_MAX_REPEAT_DEPTH} deep"
         if _is_unbounded(item):
             body = item[1][2]
             if _any_item(body, lambda it: _op(it) in _ALTERNATION_OPS):
@@ -316,10 +346,24 @@ def _walk(tree: Any, *, allow_deterministic: bool) -> str | None:
             if _any_item(body, _is_variable) and not (allow_deterministic and _deterministic(body)):
                 return "nested quantifier: a variable-width repeat inside a repeat with no upper bound"
         for child in _children(item):
-            reason = _walk(child, allow_deterministic=allow_deterministic)
+            reason = _walk(child, allow_deterministic=allow_deterministic, depth=inner_depth)
             if reason is not None:
                 return reason
     return None
+
+
+def _estimated_size(tree: Any) -> int:
+    """Rough size of the compiled program: ``regex`` unrolls the mandatory part of counted repeats."""
+    total = 0
+    for item in tree:
+        children = sum(_estimated_size(child) for child in _children(item))
+        if _op(item) in _REPEAT_OPS:
+            total += max(int(item[1][0]), 1) * max(children, 1)
+        else:
+            total += 1 + children
+        if total > _MAX_ESTIMATED_SIZE:  # stop early; the caller only compares with the limit
+            return total
+    return total
 
 
 def _flatten(tree: Any) -> list[_Item] | None:

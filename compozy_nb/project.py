@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from compozy_nb.backends import Backend, connect
-from compozy_nb.config._yaml import Document, load_documents, load_file
+from compozy_nb.config._yaml import Document, load_documents, load_file, validate_document
 from compozy_nb.config.memory import MemoryResource
 from compozy_nb.config.project import (
     ProjectSettings,
@@ -18,9 +20,16 @@ from compozy_nb.config.project import (
     resource_kind,
 )
 from compozy_nb.config.task import MemoryTask
+from compozy_nb.config.workflow import BasicTask, Workflow
 from compozy_nb.errors import ConfigError, MemoryNotFoundError, TemplateError
-from compozy_nb.memory.instance import MemoryInstance, MemoryRuntime, Output, run_operation
-from compozy_nb.templating import render, render_value
+from compozy_nb.memory.flush import Summarizer, truncate_tokens
+from compozy_nb.memory.instance import MemoryInstance, MemoryRuntime, Output
+from compozy_nb.templating import render
+from compozy_nb.workflow import runner
+from compozy_nb.workflow.providers import ChatRequest, Registry, complete
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Project:
@@ -48,7 +57,10 @@ class Project:
         self._backend: Backend | None = None
         self.resources: dict[str, MemoryResource] = {}
         self.sources: dict[str, str] = {}
+        self.workflows: dict[str, Workflow] = {}
+        self.workflow_docs: dict[str, Document] = {}
         self._runtimes: dict[str, MemoryRuntime] = {}
+        self.llms = Registry()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -61,6 +73,18 @@ class Project:
         root = Path(directory)
         if not root.is_dir():
             raise ConfigError(f"project directory {str(root)!r} does not exist", source=str(root))
+        project = cls.load_unchecked(root, redis_url=redis_url)
+        problems = project.validate()
+        if problems:
+            raise problems[0]
+        return project
+
+    @classmethod
+    def load_unchecked(cls, directory: str | Path = ".", redis_url: str | None = None) -> Project:
+        """Load files without the cross-checks of :meth:`validate` (the CLI's ``validate`` reports them all)."""
+        root = Path(directory)
+        if not root.is_dir():
+            raise ConfigError(f"project directory {str(root)!r} does not exist", source=str(root))
         settings, _ = load_settings(root)
         project = cls(redis_url=redis_url, settings=settings, root=root)
         for path in autoload_files(root, settings.autoload):
@@ -68,27 +92,67 @@ class Project:
                 project.add_document(doc)
         return project
 
+    def validate(self) -> list[ConfigError]:
+        """Cross-checks of every workflow (unknown memory refs, references to unknown task outputs)."""
+        problems: list[ConfigError] = []
+        for wid, workflow in self.workflows.items():
+            problems.extend(runner.check_workflow(workflow, self, self.workflow_docs.get(wid)))
+        return problems
+
     def add_document(self, doc: Document, *, replace: bool = False) -> str:
-        """Register one parsed YAML document; returns its id."""
+        """Register one parsed YAML document (memory resource or workflow); returns its id."""
         kind = resource_kind(doc)
         if kind == "memory":
             return self.add_memory(parse_memory(doc), source=doc.where(()), replace=replace)
+        if kind == "workflow":
+            workflow = validate_document(Workflow, doc, what="workflow")
+            return self.add_workflow(workflow, doc=doc, replace=replace)
         raise ConfigError(
-            f"unsupported resource kind {kind!r} (expected 'memory')",
+            f"unsupported resource kind {kind!r} (expected 'memory' or 'workflow'; a workflow has tasks)",
             source=doc.where(("resource",)),
             field="resource",
         )
 
     def add_yaml(self, text: str, source: str = "<yaml>", *, replace: bool = False) -> list[str]:
-        """Register every document of a YAML string; nothing is registered if any document is invalid."""
+        """Register every document of a YAML string; nothing is registered if any document is invalid
+        (including a workflow that references an unknown memory or task output)."""
         docs = load_documents(text, source)
         staged = Project(settings=self.settings)
         staged.resources = dict(self.resources)
         staged.sources = dict(self.sources)
+        staged.workflows = dict(self.workflows)
+        staged.workflow_docs = dict(self.workflow_docs)
         ids = [staged.add_document(doc, replace=replace) for doc in docs]
+        for wid in ids:
+            if wid in staged.workflows and staged.workflows[wid] is not self.workflows.get(wid):
+                problems = runner.check_workflow(staged.workflows[wid], staged, staged.workflow_docs.get(wid))
+                if problems:
+                    raise problems[0]
         for rid in ids:
-            self.add_memory(staged.resources[rid], source=staged.sources[rid], replace=True)
+            if rid in staged.resources and staged.resources[rid] is not self.resources.get(rid):
+                self.add_memory(staged.resources[rid], source=staged.sources[rid], replace=True)
+            if rid in staged.workflows and staged.workflows[rid] is not self.workflows.get(rid):
+                self.add_workflow(staged.workflows[rid], doc=staged.workflow_docs.get(rid), replace=True)
         return ids
+
+    def add_workflow(self, workflow: Workflow, *, doc: Document | None = None, replace: bool = False) -> str:
+        """Register a workflow.
+
+        Raises:
+            ConfigError: an id already registered (unless ``replace``).
+        """
+        if workflow.id in self.workflows and not replace:
+            first = self.workflow_docs.get(workflow.id)
+            raise ConfigError(
+                f"workflow '{workflow.id}' is already defined"
+                + (f" at {first.where(())}" if first else ""),
+                source=doc.where(()) if doc else None,
+                field="name",
+            )
+        self.workflows[workflow.id] = workflow
+        if doc is not None:
+            self.workflow_docs[workflow.id] = doc
+        return workflow.id
 
     def add_memory(self, resource: MemoryResource, *, source: str = "<python>", replace: bool = False) -> str:
         """Register a memory resource.
@@ -146,8 +210,42 @@ class Project:
             self._runtimes[resource.id] = runtime
         return runtime
 
-    def _summarizer_for(self, resource: MemoryResource) -> Any:
-        return None
+    def _summarizer_for(self, resource: MemoryResource) -> Summarizer | None:
+        config = resource.flushing.summarizer
+        if config is None:
+            return None
+        provider, model = config.provider, config.model
+
+        def summarize(messages: Any, previous: str | None, max_tokens: int) -> str:
+            lines = [f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages]
+            prompt = [
+                {"role": "system", "content": "Summarize the conversation below for an assistant's memory. "
+                 f"Keep facts, names, decisions and open questions. At most {max_tokens} tokens."},
+                {"role": "user", "content": (f"Earlier summary:\n{previous}\n\n" if previous else "")
+                 + "Conversation:\n" + "\n".join(lines)},
+            ]
+            options = {"function": model} if provider == "python" else {}
+            options.update({k: v for k, v in self.provider_defaults(provider).items() if k != "model"})
+            reply = complete(provider, ChatRequest(prompt, model, 0.0, max_tokens, 60.0, options), self.llms,
+                             f"summarizer/{resource.id}")
+            return truncate_tokens(reply.content, self.runtime(resource.id).counter, max_tokens)
+
+        return summarize
+
+    def provider_defaults(self, provider: str) -> dict[str, Any]:
+        """Defaults for a provider from ``compozy.yaml`` (``providers: {openai: {base_url, api_key_env,
+        model}}``)."""
+        providers = self.settings.providers or {}
+        value = providers.get(provider)
+        return dict(value) if isinstance(value, dict) else {}
+
+    def llm(self, name: str) -> Any:
+        """Register a Python function as an LLM (``provider: python``, ``function: name``)::
+
+            @project.llm("echo")
+            def echo(messages): return "you said: " + messages[-1]["content"]
+        """
+        return self.llms.register(name)
 
     def memory(self, memory_ref: str, key: str | None = None, **variables: Any) -> MemoryInstance:
         """One memory instance: ``key`` as given, or the resource's key template rendered with ``variables``.
@@ -163,7 +261,7 @@ class Project:
                     f"memory resource '{runtime.resource.id}' has no default key template: pass key=...",
                     memory_ref=memory_ref,
                 )
-            key = render(template, template_context(variables))
+            key = render(template, runner.base_context("adhoc", variables, uuid.uuid4().hex))
         return MemoryInstance(runtime, key, self.backend, self.name)
 
     def execute(self, task: Mapping[str, Any] | MemoryTask, input: Mapping[str, Any] | None = None,
@@ -180,48 +278,66 @@ class Project:
         body = dict(task) if isinstance(task, Mapping) else task.model_dump(exclude_none=True)
         data = dict(input if input is not None else body.pop("input", None) or {})
         body.pop("input", None)
-        model = task if isinstance(task, MemoryTask) else _validate_task(body)
-        context = template_context(data, workflow_id=workflow_id)
-        output = self.run_task(model, context)
-        return {"status": "completed", "output": output}
+        wid = workflow_id or "adhoc"
+        context = runner.base_context(wid, data, uuid.uuid4().hex)
+        if body.get("type") == "basic":
+            basic = _validate(BasicTask, {"id": "task", **body})
+            return {"status": "completed", "output": runner.run_basic_task(self, basic, context, wid)}
+        model = task if isinstance(task, MemoryTask) else _validate(MemoryTask, body)
+        return {"status": "completed", "output": self.run_task(model, context)}
 
     def run_task(self, task: MemoryTask, context: Mapping[str, Any]) -> Output:
         """Render a memory task with ``context`` and run its operation."""
-        runtime = self.runtime(task.memory_ref)
-        template = task.key_template or runtime.resource.key
-        if not template:
-            raise TemplateError(
-                f"key_template is required (memory resource '{runtime.resource.id}' has no default key)",
-                field="key_template",
-            )
-        key = render(template, context)
-        instance = MemoryInstance(runtime, key, self.backend, self.name)
-        payload = render_value(task.payload, context, where="payload") if task.payload is not None else None
-        return run_operation(instance, task.operation, payload, task.options())
+        return runner.run_memory_task(self, task, context)
+
+    # ------------------------------------------------------------------ workflows
+    def workflow(self, workflow_id: str) -> WorkflowHandle:
+        """A runnable handle on a registered workflow.
+
+        Raises:
+            ConfigError: no such workflow (code WORKFLOW_NOT_FOUND).
+        """
+        if workflow_id not in self.workflows:
+            known = ", ".join(sorted(self.workflows)) or "none registered"
+            raise ConfigError(f"workflow not found: '{workflow_id}' (known: {known})",
+                              code="WORKFLOW_NOT_FOUND", workflow=workflow_id)
+        return WorkflowHandle(self, self.workflows[workflow_id])
+
+    def run(self, workflow_id: str, input: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run a workflow and return the run JSON (see :func:`compozy_nb.workflow.runner.run_workflow`)."""
+        return self.workflow(workflow_id).run(**dict(input or {}))
 
 
-def _validate_task(body: Mapping[str, Any]) -> MemoryTask:
+class WorkflowHandle:
+    """A registered workflow bound to its project: ``project.workflow("chatbot").run(user_id="u1")``."""
+
+    def __init__(self, project: Project, workflow: Workflow) -> None:
+        self.project = project
+        self.definition = workflow
+
+    @property
+    def id(self) -> str:
+        """The workflow id."""
+        return self.definition.id
+
+    def run(self, **input: Any) -> dict[str, Any]:
+        """Run with ``input`` as keyword arguments; returns the run JSON."""
+        return runner.run_workflow(self.project, self.definition, input)
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.id!r}, tasks={[t.id for t in self.definition.tasks]})"
+
+
+def _validate(model: type[M], body: Mapping[str, Any]) -> M:
     from pydantic import ValidationError
 
-    from compozy_nb.config._yaml import Document, iter_errors
+    from compozy_nb.config._yaml import iter_errors
 
     try:
-        return MemoryTask.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         doc = Document(dict(body), "<request>")
-        errors = list(iter_errors(exc, MemoryTask, doc))
+        errors = list(iter_errors(exc, model, doc))
         first = errors[0]
         message = first.message if len(errors) == 1 else "; ".join(e.message for e in errors)
         raise ConfigError(message, field=first.context.get("field")) from None
-
-
-def template_context(variables: Mapping[str, Any], *, workflow_id: str | None = None,
-                     exec_id: str | None = None, tasks: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The variables templates see: the input at top level, plus ``workflow``, ``input`` and ``tasks``."""
-    data = dict(variables)
-    return {
-        **data,
-        "workflow": {"id": workflow_id or "adhoc", "exec_id": exec_id or uuid.uuid4().hex, "input": data},
-        "input": data,
-        "tasks": dict(tasks or {}),
-    }

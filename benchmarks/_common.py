@@ -1,0 +1,163 @@
+"""Shared helpers for the benchmarks: a private redis-server, interleaved timing, percentiles, a table.
+
+Benchmarks are scripts, not tests: they print latencies and ratios against raw redis-py baselines measured
+in the same run on the same server, so the ratios are what matter, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 below 55535 (cluster bus ports are port + 10000)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port < 55535:
+            return port
+    raise RuntimeError("no free port below 55535")
+
+
+class RedisServer:
+    """A redis-server process of our own on a free loopback port, without persistence, stopped by pid."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("redis-server is not installed: install it or pass --redis URL")
+        self.binary = binary
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="compozy-bench-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        cmd = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(self.workdir), "--daemonize", "no",
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return self
+            except redis.exceptions.ConnectionError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}") from None
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not start in 10 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def interleaved(
+    cases: Mapping[str, Callable[[], Any]], *, iterations: int, rounds: int, warmup: int
+) -> dict[str, list[int]]:
+    """Time each case ``iterations`` times (ns per call), in ``rounds`` alternating blocks.
+
+    Every round runs a block of each case, in forward order on even rounds and reverse order on odd
+    ones, so slow phases of the machine (another process, CPU frequency) hit every case alike.
+    """
+    names = list(cases)
+    for name in names:
+        fn = cases[name]
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[int]] = {name: [] for name in names}
+    per_round = max(1, math.ceil(iterations / rounds))
+    clock = time.perf_counter_ns
+    for r in range(rounds):
+        gc.collect()
+        for name in names if r % 2 == 0 else reversed(names):
+            fn, out = cases[name], samples[name]
+            for _ in range(per_round):
+                t0 = clock()
+                fn()
+                out.append(clock() - t0)
+    return samples
+
+
+def percentile(values: Sequence[int], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank, in µs."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[rank - 1] / 1000.0
+
+
+@dataclass
+class Row:
+    """One line of the result table. ``target`` None means informational (no PASS/MISS)."""
+
+    operation: str
+    p50: float
+    p99: float
+    baseline: str
+    base_p50: float
+    target: float | None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.p50 / self.base_p50 if self.base_p50 else math.inf
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None:
+            return "info"
+        return "PASS" if self.ratio <= self.target else "MISS"
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    """Print the rows as an aligned text table."""
+    header = ("operation", "p50 µs", "p99 µs", "baseline", "base p50 µs", "ratio p50", "target", "result")
+    lines = [
+        (
+            r.operation,
+            f"{r.p50:.1f}",
+            f"{r.p99:.1f}",
+            r.baseline,
+            f"{r.base_p50:.1f}",
+            f"{r.ratio:.2f}x",
+            f"≤ {r.target:.2f}x" if r.target is not None else (r.note or "—"),
+            r.verdict,
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    right = {1, 2, 4, 5}
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    print(fmt(header))
+    print("  ".join("-" * w for w in widths))
+    for line in lines:
+        print(fmt(line))

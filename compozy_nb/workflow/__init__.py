@@ -1,0 +1,1 @@
+"""Workflows: runner, task executors, LLM providers."""

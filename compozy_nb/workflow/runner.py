@@ -1,0 +1,322 @@
+"""Running workflows: template context, static checks, task execution, the run JSON."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from compozy_nb.config._yaml import Document
+from compozy_nb.config.workflow import BasicTask, Workflow, WorkflowMemoryTask
+from compozy_nb.errors import CompozyNbError, ConfigError, MemoryNotFoundError, TemplateError
+from compozy_nb.memory.instance import MemoryInstance, run_operation
+from compozy_nb.templating import format_value, referenced_paths, render, render_value
+from compozy_nb.workflow.providers import ChatRequest, complete
+
+if TYPE_CHECKING:
+    from compozy_nb.project import Project
+
+BUILTINS = ("workflow", "tasks", "input", "now")
+
+
+# ---------------------------------------------------------------------------- text rendering
+def transcript(value: Any) -> str:
+    """Format a value for a text field: a read output or a message list becomes ``role: content`` lines."""
+    messages = value.get("messages") if isinstance(value, Mapping) and "messages" in value else value
+    if isinstance(messages, list) and all(isinstance(m, Mapping) and "content" in m for m in messages):
+        return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)
+    return format_value(value)
+
+
+def render_text(template: str, context: Mapping[str, Any]) -> str:
+    """Render a text field (a message's ``content``) with transcript formatting."""
+    return render(template, context, formatter=transcript)
+
+
+def render_messages(messages: Sequence[Mapping[str, Any]], context: Mapping[str, Any],
+                    where: str) -> list[dict[str, Any]]:
+    """Render message templates: ``content`` as text, other string fields keeping types; messages whose
+    content renders empty (no history yet) are dropped."""
+    out: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        rendered: dict[str, Any] = {}
+        for name, value in message.items():
+            field_where = f"{where}[{index}].{name}"
+            if name == "content" and isinstance(value, str):
+                try:
+                    rendered[name] = render_text(value, context)
+                except TemplateError as exc:
+                    raise TemplateError(f"{field_where}: {exc.message}", field=field_where) from None
+            else:
+                rendered[name] = render_value(value, context, where=field_where)
+        if isinstance(rendered.get("content"), str) and not rendered["content"].strip():
+            continue
+        out.append(rendered)
+    return out
+
+
+def render_payload(payload: Any, context: Mapping[str, Any]) -> Any:
+    """Render a memory task payload (messages' content as text, everything else keeping types)."""
+    if isinstance(payload, Mapping) and "content" in payload:
+        rendered = render_messages([payload], context, "payload")
+        return rendered[0] if rendered else []
+    if isinstance(payload, list) and all(isinstance(p, Mapping) for p in payload):
+        return render_messages(payload, context, "payload")
+    return render_value(payload, context, where="payload")
+
+
+# ---------------------------------------------------------------------------- context
+def base_context(workflow_id: str, data: Mapping[str, Any], exec_id: str) -> dict[str, Any]:
+    """The variables every template of a run sees before any task ran."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    inputs = dict(data)
+    return {
+        **inputs,
+        "workflow": {"id": workflow_id, "exec_id": exec_id, "input": inputs},
+        "input": inputs,
+        "tasks": {},
+        "now": now,
+    }
+
+
+# ---------------------------------------------------------------------------- static checks
+def _task_templates(task: WorkflowMemoryTask | BasicTask) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, str):
+            found.append((where, value))
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+
+    if isinstance(task, WorkflowMemoryTask):
+        if task.key_template:
+            walk(task.key_template, "key_template")
+        walk(task.payload, "payload")
+    else:
+        walk([m.model_dump() for m in task.messages], "messages")
+        for index, mem in enumerate(task.memory):
+            if mem.key:
+                walk(mem.key, f"memory[{index}].key")
+    return found
+
+
+def check_workflow(workflow: Workflow, project: Project, doc: Document | None = None) -> list[ConfigError]:
+    """Problems found before anything runs: unknown memory refs, references to unknown or later task
+    outputs, unknown input variables (when the workflow declares an input schema)."""
+    problems: list[ConfigError] = []
+    source = doc.source if doc else f"<workflow {workflow.id}>"
+
+    def where(index: int, field: str) -> str:
+        return doc.where(("tasks", index, field.split(".")[0].split("[")[0])) if doc else source
+
+    known_inputs = set(workflow.input.properties) if workflow.input and workflow.input.properties else None
+    outputs_so_far: set[str] = set()
+    ids_so_far: set[str] = set()
+    all_outputs = {t.output for t in workflow.tasks if t.output}
+    all_ids = {t.id for t in workflow.tasks}
+    for index, task in enumerate(workflow.tasks):
+        refs = [task.memory_ref] if isinstance(task, WorkflowMemoryTask) else [m.id for m in task.memory]
+        for ref in refs:
+            try:
+                project.resource(ref)
+            except MemoryNotFoundError as exc:
+                field = "memory_ref" if isinstance(task, WorkflowMemoryTask) else "memory"
+                problems.append(ConfigError(f"task '{task.id}': {exc.message}", source=where(index, field),
+                                            field=f"tasks[{index}].{field}", task=task.id))
+        for field, template in _task_templates(task):
+            try:
+                paths = referenced_paths(template)
+            except TemplateError as exc:
+                problems.append(ConfigError(f"task '{task.id}' {field}: {exc.message}",
+                                            source=where(index, field), field=f"tasks[{index}].{field}",
+                                            task=task.id))
+                continue
+            for path in paths:
+                if not path:
+                    continue
+                head = path[0]
+                message = None
+                if head == "tasks" and len(path) > 1:
+                    target = path[1]
+                    if target not in all_ids:
+                        message = f"references unknown task '{target}'"
+                    elif target not in ids_so_far:
+                        message = f"references task '{target}', which has not run yet at this point"
+                elif head in all_outputs and head not in outputs_so_far:
+                    message = f"references output '{head}' of a task that has not run yet at this point"
+                elif (known_inputs is not None and head not in BUILTINS and head not in outputs_so_far
+                      and head not in known_inputs):
+                    message = f"references '{head}', which is neither an input property nor a task output"
+                if message:
+                    problems.append(ConfigError(
+                        f"task '{task.id}' {field}: {message} ({{{{.{'.'.join(path)}}}}})",
+                        source=where(index, field), field=f"tasks[{index}].{field}", task=task.id,
+                    ))
+        ids_so_far.add(task.id)
+        if task.output:
+            outputs_so_far.add(task.output)
+    return problems
+
+
+def validate_input(workflow: Workflow, data: Mapping[str, Any]) -> None:
+    """Check the run input against the workflow's input schema."""
+    schema = workflow.input
+    if schema is None:
+        return
+    types: dict[str, type | tuple[type, ...]] = {
+        "string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict,
+        "array": list, "null": type(None),
+    }
+    for name in schema.required:
+        if name not in data:
+            raise ConfigError(f"workflow '{workflow.id}' input: missing required property '{name}'",
+                              field=f"input.{name}")
+    for name, value in data.items():
+        spec = schema.properties.get(name)
+        if spec is None:
+            if not schema.additional_properties:
+                raise ConfigError(f"workflow '{workflow.id}' input: unknown property '{name}'",
+                                  field=f"input.{name}")
+            continue
+        kind = spec.get("type")
+        expected = types.get(kind) if isinstance(kind, str) else None
+        wrong_bool = kind in ("integer", "number") and isinstance(value, bool)
+        if expected is not None and (not isinstance(value, expected) or wrong_bool):
+            raise ConfigError(
+                f"workflow '{workflow.id}' input: property '{name}' must be {kind}, got {type(value).__name__}",
+                field=f"input.{name}",
+            )
+        if "enum" in spec and value not in spec["enum"]:
+            raise ConfigError(f"workflow '{workflow.id}' input: property '{name}' must be one of {spec['enum']}",
+                              field=f"input.{name}")
+
+
+# ---------------------------------------------------------------------------- execution
+def run_memory_task(project: Project, task: WorkflowMemoryTask, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Render and run a memory task of a workflow."""
+    runtime = project.runtime(task.memory_ref)
+    template = task.key_template or runtime.resource.key
+    if not template:
+        raise TemplateError(f"key_template is required (memory resource '{runtime.resource.id}' has no key)",
+                            field="key_template")
+    key = render(template, context)
+    instance = MemoryInstance(runtime, key, project.backend, project.name)
+    payload = render_payload(task.payload, context) if task.payload is not None else None
+    return run_operation(instance, task.operation, payload, task.options())
+
+
+def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any],
+                   workflow_id: str) -> dict[str, Any]:
+    """Render the messages, inject agent memory, call the provider, store the exchange in memory.
+
+    Order of the prompt: the task's system messages, then each attached memory's history (in the order
+    the memories are listed, oldest first within each), then the task's other messages.
+    """
+    messages = render_messages([m.model_dump() for m in task.messages], context, "messages")
+    attached: list[tuple[MemoryInstance, str]] = []
+    history: list[dict[str, Any]] = []
+    for index, ref in enumerate(task.memory):
+        runtime = project.runtime(ref.id)
+        template = ref.key or runtime.resource.key
+        if not template:
+            raise TemplateError(f"memory[{index}] ('{ref.id}') needs key (the resource has no default key)",
+                                field=f"memory[{index}].key")
+        instance = MemoryInstance(runtime, render(template, context), project.backend, project.name)
+        read = instance.read(max_tokens=ref.max_context_tokens) if ref.max_context_tokens else instance.read()
+        history.extend({"role": m["role"], "content": m["content"]} for m in read["messages"])
+        attached.append((instance, ref.mode))
+    system = [m for m in messages if m["role"] == "system"]
+    rest = [m for m in messages if m["role"] != "system"]
+    prompt = [{"role": m["role"], "content": m["content"]} for m in [*system, *history, *rest]]
+    options: dict[str, Any] = {
+        "replies": task.replies, "reply_template": task.reply_template, "base_url": task.base_url,
+        "api_key_env": task.api_key_env, "function": task.function, "input": context.get("input", {}),
+    }
+    defaults = project.provider_defaults(task.provider)
+    for name in ("base_url", "api_key_env"):
+        if options[name] is None and defaults.get(name):
+            options[name] = defaults[name]
+    request = ChatRequest(prompt, task.model or defaults.get("model"), task.temperature, task.max_tokens,
+                          task.timeout, options)
+    reply = complete(task.provider, request, project.llms, f"{workflow_id}/{task.id}")
+    if reply.content.strip():
+        last_user = next((m for m in reversed(rest) if m["role"] == "user"), None)
+        exchange = [*([last_user] if last_user else []), {"role": "assistant", "content": reply.content}]
+        for instance, mode in attached:
+            if mode == "read-write":
+                instance.append(exchange)
+    return {
+        "content": reply.content,
+        "role": reply.role,
+        "model": reply.model,
+        "provider": reply.provider,
+        "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
+        "finish_reason": reply.finish_reason,
+        "prompt": prompt,
+    }
+
+
+def run_workflow(project: Project, workflow: Workflow, data: Mapping[str, Any] | None = None,
+                 exec_id: str | None = None) -> dict[str, Any]:
+    """Run every task in order and return the run JSON.
+
+    ``{"status", "workflow_id", "exec_id", "output", "tasks": {id: {"status", "output", "error",
+    "duration_ms"}}}``. A failing task stops the run (``status: failed`` with its error code) unless its
+    ``on_error`` is ``continue``.
+
+    Raises:
+        ConfigError: the input does not match the workflow's input schema (nothing ran).
+    """
+    data = dict(data or {})
+    validate_input(workflow, data)
+    exec_id = exec_id or uuid.uuid4().hex
+    context = base_context(workflow.id, data, exec_id)
+    tasks: dict[str, dict[str, Any]] = {}
+    status = "completed"
+    error: dict[str, Any] | None = None
+    last_output: Any = None
+    for task in workflow.tasks:
+        started = time.perf_counter()
+        try:
+            if isinstance(task, WorkflowMemoryTask):
+                output = run_memory_task(project, task, context)
+            else:
+                output = run_basic_task(project, task, context, workflow.id)
+            tasks[task.id] = {"status": "completed", "output": output, "error": None,
+                              "duration_ms": _ms(started)}
+            context["tasks"][task.id] = {"output": output, "status": "completed"}
+            if task.output:
+                context[task.output] = output
+            last_output = output
+        except CompozyNbError as exc:
+            task_error = {"code": exc.code, "message": str(exc), "task": task.id}
+            tasks[task.id] = {"status": "failed", "output": None, "error": task_error,
+                              "duration_ms": _ms(started)}
+            context["tasks"][task.id] = {"output": None, "status": "failed", "error": task_error}
+            if task.on_error == "continue":
+                continue
+            status, error = "failed", task_error
+            break
+    output: Any = last_output
+    if status == "completed" and workflow.output is not None:
+        try:
+            output = render_value(workflow.output, context, where="output")
+        except TemplateError as exc:
+            status, error = "failed", {"code": exc.code, "message": str(exc), "task": None}
+            output = None
+    run: dict[str, Any] = {"status": status, "workflow_id": workflow.id, "exec_id": exec_id,
+                           "output": output if status == "completed" else None, "tasks": tasks}
+    if error is not None:
+        run["error"] = error
+    return run
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
