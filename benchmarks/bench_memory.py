@@ -53,7 +53,13 @@ return n
 
 TARGETS = {"append": 1.3, "read_last": 1.3, "read_budget": 2.0, "budget_flat": 1.25, "stats_flat": 1.5}
 
-_WORDS = ["agent", "memory", "redis", "token", "budget", "message", "user", "assistant", "context", "window", "summary", "archive", "eviction", "workflow", "notebook", "python", "latency", "request", "answer", "question", "prefers", "concise", "detailed", "explanation", "example", "conversation", "history", "retrieval", "policy", "limit", "trim", "expire", "script", "atomic", "counter", "metadata", "session", "tool", "result", "weather", "booking", "order", "invoice", "customer", "support", "ticket", "priority", "status", "update", "schedule", "meeting"]
+_VOCABULARY = (
+    "agent memory redis token budget message user assistant context window summary archive eviction "
+    "workflow notebook python latency request answer question prefers concise detailed explanation "
+    "example conversation history retrieval policy limit trim expire script atomic counter metadata "
+    "session tool result weather booking order invoice customer support ticket priority status "
+    "update schedule meeting"
+)
 
 
 @dataclass(frozen=True)
@@ -72,10 +78,11 @@ QUICK = Settings(iterations=300, budget_iterations=200, rounds=6, warmup=50, sta
 def make_contents(encoding: tiktoken.Encoding, count: int, tokens: int, seed: int = 7) -> list[str]:
     """``count`` different ASCII texts of exactly ``tokens`` tokens (same encoder as the package)."""
     rng = random.Random(seed)
+    words = _VOCABULARY.split()
     out = []
     for i in range(count):
-        words = " ".join(rng.choice(_WORDS) for _ in range(tokens * 2))
-        ids = encoding.encode_ordinary(f"Turn {i}: {words}")[:tokens]
+        text = " ".join(rng.choice(words) for _ in range(tokens * 2))
+        ids = encoding.encode_ordinary(f"Turn {i}: {text}")[:tokens]
         out.append(encoding.decode(ids).strip())
     return out
 
@@ -87,9 +94,12 @@ class Bench:
         self.settings = settings
         self.project_name = f"bench{uuid.uuid4().hex[:8]}"
         self.project = Project(self.project_name, redis_url=url)
-        self.project.add_memory(MemoryResource(id="bench_window", max_messages=MAX_MESSAGES,
-                                               persistence={"ttl": TTL}))
-        self.project.add_memory(MemoryResource(id="bench_big", max_messages=1_000_000, persistence={"ttl": TTL}))
+        self.project.add_memory(
+            MemoryResource(id="bench_window", max_messages=MAX_MESSAGES, persistence={"ttl": TTL})
+        )
+        self.project.add_memory(
+            MemoryResource(id="bench_big", max_messages=1_000_000, persistence={"ttl": TTL})
+        )
         # the baseline: a plain redis-py client (hiredis parser when installed), its own connection
         self.raw = redis.Redis.from_url(url)
         self.raw_append = self.raw.register_script(RAW_APPEND_LUA)
@@ -138,8 +148,11 @@ class Bench:
         self.raw_keys.append(raw_key)
         enc = self.encoding
         pre_encoded = [
-            json.dumps({"role": "user", "content": c, "tokens": len(enc.encode_ordinary(c))}, ensure_ascii=False,
-                       separators=(",", ":"))
+            json.dumps(
+                {"role": "user", "content": c, "tokens": len(enc.encode_ordinary(c))},
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
             for c in self.contents
         ]
         self.raw.rpush(raw_key, *(pre_encoded * (MAX_MESSAGES // len(pre_encoded) + 1))[:MAX_MESSAGES])
@@ -154,8 +167,11 @@ class Bench:
         def floor() -> None:
             content = next(floor_texts)
             tokens = len(enc.encode_ordinary(content))
-            raw = json.dumps({"role": "user", "content": content, "tokens": tokens}, ensure_ascii=False,
-                             separators=(",", ":"))
+            raw = json.dumps(
+                {"role": "user", "content": content, "tokens": tokens},
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
             script(keys=[raw_key], args=[raw, MAX_MESSAGES, TTL_MS])
 
         def bare() -> None:
@@ -165,11 +181,23 @@ class Bench:
         assert self.raw.llen(raw_key) == MAX_MESSAGES and mem.stats()["message_count"] == MAX_MESSAGES
         p50, p99 = percentile(t["subject"], 0.5), percentile(t["subject"], 0.99)
         return [
-            Row(f"append (1 msg, {MESSAGE_TOKENS} tok, max 1000, ttl 24h)", p50, p99,
-                "tiktoken + json.dumps + EVALSHA(RPUSH,LTRIM,PEXPIRE)", percentile(t["floor"], 0.5),
-                TARGETS["append"]),
-            Row("append vs bare script", p50, p99, "EVALSHA(RPUSH,LTRIM,PEXPIRE) only",
-                percentile(t["bare"], 0.5), None, note="≈1.4x = tiktoken floor"),
+            Row(
+                f"append (1 msg, {MESSAGE_TOKENS} tok, max 1000, ttl 24h)",
+                p50,
+                p99,
+                "tiktoken + json.dumps + EVALSHA(RPUSH,LTRIM,PEXPIRE)",
+                percentile(t["floor"], 0.5),
+                TARGETS["append"],
+            ),
+            Row(
+                "append vs bare script",
+                p50,
+                p99,
+                "EVALSHA(RPUSH,LTRIM,PEXPIRE) only",
+                percentile(t["bare"], 0.5),
+                None,
+                note="≈1.4x = tiktoken floor",
+            ),
         ]
 
     # ------------------------------------------------------------------ 2. read last 20
@@ -186,8 +214,16 @@ class Bench:
             [json.loads(r) for r in raw.lrange(base, -20, -1)]
 
         t = self._time({"subject": subject, "baseline": baseline}, self.settings.iterations)
-        return [Row("read last=20 (of 1000)", percentile(t["subject"], 0.5), percentile(t["subject"], 0.99),
-                    "LRANGE -20 -1 + json.loads", percentile(t["baseline"], 0.5), TARGETS["read_last"])]
+        return [
+            Row(
+                "read last=20 (of 1000)",
+                percentile(t["subject"], 0.5),
+                percentile(t["subject"], 0.99),
+                "LRANGE -20 -1 + json.loads",
+                percentile(t["baseline"], 0.5),
+                TARGETS["read_last"],
+            )
+        ]
 
     # ------------------------------------------------------------------ 3. read within a token budget
     def bench_read_budget(self) -> list[Row]:
@@ -211,13 +247,26 @@ class Bench:
             cases[f"baseline{size}"] = baseline
         t = self._time(cases, self.settings.budget_iterations)
         rows = [
-            Row(f"read max_tokens={BUDGET} @ {size:,} msgs", percentile(t[f"subject{size}"], 0.5),
-                percentile(t[f"subject{size}"], 0.99), f"LRANGE -{windows[size]} -1 + json.loads",
-                percentile(t[f"baseline{size}"], 0.5), TARGETS["read_budget"])
+            Row(
+                f"read max_tokens={BUDGET} @ {size:,} msgs",
+                percentile(t[f"subject{size}"], 0.5),
+                percentile(t[f"subject{size}"], 0.99),
+                f"LRANGE -{windows[size]} -1 + json.loads",
+                percentile(t[f"baseline{size}"], 0.5),
+                TARGETS["read_budget"],
+            )
             for size in (100, 1000, 10_000)
         ]
-        rows.append(Row("read max_tokens: 10,000 vs 100 msgs", rows[2].p50, rows[2].p99,
-                        "read max_tokens @ 100 msgs", rows[0].p50, TARGETS["budget_flat"]))
+        rows.append(
+            Row(
+                "read max_tokens: 10,000 vs 100 msgs",
+                rows[2].p50,
+                rows[2].p99,
+                "read max_tokens @ 100 msgs",
+                rows[0].p50,
+                TARGETS["budget_flat"],
+            )
+        )
         return rows
 
     # ------------------------------------------------------------------ 4. stats
@@ -227,8 +276,10 @@ class Bench:
         big = self.memory("bench_big", "bench:stats:big")
         started = time.perf_counter()
         self.fill(big, self.settings.stats_big)
-        print(f"  (filled {self.settings.stats_big:,} messages in {time.perf_counter() - started:.1f} s)",
-              flush=True)
+        print(
+            f"  (filled {self.settings.stats_big:,} messages in {time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
         raw, meta = self.raw, big.layout.metadata
         t = self._time(
             {"small": small.stats, "big": big.stats, "hgetall": lambda: raw.hgetall(meta)},
@@ -239,8 +290,14 @@ class Bench:
         return [
             Row("stats @ 10 msgs", s50, percentile(t["small"], 0.99), "HGETALL metadata", h50, None),
             Row(f"stats @ {big_label} msgs", b50, percentile(t["big"], 0.99), "HGETALL metadata", h50, None),
-            Row(f"stats: {big_label} vs 10 msgs", b50, percentile(t["big"], 0.99), "stats @ 10 msgs", s50,
-                TARGETS["stats_flat"]),
+            Row(
+                f"stats: {big_label} vs 10 msgs",
+                b50,
+                percentile(t["big"], 0.99),
+                "stats @ 10 msgs",
+                s50,
+                TARGETS["stats_flat"],
+            ),
         ]
 
     # ------------------------------------------------------------------ profile
@@ -261,7 +318,9 @@ class Bench:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--redis", metavar="URL", help="use this Redis instead of starting a redis-server")
     parser.add_argument("--quick", action="store_true", help="a ~15 s smoke run (fewer iterations)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a ratio misses its target")
@@ -279,8 +338,9 @@ def server_url(args: argparse.Namespace) -> tuple[str, RedisServer | None]:
 def describe(url: str, client: redis.Redis) -> str:
     version = client.info("server").get("redis_version")
     return (
-        f"redis-server {version} at {url} | python {platform.python_version()} | redis-py {redis.__version__} "
-        f"(hiredis: {'yes' if HIREDIS_AVAILABLE else 'NO'}) | tiktoken {tiktoken.__version__}"
+        f"redis-server {version} at {url} | python {platform.python_version()} "
+        f"| redis-py {redis.__version__} (hiredis: {'yes' if HIREDIS_AVAILABLE else 'NO'}) "
+        f"| tiktoken {tiktoken.__version__}"
     )
 
 
@@ -293,11 +353,19 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(url, settings)
         try:
             print(describe(url, bench.raw))
-            print(f"mode: {'quick' if args.quick else 'full'} | {settings.iterations} iterations "
-                  f"({settings.budget_iterations} for budget reads) in {settings.rounds} interleaved rounds, "
-                  f"{settings.warmup} warmup | message: {MESSAGE_TOKENS} tokens of content", flush=True)
+            print(
+                f"mode: {'quick' if args.quick else 'full'} | {settings.iterations} iterations "
+                f"({settings.budget_iterations} for budget reads) in {settings.rounds} interleaved rounds, "
+                f"{settings.warmup} warmup | message: {MESSAGE_TOKENS} tokens of content",
+                flush=True,
+            )
             rows: list[Row] = []
-            for step in (bench.bench_append, bench.bench_read_last, bench.bench_read_budget, bench.bench_stats):
+            for step in (
+                bench.bench_append,
+                bench.bench_read_last,
+                bench.bench_read_budget,
+                bench.bench_stats,
+            ):
                 print(f"- {step.__name__.removeprefix('bench_')} ...", flush=True)
                 rows.extend(step())
             print()
@@ -311,8 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.stop()
     misses = [r.operation for r in rows if r.verdict == "MISS"]
-    print(f"\n{len(misses)} miss(es){': ' + '; '.join(misses) if misses else ''} "
-          f"| total {time.perf_counter() - started:.1f} s")
+    print(
+        f"\n{len(misses)} miss(es){': ' + '; '.join(misses) if misses else ''} "
+        f"| total {time.perf_counter() - started:.1f} s"
+    )
     return 1 if args.strict and misses else 0
 
 

@@ -65,6 +65,141 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> Any:
+    from compozy_nb.project import Project
+
+    return Project.load(args.project, redis_url=getattr(args, "redis", None))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate every resource and workflow of a project; print each problem with file:line."""
+    from compozy_nb.project import Project
+
+    try:
+        project = Project.load_unchecked(args.project)
+    except CompozyNbError as exc:
+        print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+        return 1
+    problems = project.validate()
+    for problem in problems:
+        print(f"error [{problem.code}]: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"ok: {len(project.resources)} memory resource(s), {len(project.workflows)} workflow(s) in "
+          f"{args.project} (project '{project.name}')")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a workflow and print the run JSON (exit 1 when it failed)."""
+    try:
+        data = _read_json(args.input, "input") if args.input else {}
+        if not isinstance(data, dict):
+            raise ConfigError("--input must be a JSON object")
+        project = _load(args)
+        run = project.run(args.workflow, data)
+    except CompozyNbError as exc:
+        _print({"status": "failed", "error": exc.to_dict()})
+        return 1
+    _print(run)
+    return 0 if run["status"] == "completed" else 1
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells)
+    return "\n".join(lines)
+
+
+def _cell(value: Any, width: int = 60) -> str:
+    text = "" if value is None else (json.dumps(value) if isinstance(value, dict | list) else str(value))
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def cmd_memory_ls(args: argparse.Namespace) -> int:
+    """List stored instances matching a pattern, with their stats."""
+    rows = _load(args).instances(args.pattern, memory_ref=args.ref)
+    if args.json:
+        _print(rows)
+    else:
+        cols = ["key", "message_count", "token_count", "role_distribution", "ttl_seconds", "last_flush"]
+        print(_table(rows, cols))
+    return 0
+
+
+def cmd_memory_show(args: argparse.Namespace) -> int:
+    """Print one instance's messages and stats."""
+    project = _load(args)
+    mem = project.memory(args.ref, key=args.key)
+    read = mem.read(last=args.last) if args.last else mem.read()
+    stats = mem.stats()
+    if args.json:
+        _print({"read": read, "stats": stats})
+        return 0
+    rows = [{"position": read["offset"] + i, **m} for i, m in enumerate(read["messages"])]
+    print(_table(rows, ["position", "role", "content", "tokens", "ts"]))
+    print()
+    print(_table([stats], ["key", "message_count", "token_count", "max_tokens", "token_utilization",
+                           "role_distribution", "ttl_seconds"]))
+    return 0
+
+
+DEMO_TURNS = (
+    "Hi! I'm Ann, my email is ann@example.com.",
+    "Can you remember what my name is?",
+    "Thanks, that's all for today.",
+)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A scripted three-turn conversation through the seed's chatbot workflow, then the memory as tables."""
+    from compozy_nb.project import Project
+
+    bundled = Path(__file__).resolve().parent / "examples" / "demo"
+    root = Path(args.project) if args.project else bundled
+    project = Project.load(root, redis_url=args.redis)
+    print(f"compozy-nb demo: project '{project.name}' ({root}), backend {project.backend.display_url}")
+    user = {"user_id": "demo-user", "session_id": "s1"}
+    mem = project.memory("conversation_memory", **user)
+    mem.delete()
+    for turn, text in enumerate(DEMO_TURNS, start=1):
+        run = project.run("chatbot-workflow", {**user, "user_message": text})
+        if run["status"] != "completed":
+            _print(run)
+            return 1
+        print(f"\nturn {turn}\n  user:      {text}\n  assistant: {run['output']['reply']}")
+    read = mem.read()
+    rows = [{"position": i, **m} for i, m in enumerate(read["messages"])]
+    print(f"\nmemory {mem.key!r} (privacy redaction applied before storage):")
+    print(_table(rows, ["position", "role", "content", "tokens"]))
+    print("\nstats:")
+    print(_table([mem.stats()], ["message_count", "token_count", "max_tokens", "token_utilization",
+                                 "role_distribution", "ttl_seconds"]))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of memory resource, workflow and project files."""
+    from compozy_nb.config.memory import MemoryResource
+    from compozy_nb.config.project import ProjectSettings
+    from compozy_nb.config.workflow import Workflow
+
+    schemas = {
+        "memory": MemoryResource.model_json_schema(),
+        "workflow": Workflow.model_json_schema(),
+        "project": ProjectSettings.model_json_schema(),
+    }
+    _print(schemas[args.kind] if args.kind else schemas)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -86,6 +221,42 @@ def build_parser() -> argparse.ArgumentParser:
     p_exec.add_argument("--project", default=".", help="project directory (default: .)")
     p_exec.add_argument("--redis", default=None, help="backend URL (redis://, rediss://, embedded://)")
     p_exec.set_defaults(func=cmd_exec)
+
+    p_val = sub.add_parser("validate", help="validate all resources and workflows (file:line errors)")
+    p_val.add_argument("--project", default=".", help="project directory (default: .)")
+    p_val.set_defaults(func=cmd_validate)
+
+    p_run = sub.add_parser("run", help="run a workflow and print the run JSON")
+    p_run.add_argument("workflow", help="workflow id (its name)")
+    p_run.add_argument("--project", default=".", help="project directory (default: .)")
+    p_run.add_argument("--redis", default=None, help="backend URL")
+    p_run.add_argument("--input", default=None, help="input JSON object, or @file")
+    p_run.set_defaults(func=cmd_run)
+
+    p_mem = sub.add_parser("memory", help="inspect stored memories")
+    mem_sub = p_mem.add_subparsers(dest="memory_command", metavar="SUBCOMMAND", required=True)
+    p_ls = mem_sub.add_parser("ls", help="list instances (SCAN) with their stats")
+    p_ls.add_argument("--pattern", default="*", help="glob over memory keys, e.g. 'conv:u1:*'")
+    p_ls.add_argument("--ref", default=None, help="memory resource whose limits to report")
+    p_show = mem_sub.add_parser("show", help="show one instance's messages and stats")
+    p_show.add_argument("ref", help="memory resource id")
+    p_show.add_argument("--key", required=True, help="the memory key, e.g. conv:u1:s1")
+    p_show.add_argument("--last", type=int, default=None, help="only the newest N messages")
+    for p_m in (p_ls, p_show):
+        p_m.add_argument("--project", default=".", help="project directory (default: .)")
+        p_m.add_argument("--redis", default=None, help="backend URL")
+        p_m.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p_ls.set_defaults(func=cmd_memory_ls)
+    p_show.set_defaults(func=cmd_memory_show)
+
+    p_demo = sub.add_parser("demo", help="a scripted three-turn chatbot conversation, memory shown as tables")
+    p_demo.add_argument("--project", default=None, help="project directory (default: the bundled example)")
+    p_demo.add_argument("--redis", default=None, help="backend URL (default: embedded)")
+    p_demo.set_defaults(func=cmd_demo)
+
+    p_schema = sub.add_parser("schema", help="JSON Schema of resource, workflow and project files")
+    p_schema.add_argument("kind", nargs="?", choices=["memory", "workflow", "project"], default=None)
+    p_schema.set_defaults(func=cmd_schema)
     return parser
 
 
@@ -105,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,11 +17,15 @@ semantics). Two defences keep a hostile or careless pattern from hanging a write
    unless every iteration of the body can match in only one way: the body is a plain sequence of single
    characters and single-character repeats, and each variable repeat is followed by a mandatory single
    character it cannot match (``(?:[a-z0-9-]+\\.)+``, ``(?:-?\\d)+``). Such bodies cannot be split
-   between iterations in more than one way, so backtracking stays polynomial. In addition, and exactly
-   like Compozy, any group that contains a top-level ``|`` and is directly followed by ``*``, ``+`` or
-   ``{n,}`` is rejected, because the parser folds some alternations (``(a|b)*``) into character classes.
-   Bounded repeats such as ``\\b(?:\\d[ -]*?){13,16}\\b`` are accepted. Patterns longer than
-   :data:`MAX_PATTERN_LENGTH` characters, empty patterns and patterns that do not compile are rejected too.
+   between iterations in more than one way, so backtracking stays polynomial. In addition, as Compozy
+   does, any group that contains a top-level ``|`` and is directly followed by ``*``, ``+`` or ``{n,}``
+   is rejected, because the parser folds some alternations (``(a|b)*``) into character classes. Bounded
+   repeats such as ``\\b(?:\\d[ -]*?){13,16}\\b`` are accepted. Also rejected: patterns longer than
+   :data:`MAX_PATTERN_LENGTH` characters, empty patterns, patterns that do not parse or compile (including
+   ``regex``-only syntax Python's parser cannot read, except ``\\p{..}``, ``[[:alpha:]]`` and ``\\z``,
+   which are translated), repeats nested more than 6 deep and counted repeats that unroll to more than
+   20,000 elements. The check runs *before* ``regex.compile``, whose own compile time grows exponentially
+   with the nesting depth of some repeats.
 
 2. **Run-time bound**. Every substitution runs with ``regex``'s ``timeout=`` argument
    (:data:`DEFAULT_TIMEOUT_S` per pattern per text). A pattern that runs past it raises
@@ -171,7 +175,7 @@ def _compile_checked(pattern: object) -> Any:
 
 def _pattern_error(pattern: str, reason: str) -> ConfigError:
     shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
-    return ConfigError(f"pattern {shown!r}: {reason}", field="redact_patterns", pattern=shown)
+    return ConfigError(f"pattern '{shown}': {reason}", field="redact_patterns", pattern=shown)
 
 
 def _alternation_under_open_repeat(pattern: str) -> str | None:
@@ -626,7 +630,7 @@ class PrivacyPolicy:
                 text = compiled.sub(self._replacement, text, timeout=self._timeout_s)
             except TimeoutError:
                 raise PrivacyError(
-                    f"redaction pattern {pattern!r} timed out after {self._timeout_s:g}s; nothing was stored",
+                    f"redaction pattern '{pattern}' timed out after {self._timeout_s:g}s; nothing was stored",
                     operation="redact",
                     pattern=pattern,
                 ) from None

@@ -30,6 +30,7 @@ from compozy_nb.workflow.providers import ChatRequest, Registry, complete
 
 
 M = TypeVar("M", bound=BaseModel)
+_ANY_RESOURCE = MemoryResource(id="any", type="buffer", description="limits unknown: listing by pattern")
 
 
 class Project:
@@ -289,6 +290,20 @@ class Project:
     def run_task(self, task: MemoryTask, context: Mapping[str, Any]) -> Output:
         """Render a memory task with ``context`` and run its operation."""
         return runner.run_memory_task(self, task, context)
+
+    def instances(self, pattern: str = "*", memory_ref: str | None = None,
+                  limit: int | None = None) -> list[Output]:
+        """Stats of every stored instance whose key matches ``pattern`` (SCAN, never KEYS; every primary
+        of a cluster). Limits come from ``memory_ref`` when given."""
+        from compozy_nb.memory.scan import scan_keys
+
+        runtime = self.runtime(memory_ref) if memory_ref else MemoryRuntime(_ANY_RESOURCE)
+        rows: list[Output] = []
+        for key in scan_keys(self.backend, self.name, pattern):
+            rows.append(MemoryInstance(runtime, key, self.backend, self.name).stats())
+            if limit is not None and len(rows) >= limit:
+                break
+        return rows
 
     # ------------------------------------------------------------------ workflows
     def workflow(self, workflow_id: str) -> WorkflowHandle:

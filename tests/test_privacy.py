@@ -66,10 +66,9 @@ def test_pattern_order_matters() -> None:
 
 
 def test_later_pattern_sees_earlier_redaction() -> None:
-    policy = PrivacyPolicy([r"secret", r"\[REDACTED\]"], redaction="[REDACTED]")
-    # The second pattern matches the first one's output: patterns apply in sequence, not simultaneously.
-    assert PrivacyPolicy([r"secret"]).redact("a secret") == "a [REDACTED]"
-    assert policy.redact("a secret") == "a [REDACTED]"
+    # Patterns apply in sequence: the second one matches the output of the first.
+    policy = PrivacyPolicy([r"cat", r"\bX dog"], redaction="X")
+    assert policy.redact("a cat dog") == "a X"
 
 
 @pytest.mark.parametrize(
@@ -95,9 +94,7 @@ def test_redact_without_patterns_returns_text() -> None:
 
 def test_unicode_text() -> None:
     policy = PrivacyPolicy([EMAIL])
-    assert policy.redact("Ünïcødé — jöhn@example.com ✓") == "Ünïcødé — jöhn@[REDACTED] ✓" or (
-        policy.redact("Ünïcødé — jöhn@example.com ✓") == "Ünïcødé — [REDACTED] ✓"
-    )
+    assert policy.redact("Ünïcødé — john@example.com ✓") == "Ünïcødé — [REDACTED] ✓"
     assert PrivacyPolicy([r"\p{Lu}\p{Ll}+"]).redact("hi Élodie") == "hi [REDACTED]"
 
 
@@ -108,7 +105,13 @@ def test_unicode_text() -> None:
 
 @pytest.mark.parametrize(
     ("configured", "role"),
-    [("SYSTEM", "system"), ("system", "SYSTEM"), ("System", "sYsTeM"), ("tool", "TOOL"), ("STRASSE", "straße")],
+    [
+        ("SYSTEM", "system"),
+        ("system", "SYSTEM"),
+        ("System", "sYsTeM"),
+        ("tool", "TOOL"),
+        ("STRASSE", "straße"),
+    ],
 )
 def test_non_persistable_roles_are_case_insensitive(configured: str, role: str) -> None:
     policy = PrivacyPolicy(non_persistable_roles=[configured])
@@ -214,7 +217,11 @@ def test_is_empty() -> None:
 def test_roles_only_policy_does_not_touch_content() -> None:
     policy = PrivacyPolicy(non_persistable_roles=["system"])
     kept, skipped = policy.apply(
-        [{"role": "system", "content": "a"}, {"role": "user", "content": "123-45-6789"}, {"content": "no role"}]
+        [
+            {"role": "system", "content": "a"},
+            {"role": "user", "content": "123-45-6789"},
+            {"content": "no role"},
+        ]
     )
     assert skipped == 1
     assert kept == [{"role": "user", "content": "123-45-6789"}, {"content": "no role"}]
@@ -257,10 +264,9 @@ UNSAFE_PATTERNS = [
     r"(?:[a-z]+[a-z]+\.)+",
     r"(?:\p{L}+\.)+",
     r"(.+)+@",
-    r"(?:\s*\w)*",
     r"(a{1,3})*?",
-    r"((?:a+)b)+?",
-    r"(?:(?:a+){1,3}){1,3}" * 0 + "(?:" * 7 + "a" + "){1,3}" * 7,
+    r"((?:a+)a)+?",
+    "(?:" * 7 + "a" + "){1,3}" * 7,
     r"(?:a{1000}){1000}",
 ]
 
@@ -286,7 +292,7 @@ def test_invalid_patterns_are_rejected(pattern: str) -> None:
         check_pattern(pattern)
     assert info.value.code == "INVALID_CONFIG"
     assert "invalid" in info.value.message
-    assert repr(pattern) in info.value.message
+    assert f"'{pattern}'" in info.value.message
 
 
 def test_pattern_length_limit() -> None:
@@ -330,7 +336,11 @@ SAFE_PATTERNS = [
     ),
     (r"\bAKIA[0-9A-Z]{16}\b", "key AKIAABCDEFGHIJKLMNOP", "key [REDACTED]"),
     (r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*", "jwt eyJhbGc.eyJzdWI.sig", "jwt [REDACTED]"),
-    (r"https?://(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?:/\S*)?", "see https://a.b.example.com/x?y", "see [REDACTED]"),
+    (
+        r"https?://(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?:/\S*)?",
+        "see https://a.b.example.com/x?y",
+        "see [REDACTED]",
+    ),
     (r"[\w.+-]+@(?:[\w-]+\.)+\w{2,}", "to jo.doe+x@mail.corp.example.org", "to [REDACTED]"),
     (r"\b[A-Z]{2}\d{2}[A-Z0-9]{11,30}\b", "iban DE89370400440532013000", "iban [REDACTED]"),
     (r"\bsk-[A-Za-z0-9]{20,}\b", "sk-abcdefghijklmnopqrstuv", "[REDACTED]"),
@@ -392,7 +402,7 @@ def test_slow_pattern_times_out_with_privacy_error() -> None:
 
 def test_slow_pattern_is_fine_on_short_text() -> None:
     policy = PrivacyPolicy([SLOW_BUT_ACCEPTED], redaction="*")
-    assert policy.redact("xx abccba yy") == "xx * yy"
+    assert policy.redact("xx abcddcba yy") == "xx * yy"
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -1,0 +1,28 @@
+"""Finding stored instances by key pattern with SCAN (every primary of a cluster), never KEYS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from compozy_nb.backends import Backend
+from compozy_nb.memory.keys import KeyLayout
+from compozy_nb.memory.store import redis_errors
+
+
+def scan_keys(backend: Backend, project: str, pattern: str = "*", count: int = 500) -> Iterator[str]:
+    """Memory keys (not Redis keys) of the message lists matching ``pattern``, sorted per SCAN batch.
+
+    ``pattern`` is a glob over memory keys (``conv:u1:*``). Metadata, archive and other auxiliary keys
+    are skipped.
+    """
+    match = KeyLayout.pattern(project, pattern, backend.cluster)
+    seen: set[str] = set()
+    with redis_errors("scan", pattern):
+        for raw in backend.client.scan_iter(match=match, count=count, _type="list"):
+            name = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+            if KeyLayout.is_auxiliary(name):
+                continue
+            key = KeyLayout.instance_key(project, name)
+            if key not in seen:
+                seen.add(key)
+                yield key
