@@ -22,6 +22,20 @@ from compozy_nb.project import Project
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext compozy_nb`` registers the ``%compozy`` magic."""
+    from compozy_nb.notebook.magics import load_ipython_extension as _load
+
+    _load(ipython)
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    """``%unload_ext compozy_nb``."""
+    from compozy_nb.notebook.magics import unload_ipython_extension as _unload
+
+    _unload(ipython)
+
 __all__ = [
     "OPERATIONS",
     "Backend",
@@ -43,4 +57,6 @@ __all__ = [
     "TemplateError",
     "__version__",
     "connect",
+    "load_ipython_extension",
+    "unload_ipython_extension",
 ]

@@ -23,9 +23,36 @@ ID_POOL = ("m1", "m2", "m3", "m4", "m5", "m6", 7, 8)
 """Explicit ids: strings and integers (stored as strings), few enough to collide often."""
 
 WORDS = (
-    "hello", "world", "the", "agent", "remembers", "a", "conversation", "about", "Redis", "memory",
-    "tokens", "42", "3.14", "naïve", "café", "東京", "🚀", "—", "flush", "lists", "{json}", "\"quoted\"",
-    "back\\slash", "tab\there", "new\nline", "ok!", "?", "user:", "system", "x" * 12,
+    "hello",
+    "world",
+    "the",
+    "agent",
+    "remembers",
+    "a",
+    "conversation",
+    "about",
+    "Redis",
+    "memory",
+    "tokens",
+    "42",
+    "3.14",
+    "naïve",
+    "café",
+    "東京",
+    "🚀",
+    "—",
+    "flush",
+    "lists",
+    "{json}",
+    '"quoted"',
+    "back\\slash",
+    "tab\there",
+    "new\nline",
+    "ok!",
+    "?",
+    "user:",
+    "system",
+    "x" * 12,
 )
 
 _TEXT = st.text(
@@ -44,13 +71,17 @@ def message_ids() -> st.SearchStrategy[str | int]:
     return st.sampled_from(ID_POOL)
 
 
-def messages(roles: st.SearchStrategy[str] | None = None, max_words: int = 14) -> st.SearchStrategy[dict[str, Any]]:
+def messages(
+    roles: st.SearchStrategy[str] | None = None, max_words: int = 14
+) -> st.SearchStrategy[dict[str, Any]]:
     """A valid message map.
 
     ``role`` may be left out (it defaults to ``user``); ``id`` is optional; an extra ``metadata`` field is
     kept verbatim; ``tokens`` and ``ts`` given in a payload must be ignored (they are computed).
     """
-    role_strategy = roles if roles is not None else st.sampled_from(("user", "user", "assistant", "tool", "system"))
+    role_strategy = (
+        roles if roles is not None else st.sampled_from(("user", "user", "assistant", "tool", "system"))
+    )
     return st.fixed_dictionaries(
         {"content": contents(max_words)},
         optional={

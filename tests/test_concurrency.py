@@ -21,6 +21,8 @@ import pytest
 import redis
 
 from compozy_nb import Project
+from compozy_nb.memory.flush import RuleBasedSummarizer
+from compozy_nb.memory.instance import MemoryInstance, MemoryRuntime
 from compozy_nb.memory.keys import KeyLayout
 
 pytestmark = pytest.mark.slow
@@ -46,6 +48,11 @@ archive_max_messages: 10000
 """
 
 STRATEGIES = ("simple_fifo", "lru", "token_aware_lru", "hybrid_summary")
+STALE_SUMMARY_BUG = (
+    "bug: flush.lua applies a hybrid_summary plan even when part of it was already removed by a racing "
+    "flush, so the summary re-covers messages another summary covers (two summaries, summarized_count "
+    "counted twice)"
+)
 
 
 def flushing_resource(strategy: str) -> str:
@@ -275,7 +282,14 @@ def check_flush_outcome(stored: Stored, sent: set[str], strategy: str) -> None:
     assert len(folded) + len(summaries) == int(stored.meta.get("summary_count", 0))
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        *STRATEGIES[:-1],
+        # Fails most runs (it depends on the interleaving): see the deterministic test below.
+        pytest.param("hybrid_summary", marks=pytest.mark.xfail(reason=STALE_SUMMARY_BUG, strict=False)),
+    ],
+)
 def test_flush_racing_appends_loses_nothing(redis_url: str, strategy: str) -> None:
     workers, per_worker = 4, 300
     resource = flushing_resource(strategy)
@@ -303,6 +317,28 @@ def test_flush_racing_appends_loses_nothing(redis_url: str, strategy: str) -> No
         assert int(stored.meta.get("evicted_count", 0)) == total(reports, "evicted")
 
 
+def flush_together(memories: Sequence[Any]) -> tuple[list[dict[str, Any]], list[BaseException]]:
+    """Run ``flush(force=True)`` on each memory in its own thread, released together by a barrier."""
+    barrier = threading.Barrier(len(memories))
+    outs: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def flush(memory: Any) -> None:
+        try:
+            barrier.wait()
+            outs.append(memory.flush(force=True))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=flush, args=(memory,)) for memory in memories]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads)
+    return outs, errors
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_two_flushes_racing_each_other(redis_url: str, strategy: str) -> None:
     resource = flushing_resource(strategy)
@@ -311,7 +347,11 @@ def test_two_flushes_racing_each_other(redis_url: str, strategy: str) -> None:
     sent: set[str] = set()
     for round_no in range(10):
         batch = [
-            {"id": f"r{round_no}-{i:03d}", "role": ("user", "assistant")[i % 2], "content": f"round {round_no} #{i}"}
+            {
+                "id": f"r{round_no}-{i:03d}",
+                "role": ("user", "assistant")[i % 2],
+                "content": f"round {round_no} #{i}",
+            }
             for i in range(240)
         ]
         if round_no == 0:
@@ -321,22 +361,7 @@ def test_two_flushes_racing_each_other(redis_url: str, strategy: str) -> None:
             writer.append(batch)
         sent.update(m["id"] for m in batch)
         before = Stored(redis_url)
-        barrier = threading.Barrier(2)
-        outs: list[dict[str, Any]] = []
-        errors: list[BaseException] = []
-
-        def flush(memory: Any) -> None:
-            try:
-                barrier.wait()
-                outs.append(memory.flush(force=True))
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=flush, args=(m,)) for m in flushers]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(JOIN_TIMEOUT)
+        outs, errors = flush_together(flushers)
         assert errors == []
         after = Stored(redis_url)
         removed = sum(out["flushed_count"] for out in outs)
@@ -344,7 +369,50 @@ def test_two_flushes_racing_each_other(redis_url: str, strategy: str) -> None:
         assert removed > 0
         assert removed == len(before.messages) - len(after.messages) + written
         assert removed == len(after.archive) - len(before.archive)
-        archived_now = after.archive[: removed]
+        archived_now = after.archive[:removed]
         assert {m["id"] for m in archived_now} <= set(before.ids)
         assert not {m["id"] for m in archived_now} & set(after.ids)
         check_flush_outcome(after, sent, strategy)
+
+
+TWO_HYBRID_RESOURCES = """
+resource: memory
+id: half
+type: message_count_based
+max_messages: 20
+archive_max_messages: 1000
+flushing: {type: hybrid_summary, summary_tokens: 64, summarize_oldest_percent: 0.5}
+---
+resource: memory
+id: third
+type: message_count_based
+max_messages: 20
+archive_max_messages: 1000
+flushing: {type: hybrid_summary, summary_tokens: 64, summarize_oldest_percent: 0.3}
+"""
+
+
+@pytest.mark.xfail(reason=STALE_SUMMARY_BUG, strict=True)
+def test_hybrid_flush_overtaken_while_summarizing_does_not_summarize_twice(redis_url: str) -> None:
+    """The interleaving of the race above, made deterministic: another client's flush lands while this
+    flush's summarizer runs (between its snapshot and its script). Two resources with the same key share
+    one list; they differ only in how much a flush summarizes."""
+    project = Project(PROJECT, redis_url=redis_url)
+    project.add_yaml(TWO_HYBRID_RESOURCES)
+    other = project.memory("third", key=KEY)
+    runtime = project.runtime("half")
+    default_summarizer = RuleBasedSummarizer(runtime.counter)
+
+    def overtaken(messages: Any, previous: str | None, max_tokens: int) -> str:
+        other.flush(force=True)
+        return default_summarizer(messages, previous, max_tokens)
+
+    memory = MemoryInstance(
+        MemoryRuntime(runtime.resource, summarizer=overtaken), KEY, project.backend, PROJECT
+    )
+    memory.write([{"id": f"m{i}", "content": f"message {i}"} for i in range(10)])
+
+    memory.flush(force=True)
+
+    stored = Stored(redis_url)
+    check_flush_outcome(stored, {f"m{i}" for i in range(10)}, "hybrid_summary")

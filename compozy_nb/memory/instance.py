@@ -27,6 +27,7 @@ from compozy_nb.memory.keys import KeyLayout, validate_key
 from compozy_nb.memory.messages import Encoded, decode, encode, new_id, normalize_payload, utc_now_iso
 from compozy_nb.memory.store import Scripts, redis_errors
 from compozy_nb.privacy import PrivacyPolicy
+from compozy_nb.results import OperationResult
 from compozy_nb.tokens import TokenCounter, get_counter
 
 OPERATIONS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats")
@@ -95,9 +96,20 @@ class MemoryInstance:
     def __repr__(self) -> str:
         return f"MemoryInstance(ref={self.resource.id!r}, key={self.key!r}, backend={self.backend.kind!r})"
 
+    def to_pandas(self, **read_options: Any) -> Any:
+        """The messages as a DataFrame (``read_options`` as for :meth:`read`)."""
+        return self.read(**read_options).to_pandas()  # type: ignore[attr-defined]
+
+    def plot(self, ax: Any = None) -> Any:
+        """Tokens per message and cumulative tokens against the token limit (matplotlib), archived
+        (flushed or evicted) messages shaded, summaries marked. Returns the matplotlib Axes."""
+        from compozy_nb.notebook.plot import plot_memory
+
+        return plot_memory(self, ax=ax)
+
     # ------------------------------------------------------------------ helpers
     def _out(self, operation: str, **values: Any) -> Output:
-        return {"operation": operation, "key": self.key, **values}
+        return OperationResult({"operation": operation, "key": self.key, **values})
 
     def _run(self, script: str, args: Sequence[Any], operation: str) -> Any:
         return self._scripts.run(script, self._keys, args, operation=operation, key=self.key)

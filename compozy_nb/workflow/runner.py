@@ -12,6 +12,7 @@ from compozy_nb.config._yaml import Document
 from compozy_nb.config.workflow import BasicTask, Workflow, WorkflowMemoryTask
 from compozy_nb.errors import CompozyNbError, ConfigError, MemoryNotFoundError, TemplateError
 from compozy_nb.memory.instance import MemoryInstance, run_operation
+from compozy_nb.results import RunResult
 from compozy_nb.templating import format_value, referenced_paths, render, render_value
 from compozy_nb.workflow.providers import ChatRequest, complete
 
@@ -311,8 +312,8 @@ def run_workflow(project: Project, workflow: Workflow, data: Mapping[str, Any] |
         except TemplateError as exc:
             status, error = "failed", {"code": exc.code, "message": str(exc), "task": None}
             output = None
-    run: dict[str, Any] = {"status": status, "workflow_id": workflow.id, "exec_id": exec_id,
-                           "output": output if status == "completed" else None, "tasks": tasks}
+    run: dict[str, Any] = RunResult({"status": status, "workflow_id": workflow.id, "exec_id": exec_id,
+                           "output": output if status == "completed" else None, "tasks": tasks})
     if error is not None:
         run["error"] = error
     return run

@@ -1,0 +1,1 @@
+"""Notebook experience: the %compozy magic, HTML display, plots."""

@@ -1,0 +1,276 @@
+"""``%load_ext compozy_nb``: the ``%compozy`` / ``%%compozy`` magic.
+
+One ``@line_cell_magic`` with ``@no_var_expand`` (IPython would turn ``{{.x}}`` into ``{.x}``) over private
+functions; arguments are split with ``shlex``; every error becomes a short ``UsageError`` here, at the
+boundary, and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+from typing import Any, NoReturn
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from traitlets import Bool, Int, Unicode
+
+from compozy_nb.errors import CompozyNbError
+from compozy_nb.results import DISPLAY
+
+HELP = """\
+%%compozy [--replace]          YAML (memory resources, workflows; several --- documents) → registered
+%compozy connect [URL]         use Redis at URL (redis://, rediss://, redis+cluster://) or embedded://
+%compozy load DIR              load a project (compozy.yaml + autoload) as the current project
+%compozy list                  memory resources and workflows of the current project
+%compozy show ID               one resource or workflow (summary and YAML)
+%compozy run WORKFLOW [--input JSON|$var] [-o VAR]
+%compozy memory OP REF (--key K | --var NAME=VALUE ...) [--limit N] [--offset N] [--last N]
+        [--max-tokens N] [--archive] [--payload JSON|$var] [--strategy S] [--dry-run] [--force]
+        [--confirm] [--backup] [--include-content] [--pattern GLOB] [-o VAR]
+        OP: read write append delete flush health clear stats
+%compozy help                  this text
+Settings: %config Compozy.redis_url / Compozy.display_limit / Compozy.progress (or COMPOZY_* variables)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"%compozy: {message} (see %compozy help)")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise UsageError(message or "%compozy: see %compozy help")
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="%compozy", add_help=False)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    p = sub.add_parser("connect", add_help=False)
+    p.add_argument("url", nargs="?", default=None)
+    p = sub.add_parser("load", add_help=False)
+    p.add_argument("directory")
+    sub.add_parser("list", add_help=False)
+    p = sub.add_parser("show", add_help=False)
+    p.add_argument("id")
+    sub.add_parser("help", add_help=False)
+    p = sub.add_parser("run", add_help=False)
+    p.add_argument("workflow")
+    p.add_argument("--input", default=None)
+    p.add_argument("-o", "--output", dest="var", default=None)
+    p = sub.add_parser("memory", add_help=False)
+    p.add_argument("op", choices=["read", "write", "append", "delete", "flush", "health", "clear", "stats"])
+    p.add_argument("ref")
+    p.add_argument("--key", default=None)
+    p.add_argument("--var", action="append", default=[])
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--last", type=int, default=None)
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=None)
+    p.add_argument("--archive", action="store_true")
+    p.add_argument("--payload", default=None)
+    p.add_argument("--strategy", default=None)
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--dry-run", dest="dry_run", action="store_true")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--confirm", action="store_true")
+    p.add_argument("--backup", action="store_true")
+    p.add_argument("--include-content", dest="include_content", action="store_true")
+    p.add_argument("--pattern", default=None)
+    p.add_argument("-o", "--output", dest="out", default=None)
+    return parser
+
+
+@magics_class
+class Compozy(Magics):
+    """The ``%compozy`` magic. Configure with ``%config Compozy.<name> = value``."""
+
+    redis_url = Unicode(
+        os.environ.get("COMPOZY_REDIS_URL", ""), help="Backend URL used when none is given (empty: embedded)."
+    ).tag(config=True)
+    display_limit = Int(
+        int(os.environ.get("COMPOZY_DISPLAY_LIMIT", "50")), help="Rows shown in HTML tables."
+    ).tag(config=True)
+    progress = Bool(
+        os.environ.get("COMPOZY_PROGRESS", "1") not in ("0", "false", "no"), help="Progress bars in run_many."
+    ).tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._project: Any = None
+        DISPLAY["limit"] = self.display_limit
+        self.observe(lambda change: DISPLAY.__setitem__("limit", change["new"]), names="display_limit")
+
+    # ------------------------------------------------------------------ state
+    @property
+    def project(self) -> Any:
+        """The current project (empty until a cell defines something or ``load`` is used)."""
+        if self._project is None:
+            from compozy_nb.project import Project
+
+            self._project = Project("default", redis_url=self.redis_url or None)
+        return self._project
+
+    # ------------------------------------------------------------------ entry
+    @no_var_expand
+    @line_cell_magic
+    def compozy(self, line: str, cell: str | None = None) -> Any:
+        """Define resources (cell) or run a subcommand (line). ``%compozy help`` lists them."""
+        try:
+            if cell is not None:
+                return self._define(line, cell)
+            return self._command(line)
+        except CompozyNbError as exc:
+            raise UsageError(f"[{exc.code}] {exc}") from None
+
+    # ------------------------------------------------------------------ cell
+    def _define(self, line: str, cell: str) -> Any:
+        from compozy_nb.notebook.display import DefinitionSummary
+
+        args = shlex.split(line)
+        unknown = [a for a in args if a != "--replace"]
+        if unknown:
+            raise UsageError(f"%%compozy: unknown option {unknown[0]!r} (only --replace)")
+        cell_no = getattr(self.shell, "execution_count", None)
+        ids = self.project.add_yaml(cell, source=f"<cell {cell_no}>" if cell_no else "<cell>",
+                                    replace="--replace" in args)
+        return DefinitionSummary(self.project, ids)
+
+    # ------------------------------------------------------------------ line
+    def _command(self, line: str) -> Any:
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%compozy: cannot parse the line: {exc}") from None
+        if not argv:
+            raise UsageError("%compozy: give a subcommand (see %compozy help)")
+        args = _parser().parse_args(argv)
+        handler = getattr(self, f"_cmd_{args.command}")
+        return handler(args)
+
+    def _cmd_help(self, args: argparse.Namespace) -> None:
+        print(HELP)
+
+    def _cmd_connect(self, args: argparse.Namespace) -> Any:
+        from compozy_nb.backends import EMBEDDED_URL, connect
+
+        backend = connect(args.url or self.redis_url or EMBEDDED_URL)
+        self.project.use_backend(backend)
+        print(f"connected: {backend.display_url} ({backend.kind})")
+
+    def _cmd_load(self, args: argparse.Namespace) -> Any:
+        from compozy_nb.notebook.display import DefinitionSummary
+        from compozy_nb.project import Project
+
+        previous = self._project
+        project = Project.load(args.directory, redis_url=self.redis_url or None)
+        if previous is not None and previous._backend is not None and not self.redis_url:
+            project.use_backend(previous.backend)
+        self._project = project
+        return DefinitionSummary(project, [*project.resources, *project.workflows])
+
+    def _cmd_list(self, args: argparse.Namespace) -> Any:
+        from compozy_nb.notebook.display import DefinitionSummary
+
+        return DefinitionSummary(self.project, [*self.project.resources, *self.project.workflows])
+
+    def _cmd_show(self, args: argparse.Namespace) -> Any:
+        from compozy_nb.notebook.display import DefinitionSummary
+
+        if args.id not in self.project.resources and args.id not in self.project.workflows:
+            known = ", ".join(sorted([*self.project.resources, *self.project.workflows])) or "nothing defined yet"
+            raise UsageError(f"%compozy show: no memory resource or workflow '{args.id}' (defined: {known})")
+        return DefinitionSummary(self.project, [args.id], with_yaml=True)
+
+    def _value(self, text: str | None, what: str) -> Any:
+        """A JSON literal or ``$name`` (a variable of the notebook)."""
+        if text is None:
+            return None
+        if text.startswith("$"):
+            name = text[1:]
+            if name not in self.shell.user_ns:
+                raise UsageError(f"%compozy: {what} refers to ${name}, which is not defined")
+            return self.shell.user_ns[name]
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"%compozy: {what} is not valid JSON ({exc.msg}); quote it, or pass $variable"
+            ) from None
+
+    def _store(self, var: str | None, value: Any) -> None:
+        if var:
+            if not var.isidentifier():
+                raise UsageError(f"%compozy: -o needs a Python name, got {var!r}")
+            self.shell.user_ns[var] = value
+
+    def _cmd_run(self, args: argparse.Namespace) -> Any:
+        data = self._value(args.input, "--input") or {}
+        if not isinstance(data, dict):
+            raise UsageError("%compozy run: --input must be a JSON object or a dict variable")
+        run = self.project.run(args.workflow, data)
+        self._store(args.var, run)
+        return run
+
+    def _cmd_memory(self, args: argparse.Namespace) -> Any:
+        project = self.project
+        if args.op == "stats" and args.pattern:
+            import pandas as pd
+
+            rows = project.instances(args.pattern, memory_ref=args.ref)
+            frame = pd.DataFrame([{k: v for k, v in r.items() if k != "operation"} for r in rows])
+            self._store(args.out, frame)
+            return frame
+        variables = {}
+        for item in args.var:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise UsageError(f"%compozy memory: --var needs NAME=VALUE, got {item!r}")
+            variables[name] = value
+        if args.key and variables:
+            raise UsageError("%compozy memory: give --key or --var, not both")
+        if not args.key and not variables:
+            resource = project.resource(args.ref)
+            if resource.key is None or "{{" in resource.key:
+                raise UsageError("%compozy memory: give --key K or --var NAME=VALUE for the key template")
+        mem = project.memory(args.ref, key=args.key, **variables)
+        result = self._operate(mem, args)
+        value = result.to_pandas() if args.op in ("read", "stats") else result
+        self._store(args.out, value)
+        return value
+
+    def _operate(self, mem: Any, args: argparse.Namespace) -> Any:
+        payload = self._value(args.payload, "--payload")
+        if args.op in ("write", "append"):
+            if payload is None:
+                raise UsageError(f"%compozy memory {args.op}: --payload is required")
+            return mem.write(payload) if args.op == "write" else mem.append(payload)
+        if args.payload is not None:
+            raise UsageError(f"%compozy memory {args.op}: --payload is only for write and append")
+        if args.op == "read":
+            return mem.read(args.limit, args.offset, last=args.last, max_tokens=args.max_tokens,
+                            archive=args.archive)
+        if args.op == "flush":
+            return mem.flush(args.strategy, dry_run=args.dry_run, force=args.force, threshold=args.threshold)
+        if args.op == "clear":
+            return mem.clear(confirm=args.confirm, backup=args.backup)
+        if args.op == "stats":
+            return mem.stats(include_content=args.include_content)
+        if args.op == "health":
+            return mem.health()
+        return mem.delete()
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Called by ``%load_ext compozy_nb``."""
+    magics = Compozy(ipython)
+    ipython.register_magics(magics)
+    if magics not in ipython.configurables:
+        ipython.configurables.append(magics)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Called by ``%unload_ext compozy_nb``."""
+    ipython.magics_manager.registry.pop("Compozy", None)

@@ -1,0 +1,113 @@
+"""Rich results: operation outputs and workflow runs stay plain dicts (JSON as documented) and also know how
+to show themselves in Jupyter (``_repr_html_``) and become DataFrames (``to_pandas``). pandas is imported
+only when a DataFrame is asked for."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+DISPLAY = {"limit": 50}
+MESSAGE_COLUMNS = ("position", "role", "content", "tokens")
+
+
+def _cell(value: Any, width: int = 200) -> str:
+    if isinstance(value, dict | list):
+        value = json.dumps(value, ensure_ascii=False, default=str)
+    text = "" if value is None else str(value)
+    if len(text) > width:
+        text = text[: width - 1] + "…"
+    return html.escape(text)
+
+
+def html_table(rows: list[dict[str, Any]], columns: list[str], *, caption: str = "", limit: int | None = None) -> str:
+    """A small HTML table (escaped), cut to ``limit`` rows with a note."""
+    limit = DISPLAY["limit"] if limit is None else limit
+    shown = rows[:limit]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='text-align:left'>{_cell(r.get(c))}</td>" for c in columns) + "</tr>"
+        for r in shown
+    )
+    note = f"<p><i>{len(rows) - len(shown)} more rows not shown (display_limit={limit})</i></p>" \
+        if len(rows) > len(shown) else ""
+    cap = f"<caption style='text-align:left'><b>{html.escape(caption)}</b></caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+
+
+def message_rows(output: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per message, with its position in the list (or archive)."""
+    start = int(output.get("offset", 0) or 0)
+    return [{"position": start + i, **m} for i, m in enumerate(output.get("messages", []))]
+
+
+def message_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Position, role, content, tokens first, then every other field in first-seen order."""
+    columns = list(MESSAGE_COLUMNS)
+    for row in rows:
+        for name in row:
+            if name not in columns:
+                columns.append(name)
+    return columns
+
+
+class OperationResult(dict[str, Any]):
+    """The output map of a memory operation (a dict), with notebook display."""
+
+    @property
+    def operation(self) -> str:
+        """Which operation produced it."""
+        return str(self.get("operation", ""))
+
+    def to_pandas(self) -> Any:
+        """A DataFrame: one row per message for ``read``, one row otherwise."""
+        import pandas as pd
+
+        if "messages" in self:
+            rows = message_rows(self)
+            return pd.DataFrame(rows, columns=message_columns(rows))
+        return pd.DataFrame([{k: v for k, v in self.items() if k != "operation"}])
+
+    def _repr_html_(self) -> str:
+        title = f"{self.operation} · {self.get('key', '')}"
+        if "messages" in self:
+            rows = message_rows(self)
+            cols = [c for c in message_columns(rows) if c not in ("id",)]
+            summary = {k: v for k, v in self.items() if k not in ("messages", "operation")}
+            return html_table(rows, cols, caption=title) + html_table([summary], list(summary))
+        fields = {k: v for k, v in self.items() if k != "operation"}
+        return html_table([{"field": k, "value": v} for k, v in fields.items()], ["field", "value"],
+                          caption=title)
+
+
+class RunResult(dict[str, Any]):
+    """The run JSON of a workflow (a dict), with a per-task table in notebooks."""
+
+    def task_rows(self) -> list[dict[str, Any]]:
+        """One row per task: id, status, duration, error code, a short output preview."""
+        rows = []
+        for task_id, task in self.get("tasks", {}).items():
+            output = task.get("output")
+            preview: Any = output
+            if isinstance(output, dict):
+                if "content" in output and "prompt" in output:
+                    preview = output["content"]
+                else:
+                    preview = {k: v for k, v in output.items() if k not in ("messages", "prompt")}
+            error = task.get("error") or {}
+            rows.append({"task": task_id, "status": task.get("status"), "duration_ms": task.get("duration_ms"),
+                         "error": error.get("code"), "output": preview})
+        return rows
+
+    def to_pandas(self) -> Any:
+        """The per-task table as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.task_rows(), columns=["task", "status", "duration_ms", "error", "output"])
+
+    def _repr_html_(self) -> str:
+        caption = f"workflow {self.get('workflow_id')} · {self.get('status')}"
+        table = html_table(self.task_rows(), ["task", "status", "duration_ms", "error", "output"], caption=caption)
+        out = self.get("output")
+        return table + (f"<p><b>output</b>: {_cell(out, 500)}</p>" if out is not None else "")
