@@ -1,8 +1,9 @@
 """compozy-nb: conversation memory for AI agents in Redis, wire-compatible with Compozy, made for Jupyter."""
 
 from compozy_nb.backends import Backend, connect
-from compozy_nb.config.memory import MemoryResource
+from compozy_nb.config.memory import MemoryResource as MemoryResourceConfig
 from compozy_nb.config.task import MemoryTask
+from compozy_nb.config.workflow import Workflow as WorkflowConfig
 from compozy_nb.errors import (
     BackendError,
     CompozyNbError,
@@ -19,6 +20,8 @@ from compozy_nb.errors import (
 )
 from compozy_nb.memory.instance import OPERATIONS, MemoryInstance
 from compozy_nb.project import Project
+from compozy_nb.results import OperationResult, RunResult
+from compozy_nb.sdk import MemoryResource, Workflow
 
 __version__ = "0.1.0"
 
@@ -51,10 +54,15 @@ __all__ = [
     "MemoryNotFoundError",
     "MemoryOperationError",
     "MemoryResource",
+    "MemoryResourceConfig",
     "MemoryTask",
+    "OperationResult",
     "PrivacyError",
     "Project",
+    "RunResult",
     "TemplateError",
+    "Workflow",
+    "WorkflowConfig",
     "__version__",
     "connect",
     "load_ipython_extension",

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel
 
 from compozy_nb.backends import Backend, connect
@@ -135,6 +136,16 @@ class Project:
             if rid in staged.workflows and staged.workflows[rid] is not self.workflows.get(rid):
                 self.add_workflow(staged.workflows[rid], doc=staged.workflow_docs.get(rid), replace=True)
         return ids
+
+    def add(self, *definitions: Any, replace: bool = False) -> list[str]:
+        """Register SDK builders or models (:class:`compozy_nb.MemoryResource`, :class:`compozy_nb.Workflow`,
+        or their config models), all or nothing, with the same checks as YAML."""
+        docs = []
+        for item in definitions:
+            data = item.to_dict() if hasattr(item, "to_dict") else item.model_dump(mode="json", by_alias=True,
+                                                                                    exclude_none=True)
+            docs.append(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        return self.add_yaml("---\n".join(docs), source="<python>", replace=replace)
 
     def add_workflow(self, workflow: Workflow, *, doc: Document | None = None, replace: bool = False) -> str:
         """Register a workflow.
@@ -339,8 +350,50 @@ class WorkflowHandle:
         """Run with ``input`` as keyword arguments; returns the run JSON."""
         return runner.run_workflow(self.project, self.definition, input)
 
+    def run_many(self, rows: Any, *, progress: bool | None = None) -> Any:
+        """Run once per row (a list of dicts or a DataFrame), in order; returns a DataFrame with the input
+        columns plus ``status``, ``error_code``, ``error`` and the flattened ``output`` of each run.
+
+        A progress bar (tqdm) is shown when ``progress`` is true, or by default when interactive.
+        """
+        import pandas as pd
+
+        records = rows.to_dict(orient="records") if hasattr(rows, "to_dict") else [dict(r) for r in rows]
+        show = _interactive() if progress is None else progress
+        iterator: Any = records
+        if show:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(records, desc=self.id, unit="run")
+        out = []
+        for record in iterator:
+            try:
+                run = self.run(**record)
+                error = run.get("error") or {}
+                row = {**record, "status": run["status"], "error_code": error.get("code"),
+                       "error": error.get("message")}
+                output = run.get("output")
+                if isinstance(output, dict):
+                    row.update({f"output.{k}": v for k, v in output.items() if not isinstance(v, dict | list)})
+                elif output is not None:
+                    row["output"] = output
+            except ConfigError as exc:
+                row = {**record, "status": "failed", "error_code": exc.code, "error": str(exc)}
+            out.append(row)
+        return pd.DataFrame(out)
+
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.id!r}, tasks={[t.id for t in self.definition.tasks]})"
+
+
+def _interactive() -> bool:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def _validate(model: type[M], body: Mapping[str, Any]) -> M:

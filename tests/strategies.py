@@ -60,10 +60,15 @@ _TEXT = st.text(
 ).filter(lambda s: s.strip() != "")
 
 
+def words(max_words: int = 14) -> st.SearchStrategy[str]:
+    """Contents made of 1..max_words vocabulary words (a few tokens each)."""
+    return st.lists(st.sampled_from(WORDS), min_size=1, max_size=max_words).map(" ".join)
+
+
 def contents(max_words: int = 14) -> st.SearchStrategy[str]:
     """Non-empty message contents (never whitespace only): mostly vocabulary words, sometimes any text."""
-    words = st.lists(st.sampled_from(WORDS), min_size=1, max_size=max_words).map(" ".join)
-    return st.one_of(words, words, words, _TEXT)
+    plain = words(max_words)
+    return st.one_of(plain, plain, plain, _TEXT)
 
 
 def message_ids() -> st.SearchStrategy[str | int]:
@@ -95,8 +100,8 @@ def messages(
 
 
 def system_messages(max_words: int = 8) -> st.SearchStrategy[dict[str, Any]]:
-    """A valid system message without explicit id."""
-    return st.builds(lambda c: {"role": "system", "content": c}, contents(max_words))
+    """A short valid system message (vocabulary words only) without explicit id."""
+    return st.builds(lambda c: {"role": "system", "content": c}, words(max_words))
 
 
 def payloads(max_batch: int = 4) -> st.SearchStrategy[Any]:

@@ -407,9 +407,10 @@ class MemoryMachine(RuleBasedStateMachine):
     def write(self, payload: Any) -> None:
         self._write(payload)
 
-    @rule(payload=st.lists(s.system_messages(max_words=3), min_size=1, max_size=MAX_MESSAGES))
-    def write_system_only(self, payload: list[dict[str, Any]]) -> None:
-        self._write(payload)
+    @rule(data=st.data(), size=st.sampled_from([1, 2, 3, MAX_MESSAGES, MAX_MESSAGES + 1]))
+    def write_system_only(self, data: st.DataObject, size: int) -> None:
+        """System messages only: up to a full memory (or one too many: LIMIT_EXCEEDED, nothing evictable)."""
+        self._write(data.draw(st.lists(s.system_messages(max_words=3), min_size=size, max_size=size)))
 
     # ------------------------------------------------------------------ reads
     def _read(self, **options: Any) -> dict[str, Any]:
@@ -615,19 +616,21 @@ class MemoryMachine(RuleBasedStateMachine):
     @precondition(
         lambda self: bool(self.model.messages) and all(m.role == "system" for m in self.model.messages)
     )
-    @rule()
-    def append_system_when_only_system_is_stored(self) -> None:
-        """Only system messages stored and no room left: a system message can evict nothing."""
+    @rule(others=st.lists(s.messages(roles=st.sampled_from(s.NON_SYSTEM_ROLES)), max_size=2))
+    def append_system_when_only_system_is_stored(self, others: list[dict[str, Any]]) -> None:
+        """Only system messages stored and no room left: a system message does not fit, whatever is evicted
+        (the non-system messages of the same batch included)."""
         if len(self.model.messages) >= MAX_MESSAGES:
             content = "stay on topic"
         else:
             content = _tokens_to_exceed(MAX_TOKENS - self.model.token_count)
         event(f"only system stored, full by count: {len(self.model.messages) >= MAX_MESSAGES}")
         before = self.raw_state()
+        payload = [*others, {"role": "system", "content": content}]
         with pytest.raises(ModelLimitExceededError):
-            self.model.store("append", [to_msg({"role": "system", "content": content})])
+            self.model.store("append", to_msgs(payload))
         with pytest.raises(LimitExceededError) as info:
-            self.memory.append({"role": "system", "content": content})
+            self.memory.append(payload)
         assert info.value.code == "LIMIT_EXCEEDED"
         self.unchanged(before)
 
