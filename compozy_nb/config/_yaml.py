@@ -95,7 +95,8 @@ def _field_names(model: type[BaseModel]) -> list[str]:
         if isinstance(info.validation_alias, str):
             names.append(info.validation_alias)
         elif info.validation_alias is not None:
-            names.extend(str(choice.path[0]) for choice in getattr(info.validation_alias, "choices", []))
+            for choice in getattr(info.validation_alias, "choices", []):
+                names.append(choice if isinstance(choice, str) else str(choice.path[0]))
     return names
 
 

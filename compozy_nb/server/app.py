@@ -1,0 +1,588 @@
+"""The FastAPI application: a thin HTTP shell over :class:`~compozy_nb.project.Project`.
+
+No operation is implemented here: every endpoint validates the request's shape, calls one ``Project`` or
+``MemoryInstance`` method and wraps its output map in Compozy's envelope.
+
+Concurrency: the engine is synchronous (redis-py, one Lua script per write). Endpoints are plain ``def``
+functions, which FastAPI runs in anyio's worker-thread pool, so a request waiting on Redis (or on an LLM in a
+basic task) never blocks the event loop or the other requests. The pool is widened to ``threads`` tokens at
+startup (anyio's default is 40) and every thread borrows its own connection from redis-py's pool. Writes stay
+correct under any interleaving because each one is a single atomic Lua script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal, TypeVar
+
+import anyio.to_thread
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from compozy_nb.config.task import MemoryTask
+from compozy_nb.config.workflow import BasicTask
+from compozy_nb.errors import BackendError, CompozyNbError, ConfigError
+from compozy_nb.memory.instance import MemoryInstance, Output
+from compozy_nb.memory.keys import validate_key
+from compozy_nb.memory.store import redis_errors
+from compozy_nb.project import Project
+from compozy_nb.server.errors import (
+    envelope,
+    error_envelope,
+    from_exception,
+    http_status,
+    validation_error,
+)
+from compozy_nb.workflow.runner import validate_input
+
+log = logging.getLogger("compozy_nb.server")
+T = TypeVar("T")
+
+API_PREFIX = "/api/v0"
+OPEN_PATHS = frozenset({"/healthz"})
+DEFAULT_THREADS = 64
+READ_LIMIT_DEFAULT = 50
+READ_LIMIT_MAX = 1000
+
+SEED_EXAMPLE: dict[str, Any] = {
+    "type": "memory",
+    "operation": "write",
+    "memory_ref": "conversation_memory",
+    "key_template": "conv:{{.user_id}}:{{.session_id}}",
+    "payload": {"role": "user", "content": "Hello"},
+    "input": {"user_id": "user123", "session_id": "sess456"},
+}
+
+
+# ---------------------------------------------------------------------------- request / response models
+class TaskRequest(BaseModel):
+    """The body of ``POST /workflows/{workflow_id}/tasks/{task_id}/execute`` (the seed's execute request).
+
+    Fields left out are taken from task ``task_id`` of workflow ``workflow_id``. Any other field of a memory
+    or basic task (``read_config``, ``messages``, ``provider`` ...) may be given too.
+    """
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [SEED_EXAMPLE]})
+
+    type: Literal["memory", "basic"] | None = Field(None, description="task type (default: the task's, or memory)")
+    operation: str | None = Field(None, description="read|write|append|delete|flush|health|clear|stats")
+    memory_ref: str | None = Field(None, description="memory resource id")
+    key_template: str | None = Field(None, description="Go-style template, e.g. conv:{{.user_id}}")
+    payload: Any = Field(None, description="a message map, a list of maps or a string (write/append)")
+    input: dict[str, Any] | None = Field(None, description="template variables (also under .workflow.input)")
+    read_config: dict[str, Any] | None = None
+    flush_config: dict[str, Any] | None = None
+    health_config: dict[str, Any] | None = None
+    clear_config: dict[str, Any] | None = None
+    stats_config: dict[str, Any] | None = None
+
+
+class WorkflowRunRequest(BaseModel):
+    """The body of ``POST /workflows/{workflow_id}/execute``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: dict[str, Any] = Field(default_factory=dict, description="the workflow input")
+
+
+class MessageIn(BaseModel):
+    """A message: ``content`` required; ``role`` defaults to ``user``; other fields are stored as given."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str | None = Field(None, description="user | assistant | system | tool (default: user)")
+    content: Any = Field(description="non-empty text")
+
+
+class _KeyBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    key: str = Field(description="the literal memory key (no templating), e.g. conv:user123:sess456")
+
+
+class MessagesRequest(_KeyBody):
+    """Body of ``write`` and ``append``."""
+
+    messages: list[MessageIn] = Field(min_length=1)
+
+    def payload(self) -> list[dict[str, Any]]:
+        """The messages as the engine's payload."""
+        return [m.model_dump(exclude_unset=True) for m in self.messages]
+
+
+class KeyRequest(_KeyBody):
+    """Body of ``delete``."""
+
+
+class FlushRequest(_KeyBody):
+    """Body of ``flush``."""
+
+    force: bool = False
+    dry_run: bool = False
+    strategy: str | None = Field(None, description="simple_fifo | fifo | lru | token_aware_lru | hybrid_summary")
+    threshold: float | None = Field(None, description="usage ratio (0..1) at which to flush")
+    max_keys: int | None = Field(None, description="accepted for Compozy compatibility; ignored")
+
+
+class ClearRequest(_KeyBody):
+    """Body of ``clear``."""
+
+    confirm: bool = Field(False, description="must be true, or the request fails with 409")
+    backup: bool = Field(False, description="keep the cleared messages in a restorable backup list")
+
+
+class Envelope(BaseModel):
+    """Compozy's success envelope."""
+
+    status: int
+    message: str
+    data: Any
+
+
+class ErrorDetail(BaseModel):
+    """The ``error`` object of an error envelope."""
+
+    code: str
+    message: str
+    field: str | None = None
+    details: Any = None
+
+
+class ErrorEnvelope(BaseModel):
+    """Compozy's error envelope."""
+
+    status: int
+    message: str
+    error: ErrorDetail
+    data: Any = None
+
+
+class TaskResponse(BaseModel):
+    """The seed's execute response."""
+
+    status: Literal["completed"]
+    output: dict[str, Any]
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "invalid input (error.code, error.message, error.field)",
+        401: "missing or wrong bearer token (when an API key is set)",
+        404: "unknown workflow, task or memory resource",
+        409: "clear without confirm: true",
+        413: "LIMIT_EXCEEDED: a message or the messages do not fit the memory's limits",
+        500: "a bug (INTERNAL_ERROR) or undecodable stored data (CORRUPT_DATA)",
+        503: "Redis unavailable (BACKEND_UNAVAILABLE)",
+    }
+    return {s: {"model": ErrorEnvelope, "description": text[s]} for s in (*statuses, 401, 500, 503)}
+
+
+_MEMORY_ERRORS = _errors(400, 404, 413)
+
+
+# ---------------------------------------------------------------------------- responses
+class _JSON(JSONResponse):
+    """JSON without ASCII escaping; values the engine returns that JSON lacks become strings."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+
+
+def _ok(message: str, data: Any) -> _JSON:
+    return _JSON(envelope(200, message, data))
+
+
+def _error(exc: CompozyNbError) -> _JSON:
+    status, body = from_exception(exc)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return _JSON(body, status_code=status, headers=headers)
+
+
+def _renamed(exc: CompozyNbError, old: str, new: str, default_field: str | None = None) -> CompozyNbError:
+    """The same error with engine names for a field (``payload``, ``flush_config.strategy``) replaced by the
+    request's names (``messages``, ``strategy``); ``default_field`` when the error names none."""
+    context = dict(exc.context)
+    field = context.get("field")
+    message = exc.message
+    if isinstance(field, str) and field.startswith(old):
+        context["field"] = new + field[len(old):]
+        message = message.replace(old, new, 1)
+    elif old in message and field is None:
+        message = message.replace(old, new, 1)
+    if context.get("field") is None and default_field:
+        context["field"] = default_field
+    if context == exc.context and message == exc.message:
+        return exc
+    context.pop("code", None)
+    renamed = CompozyNbError.__new__(type(exc))
+    CompozyNbError.__init__(renamed, message, code=exc.code, **context)
+    return renamed
+
+
+def _call(fn: Callable[[], T], old: str = "", new: str = "", default_field: str | None = None) -> T:
+    try:
+        return fn()
+    except CompozyNbError as exc:
+        if not old and default_field is None:
+            raise
+        raise _renamed(exc, old or "\0", new, default_field) from None
+
+
+# ---------------------------------------------------------------------------- auth
+class BearerAuth:
+    """Pure ASGI middleware: every path except :data:`OPEN_PATHS` needs ``Authorization: Bearer <token>``.
+
+    Tokens are compared as SHA-256 digests with :func:`hmac.compare_digest` (constant time, length hidden).
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._digest = hashlib.sha256(token.encode("utf-8")).digest()
+
+    def authorized(self, header: bytes | None) -> bool:
+        """Whether an ``Authorization`` header value carries the token."""
+        scheme, _, value = (header or b"").partition(b" ")
+        candidate = hashlib.sha256(value.strip()).digest()
+        return hmac.compare_digest(candidate, self._digest) and scheme.lower() == b"bearer"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), None)
+        if self.authorized(header):
+            await self.app(scope, receive, send)
+            return
+        message = "missing bearer token" if header is None else "invalid bearer token"
+        body = error_envelope(401, "UNAUTHORIZED", f"{message}: send 'Authorization: Bearer <COMPOZY_API_KEY>'")
+        response = _JSON(body, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="compozy-nb"'})
+        await response(scope, receive, send)
+
+
+# ---------------------------------------------------------------------------- the engine, shared by threads
+class _Engine:
+    """The project, with its backend connected once under a lock (threads may race for the first use)."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self._lock = threading.Lock()
+        self._connected = False
+
+    def ready(self) -> Project:
+        """The project with a connected backend.
+
+        Raises:
+            BackendError: Redis cannot be reached (tried again by the next request).
+        """
+        if not self._connected:
+            with self._lock:
+                if not self._connected:
+                    _ = self.project.backend
+                    self._connected = True
+        return self.project
+
+    def warm(self) -> None:
+        """Connect and compile every resource's runtime (tokenizer, privacy) before the first request."""
+        try:
+            for rid in self.project.resources:
+                self.project.runtime(rid)
+            self.ready()
+        except CompozyNbError as exc:
+            log.warning("compozy-nb: %s (requests will get 503 until it is reachable)", exc)
+
+    def memory(self, memory_ref: str, key: str) -> MemoryInstance:
+        """One instance; unknown ``memory_ref`` (404) and invalid ``key`` (400) before Redis (503)."""
+        self.project.resource(memory_ref)
+        _call(lambda: validate_key(key), default_field="key")
+        return self.ready().memory(memory_ref, key=key)
+
+
+# ---------------------------------------------------------------------------- the app
+def create_app(project: Project, api_key: str | None = None, *, threads: int = DEFAULT_THREADS) -> FastAPI:
+    """The HTTP API of ``project``.
+
+    Args:
+        project: A loaded project (its backend is connected at startup, or at the first request).
+        api_key: Bearer token required on every endpoint except ``/healthz``. ``None`` reads
+            ``COMPOZY_API_KEY``; an empty string turns authentication off.
+        threads: Worker threads for the (synchronous) engine calls.
+    """
+    token = os.environ.get("COMPOZY_API_KEY", "") if api_key is None else api_key
+    engine = _Engine(project)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(int(limiter.total_tokens), threads)
+        await anyio.to_thread.run_sync(engine.warm)
+        yield
+
+    from compozy_nb import __version__
+
+    app = FastAPI(
+        title="compozy-nb",
+        version=__version__,
+        description=(
+            "Memory tasks and workflows of a compozy-nb project over HTTP (Compozy-compatible). "
+            "Envelope: {status, message, data} or {status, message, error: {code, message, field?, details?}}."
+        ),
+        lifespan=lifespan,
+        default_response_class=_JSON,
+    )
+    app.state.project = project
+    if token:
+        app.add_middleware(BearerAuth, token=token)
+    _install_error_handlers(app)
+    _add_health(app, engine)
+    _add_workflow_routes(app, engine)
+    _add_memory_routes(app, engine)
+    _customize_openapi(app, secured=bool(token))
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_engine_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, CompozyNbError)
+        return _error(exc)
+
+    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _JSON(validation_error(exc.errors()), status_code=400)
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        message = f"no route {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+        return _JSON(error_envelope(exc.status_code, code, message), status_code=exc.status_code,
+                     headers=getattr(exc, "headers", None))
+
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("compozy-nb: unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+        return _JSON(error_envelope(500, "INTERNAL_ERROR", "internal server error",
+                                    details={"type": type(exc).__name__}), status_code=500)
+
+    app.add_exception_handler(CompozyNbError, on_engine_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_bug)
+
+
+def _add_health(app: FastAPI, engine: _Engine) -> None:
+    @app.get("/healthz", tags=["health"], response_model=Envelope, responses={503: {"model": ErrorEnvelope}})
+    def healthz() -> JSONResponse:
+        """The process answers and Redis answers a PING (never needs a token)."""
+        project = engine.project
+        data: dict[str, Any] = {"process": "ok", "project": project.name, "redis": {"ok": False}}
+        try:
+            backend = engine.ready().backend
+            with redis_errors("healthz", None):
+                started = time.perf_counter()
+                backend.client.ping()
+            data["redis"] = {"ok": True, "backend": backend.kind, "url": backend.display_url,
+                             "ping_ms": round((time.perf_counter() - started) * 1000, 3)}
+        except BackendError as exc:
+            data["redis"]["error"] = exc.message
+            return _JSON(error_envelope(503, exc.code, str(exc), data=data), status_code=503,
+                         headers={"Retry-After": "1"})
+        return _ok("healthy", data)
+
+
+# ---------------------------------------------------------------------------- workflows
+def _is_complete(fields: dict[str, Any]) -> bool:
+    """Whether a task body can run without a task definition to fill it in."""
+    if fields.get("type") == "basic":
+        return "messages" in fields
+    return "operation" in fields and "memory_ref" in fields
+
+
+def _merge_task(engine: _Engine, workflow_id: str, task_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The request's fields over the defined task's (top-level keys; a config block replaces the task's)."""
+    workflow = engine.project.workflows.get(workflow_id)
+    task: MemoryTask | BasicTask | None = workflow.task(task_id) if workflow is not None else None
+    if task is not None and fields.get("type", task.type) == task.type:
+        return {**task.model_dump(exclude_unset=True), **fields}
+    if _is_complete(fields):
+        return fields
+    missing = ["messages"] if fields.get("type") == "basic" else \
+        [f for f in ("operation", "memory_ref") if f not in fields]
+    if task is not None:
+        raise ConfigError(f"task '{task_id}' of workflow '{workflow_id}' is a {task.type} task; a "
+                          f"'{fields.get('type')}' request must be complete (missing: {', '.join(missing)})",
+                          field="type")
+    if workflow is None:
+        known = ", ".join(sorted(engine.project.workflows)) or "none registered"
+        raise ConfigError(f"workflow not found: '{workflow_id}' (known: {known}); a request for an undefined "
+                          f"task must be complete (missing: {', '.join(missing)})",
+                          code="WORKFLOW_NOT_FOUND", workflow=workflow_id)
+    known = ", ".join(t.id for t in workflow.tasks)
+    raise ConfigError(f"task not found: '{task_id}' in workflow '{workflow_id}' (tasks: {known}); a request "
+                      f"for an undefined task must be complete (missing: {', '.join(missing)})",
+                      code="TASK_NOT_FOUND", workflow=workflow_id, task=task_id)
+
+
+def _add_workflow_routes(app: FastAPI, engine: _Engine) -> None:
+    @app.post("/workflows/{workflow_id}/tasks/{task_id}/execute", tags=["workflows"],
+              response_model=TaskResponse, responses=_errors(400, 404, 409, 413))
+    def execute_task(workflow_id: str, task_id: str,
+                     body: Annotated[TaskRequest | None, Body()] = None) -> JSONResponse:
+        """Execute one task (the seed's request). Missing fields come from task ``task_id`` of workflow
+        ``workflow_id``; a complete body runs even when they are not defined (ad-hoc). ``.workflow.id`` is
+        ``workflow_id``. Returns ``{"status": "completed", "output": {...}}``."""
+        fields = body.model_dump(exclude_unset=True) if body is not None else {}
+        data = fields.pop("input", None) or {}
+        merged = _merge_task(engine, workflow_id, task_id, fields)
+        if merged.get("type", "memory") == "memory":
+            merged.get("memory_ref") and engine.project.resource(str(merged["memory_ref"]))
+            defaults = {"INVALID_KEY": "key_template", "TEMPLATE_ERROR": "key_template",
+                        "MEMORY_NOT_FOUND": "memory_ref", "CONFIRM_REQUIRED": "clear_config.confirm"}
+        else:
+            defaults = {"MEMORY_NOT_FOUND": "memory"}
+
+        def run() -> dict[str, Any]:
+            return engine.ready().execute(merged, data, workflow_id=workflow_id)
+
+        try:
+            return _JSON(run())
+        except CompozyNbError as exc:
+            raise _renamed(exc, "\0", "", defaults.get(exc.code)) from None
+
+    @app.post("/workflows/{workflow_id}/execute", tags=["workflows"], responses=_errors(400, 404))
+    def execute_workflow(workflow_id: str,
+                         body: Annotated[WorkflowRunRequest | None, Body()] = None) -> JSONResponse:
+        """Run a whole workflow with ``{"input": {...}}`` and return the run JSON. A run that failed keeps
+        the run JSON as body with the HTTP status of its error code (400, 404, 409, 413, 503 ...)."""
+        data = body.input if body is not None else {}
+        handle = engine.project.workflow(workflow_id)
+        validate_input(handle.definition, data)
+        run = engine.ready().run(workflow_id, data)
+        status = 200 if run.get("status") == "completed" else http_status(str(run.get("error", {}).get("code")))
+        return _JSON(run, status_code=status)
+
+
+# ---------------------------------------------------------------------------- memory (Compozy's REST shapes)
+def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
+    base = f"{API_PREFIX}/memory/{{memory_ref}}"
+    tags: list[str | Any] = ["memory"]
+    key_query = Query(description="the literal memory key, e.g. conv:user123:sess456")
+
+    @app.get(f"{base}/read", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
+    def read(memory_ref: str, key: Annotated[str, key_query],
+             limit: Annotated[int, Query(le=READ_LIMIT_MAX, description="≤ 0 means 50")] = READ_LIMIT_DEFAULT,
+             offset: Annotated[int, Query(ge=0)] = 0) -> JSONResponse:
+        """Messages, oldest first: ``{key, messages, total_count, has_more, limit, offset, count}``."""
+        limit = limit if limit > 0 else READ_LIMIT_DEFAULT
+        out = engine.memory(memory_ref, key).read(limit=limit, offset=offset)
+        return _ok("memory read successfully", {**out, "limit": limit, "offset": offset})
+
+    @app.post(f"{base}/write", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
+    def write(memory_ref: str, body: MessagesRequest) -> JSONResponse:
+        """Replace the content with ``messages``: ``{success, count, key, ...}``."""
+        mem = engine.memory(memory_ref, body.key)
+        out = _call(lambda: mem.write(body.payload()), "payload", "messages", "messages")
+        return _ok("memory written successfully", out)
+
+    @app.post(f"{base}/append", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
+    def append(memory_ref: str, body: MessagesRequest) -> JSONResponse:
+        """Append ``messages`` atomically: ``{success, appended, total_count, key, ...}``."""
+        mem = engine.memory(memory_ref, body.key)
+        out = _call(lambda: mem.append(body.payload()), "payload", "messages", "messages")
+        return _ok("memory appended successfully", out)
+
+    @app.post(f"{base}/delete", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
+    def delete(memory_ref: str, body: KeyRequest) -> JSONResponse:
+        """Remove the instance (messages, metadata, archive, backups): ``{success, key, ...}``."""
+        return _ok("memory deleted successfully", engine.memory(memory_ref, body.key).delete())
+
+    @app.post(f"{base}/flush", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
+    def flush(memory_ref: str, body: FlushRequest) -> JSONResponse:
+        """Flush when over the threshold (or ``force``): ``{success, key, summary_generated, message_count,
+        token_count, dry_run, would_flush, actual_strategy, ...}``."""
+        mem = engine.memory(memory_ref, body.key)
+        out = _call(lambda: mem.flush(body.strategy, dry_run=body.dry_run, force=body.force,
+                                      threshold=body.threshold), "flush_config.", "")
+        return _ok("memory flushed successfully", out)
+
+    @app.post(f"{base}/clear", tags=tags, response_model=Envelope, responses=_errors(400, 404, 409))
+    def clear(memory_ref: str, body: ClearRequest) -> JSONResponse:
+        """Remove every message; needs ``confirm: true`` (409 otherwise): ``{success, key,
+        messages_cleared, backup_created, backup_key}``."""
+        mem = engine.memory(memory_ref, body.key)
+        out = _call(lambda: mem.clear(confirm=body.confirm, backup=body.backup), "clear_config.", "",
+                    "confirm")
+        return _ok("memory cleared successfully", out)
+
+    @app.get(f"{base}/health", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
+    def health(memory_ref: str, key: Annotated[str, key_query], include_stats: bool = True) -> JSONResponse:
+        """``{healthy, key, token_count, message_count, actual_strategy, last_flush, redis, warnings}``;
+        503 (with the same data) when Redis is unreachable."""
+        out: Output = engine.memory(memory_ref, key).health(include_stats=include_stats)
+        if not out.get("healthy"):
+            message = f"memory unhealthy: {out.get('error', 'Redis is unreachable')}"
+            return _JSON(error_envelope(503, "BACKEND_UNAVAILABLE", message, data=out), status_code=503,
+                         headers={"Retry-After": "1"})
+        return _ok("memory health retrieved successfully", out)
+
+    @app.get(f"{base}/stats", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
+    def stats(memory_ref: str, key: Annotated[str, key_query], include_content: bool = False) -> JSONResponse:
+        """Counters from the metadata hash, plus Compozy's names ``context_window_used`` (= message_count) and
+        ``token_limit`` (= max_tokens, the resource's real limit)."""
+        out = engine.memory(memory_ref, key).stats(include_content=include_content)
+        data = {**out, "context_window_used": out["message_count"], "token_limit": out["max_tokens"]}
+        return _ok("memory stats retrieved successfully", data)
+
+    @app.get(f"{base}/instances", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
+    def instances(memory_ref: str,
+                  pattern: Annotated[str, Query(min_length=1, max_length=512,
+                                                description="glob over memory keys")] = "*",
+                  limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> JSONResponse:
+        """Stored instances whose key matches ``pattern`` (SCAN, never KEYS), with their stats (limits of
+        ``memory_ref``). Keys do not name their resource: every matching key of the project is listed."""
+        engine.project.resource(memory_ref)
+        rows = engine.ready().instances(pattern, memory_ref=memory_ref, limit=limit + 1)
+        data = {"pattern": pattern, "count": min(len(rows), limit), "has_more": len(rows) > limit,
+                "instances": rows[:limit]}
+        return _ok("memory instances listed successfully", data)
+
+
+# ---------------------------------------------------------------------------- OpenAPI
+def _customize_openapi(app: FastAPI, *, secured: bool) -> None:
+    """Our 400 replaces FastAPI's 422; the bearer scheme is declared when a token is set."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        for path, item in schema.get("paths", {}).items():
+            for operation in item.values():
+                operation.get("responses", {}).pop("422", None)
+                if not secured or path in OPEN_PATHS:
+                    operation.get("responses", {}).pop("401", None)
+                if secured and path not in OPEN_PATHS:
+                    operation["security"] = [{"bearerAuth": []}]
+        components = schema.setdefault("components", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.get("schemas", {}).pop(name, None)
+        if secured:
+            components["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _unused(_: Message) -> None:  # pragma: no cover - keeps the starlette type import for readers
+    return None

@@ -1,0 +1,133 @@
+"""HTTP status codes and response bodies for the package's error tree (no FastAPI import here).
+
+Every response of the API uses Compozy's envelope (``engine/infra/server/router/response.go``)::
+
+    {"status": 200, "message": "memory read successfully", "data": {...}}
+    {"status": 400, "message": "...", "error": {"code": "INVALID_KEY", "message": "...", "field": "key",
+                                                 "details": {...}}}
+
+``error.field`` names the request field at fault when there is one; ``error.details`` carries the rest of
+the error's context (``operation``, ``key``, ``workflow`` ...) or, for request validation, every problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from compozy_nb.errors import CompozyNbError
+
+STATUS_BY_CODE: dict[str, int] = {
+    # 400: the request is wrong and retrying it unchanged will fail again.
+    "INVALID_REQUEST": 400,
+    "INVALID_CONFIG": 400,
+    "INVALID_KEY": 400,
+    "INVALID_PAYLOAD": 400,
+    "TEMPLATE_ERROR": 400,
+    "PRIVACY_ERROR": 400,
+    # 413: what was sent does not fit the memory's limits (max_message_bytes, token or message limits).
+    "LIMIT_EXCEEDED": 413,
+    "UNAUTHORIZED": 401,
+    "NOT_FOUND": 404,
+    "MEMORY_NOT_FOUND": 404,
+    "WORKFLOW_NOT_FOUND": 404,
+    "TASK_NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
+    "CONFIRM_REQUIRED": 409,
+    # The LLM behind a basic task or a summarizer failed: a gateway error, not ours.
+    "PROVIDER_ERROR": 502,
+    "PROVIDER_AUTH_ERROR": 502,
+    "FLUSH_FAILED": 502,
+    "BACKEND_UNAVAILABLE": 503,
+    "PROVIDER_TIMEOUT": 504,
+    # Stored data we cannot decode, a key holding another Redis type, bugs: the server's problem.
+    "CORRUPT_DATA": 500,
+    "MEMORY_OPERATION_ERROR": 500,
+    "INTERNAL_ERROR": 500,
+}
+"""HTTP status of each error code; a code not listed is a 500."""
+
+
+def http_status(code: str) -> int:
+    """The HTTP status for an error ``code`` (500 for a code not in :data:`STATUS_BY_CODE`)."""
+    return STATUS_BY_CODE.get(code, 500)
+
+
+def envelope(status: int, message: str, data: Any) -> dict[str, Any]:
+    """A success body: ``{"status", "message", "data"}``."""
+    return {"status": status, "message": message, "data": data}
+
+
+def error_envelope(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    details: Any = None,
+    data: Any = None,
+) -> dict[str, Any]:
+    """An error body: ``{"status", "message", "error": {"code", "message", "field"?, "details"?}}``.
+
+    ``data`` is added when the failure still has something to show (e.g. an unhealthy instance).
+    """
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    if details:
+        error["details"] = details
+    body: dict[str, Any] = {"status": status, "message": message, "error": error}
+    if data is not None:
+        body["data"] = data
+    return body
+
+
+def from_exception(exc: CompozyNbError) -> tuple[int, dict[str, Any]]:
+    """The status and error body for one of the package's exceptions."""
+    status = http_status(exc.code)
+    context = dict(exc.context)
+    field = context.pop("field", None)
+    return status, error_envelope(status, exc.code, str(exc), field=field, details=context or None)
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    """``("body", "messages", 0, "role")`` -> ``messages[0].role``; ``("query", "key")`` -> ``key``."""
+    parts = list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header") else list(loc)
+    if not parts:
+        return "body" if loc and loc[0] == "body" else ".".join(str(p) for p in loc)
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def validation_error(errors: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The 400 body for a request that failed FastAPI's validation (malformed JSON, missing or mistyped
+    fields, out-of-range query parameters)."""
+    problems: list[dict[str, Any]] = []
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        problems.append({"field": field_path(loc), "message": _problem_text(err, loc), "type": err.get("type")})
+    if not problems:
+        problems.append({"field": "body", "message": "invalid request", "type": "invalid"})
+    first = problems[0]
+    message = first["message"] if len(problems) == 1 else "; ".join(p["message"] for p in problems[:5])
+    if len(problems) > 5:
+        message += f" (and {len(problems) - 5} more)"
+    return error_envelope(400, "INVALID_REQUEST", message, field=first["field"], details=problems)
+
+
+def _problem_text(err: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
+    kind = err.get("type")
+    field = field_path(loc)
+    if kind == "missing" and loc and loc[0] == "query":
+        return f"{field} query parameter is required"
+    if kind == "missing" and loc == ("body",):
+        return "request body is required (a JSON object)"
+    if kind == "json_invalid":
+        detail = (err.get("ctx") or {}).get("error", "")
+        return f"request body is not valid JSON{': ' + str(detail) if detail else ''}"
+    return f"{field}: {err.get('msg', 'invalid value')}"
