@@ -26,7 +26,7 @@ def free_port() -> int:
     for _ in range(100):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+            port = int(sock.getsockname()[1])
         if port < 55535:
             return port
     raise RuntimeError("no free port below 55535")
@@ -90,12 +90,12 @@ class RedisServer:
 
 
 def interleaved(
-    cases: Mapping[str, Callable[[], Any]], *, iterations: int, rounds: int, warmup: int
+    cases: Mapping[str, Callable[[], Any]], *, iterations: int, block: int = 10, warmup: int = 100
 ) -> dict[str, list[int]]:
-    """Time each case ``iterations`` times (ns per call), in ``rounds`` alternating blocks.
+    """Time each case ``iterations`` times (ns per call), interleaved in small blocks.
 
-    Every round runs a block of each case, in forward order on even rounds and reverse order on odd
-    ones, so slow phases of the machine (another process, CPU frequency) hit every case alike.
+    Each round runs ``block`` calls of every case, in forward order on even rounds and reverse order on odd
+    ones, so slow phases of the machine (other processes, CPU frequency) hit every case alike.
     """
     names = list(cases)
     for name in names:
@@ -103,13 +103,13 @@ def interleaved(
         for _ in range(warmup):
             fn()
     samples: dict[str, list[int]] = {name: [] for name in names}
-    per_round = max(1, math.ceil(iterations / rounds))
+    rounds = max(1, math.ceil(iterations / block))
     clock = time.perf_counter_ns
+    gc.collect()
     for r in range(rounds):
-        gc.collect()
         for name in names if r % 2 == 0 else reversed(names):
             fn, out = cases[name], samples[name]
-            for _ in range(per_round):
+            for _ in range(block):
                 t0 = clock()
                 fn()
                 out.append(clock() - t0)
@@ -167,8 +167,7 @@ def print_table(rows: Sequence[Row]) -> None:
 
     def fmt(cells: Sequence[str]) -> str:
         return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
 
     print(fmt(header))

@@ -1,11 +1,11 @@
 """Latency of the memory operations against raw redis-py (hiredis) baselines on the same server.
 
-Run ``python benchmarks/bench_memory.py`` (full, well under 2 minutes), ``--quick`` (~15 s smoke run),
+Run ``python benchmarks/bench_memory.py`` (full, well under 2 minutes), ``--quick`` (~10-15 s smoke run),
 ``--redis URL`` to use an existing server instead of starting one, ``--strict`` to exit 1 on a MISS and
 ``--profile`` to add a cProfile of the append path. See benchmarks/README.md for what each ratio means.
 
-Every comparison is measured in the same run, interleaved in rounds (baseline and subject alternate), so
-machine noise hits both sides; only the ratios are meaningful across machines.
+Every comparison is measured in the same run, interleaved in blocks of 10 calls (baseline and subject
+alternate), so machine noise hits both sides; only the ratios are meaningful across machines.
 """
 
 from __future__ import annotations
@@ -68,13 +68,13 @@ _VOCABULARY = (
 class Settings:
     iterations: int  # per case, benchmarks 1, 2 and 4
     budget_iterations: int  # per case, benchmark 3
-    rounds: int
+    block: int  # calls per case in a row before switching to the next case
     warmup: int
     stats_big: int  # messages in the big stats instance
 
 
-FULL = Settings(iterations=2000, budget_iterations=1000, rounds=20, warmup=200, stats_big=100_000)
-QUICK = Settings(iterations=300, budget_iterations=200, rounds=6, warmup=50, stats_big=100_000)
+FULL = Settings(iterations=2000, budget_iterations=1000, block=10, warmup=200, stats_big=100_000)
+QUICK = Settings(iterations=300, budget_iterations=200, block=10, warmup=50, stats_big=20_000)
 
 
 def make_contents(encoding: tiktoken.Encoding, count: int, tokens: int, seed: int = 7) -> list[str]:
@@ -96,12 +96,8 @@ class Bench:
         self.settings = settings
         self.project_name = f"bench{uuid.uuid4().hex[:8]}"
         self.project = Project(self.project_name, redis_url=url)
-        self.project.add_memory(
-            MemoryResource(id="bench_window", max_messages=MAX_MESSAGES, persistence={"ttl": TTL})
-        )
-        self.project.add_memory(
-            MemoryResource(id="bench_big", max_messages=1_000_000, persistence={"ttl": TTL})
-        )
+        self.project.add_memory(MemoryResource(id="bench_window", max_messages=MAX_MESSAGES, persistence={"ttl": TTL}))
+        self.project.add_memory(MemoryResource(id="bench_big", max_messages=1_000_000, persistence={"ttl": TTL}))
         # the baseline: a plain redis-py client (hiredis parser when installed), its own connection
         self.raw = redis.Redis.from_url(url)
         self.raw_append = self.raw.register_script(RAW_APPEND_LUA)
@@ -140,7 +136,7 @@ class Bench:
 
     def _time(self, cases: dict[str, Callable[[], Any]], iterations: int) -> dict[str, list[int]]:
         s = self.settings
-        return interleaved(cases, iterations=iterations, rounds=s.rounds, warmup=s.warmup)
+        return interleaved(cases, iterations=iterations, block=s.block, warmup=s.warmup)
 
     # ------------------------------------------------------------------ 1. append
     def bench_append(self) -> list[Row]:
@@ -327,8 +323,8 @@ class Bench:
         out.write(
             "Server time per EVALSHA (INFO commandstats, includes the script's own redis.call()s): "
             f"package append script {package:.1f} µs, floor script {floor:.1f} µs\n"
-            "(cProfile books the server time under socket.sendall/recv_into: on loopback the reply is "
-            "often written while the client is still inside sendall)\n"
+            "(cProfile books that server time, and the round trip, under socket recv_into or sendall: "
+            "on loopback the server may run while the client is still inside sendall)\n"
         )
         return out.getvalue()
 
@@ -347,9 +343,7 @@ class Bench:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis", metavar="URL", help="use this Redis instead of starting a redis-server")
     parser.add_argument("--quick", action="store_true", help="a ~15 s smoke run (fewer iterations)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a ratio misses its target")
@@ -366,10 +360,11 @@ def server_url(args: argparse.Namespace) -> tuple[str, RedisServer | None]:
 
 def describe(url: str, client: redis.Redis) -> str:
     version = client.info("server").get("redis_version")
+    pings = interleaved({"ping": client.ping}, iterations=500, warmup=50)["ping"]
     return (
         f"redis-server {version} at {url} | python {platform.python_version()} "
         f"| redis-py {redis.__version__} (hiredis: {'yes' if HIREDIS_AVAILABLE else 'NO'}) "
-        f"| tiktoken {tiktoken.__version__}"
+        f"| tiktoken {tiktoken.__version__} | PING round trip p50 {percentile(pings, 0.5):.1f} µs"
     )
 
 
@@ -384,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(url, bench.raw))
             print(
                 f"mode: {'quick' if args.quick else 'full'} | {settings.iterations} iterations "
-                f"({settings.budget_iterations} for budget reads) in {settings.rounds} interleaved rounds, "
+                f"({settings.budget_iterations} for budget reads) interleaved in blocks of {settings.block}, "
                 f"{settings.warmup} warmup | message: {MESSAGE_TOKENS} tokens of content",
                 flush=True,
             )

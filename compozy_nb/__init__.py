@@ -38,7 +38,35 @@ _EXPORTS: dict[str, str] = {
     "connect": "compozy_nb.backends",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__", "load_ipython_extension", "unload_ipython_extension"])
+__all__ = [
+    "OPERATIONS",
+    "Backend",
+    "BackendError",
+    "CompozyNbError",
+    "ConfigError",
+    "ConfirmRequiredError",
+    "CorruptDataError",
+    "InvalidKeyError",
+    "InvalidPayloadError",
+    "LimitExceededError",
+    "MemoryInstance",
+    "MemoryNotFoundError",
+    "MemoryOperationError",
+    "MemoryResource",
+    "MemoryResourceConfig",
+    "MemoryTask",
+    "OperationResult",
+    "PrivacyError",
+    "Project",
+    "RunResult",
+    "TemplateError",
+    "Workflow",
+    "WorkflowConfig",
+    "__version__",
+    "connect",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
 
 if TYPE_CHECKING:
     from compozy_nb.backends import Backend, connect

@@ -98,8 +98,7 @@ def connect(
     scheme = urlsplit(resolved).scheme.lower()
     if scheme not in _SCHEMES:
         raise BackendError(
-            f"unsupported backend URL scheme '{scheme}://' (use redis://, rediss://, redis+cluster:// or "
-            "embedded://)",
+            f"unsupported backend URL scheme '{scheme}://' (use redis://, rediss://, redis+cluster:// or embedded://)",
             url=mask_url(resolved),
         )
     if scheme == "embedded":

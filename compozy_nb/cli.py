@@ -86,8 +86,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if problems:
         print(f"{len(problems)} problem(s) found", file=sys.stderr)
         return 1
-    print(f"ok: {len(project.resources)} memory resource(s), {len(project.workflows)} workflow(s) in "
-          f"{args.project} (project '{project.name}')")
+    print(
+        f"ok: {len(project.resources)} memory resource(s), {len(project.workflows)} workflow(s) in "
+        f"{args.project} (project '{project.name}')"
+    )
     return 0
 
 
@@ -146,8 +148,20 @@ def cmd_memory_show(args: argparse.Namespace) -> int:
     rows = [{"position": read["offset"] + i, **m} for i, m in enumerate(read["messages"])]
     print(_table(rows, ["position", "role", "content", "tokens", "ts"]))
     print()
-    print(_table([stats], ["key", "message_count", "token_count", "max_tokens", "token_utilization",
-                           "role_distribution", "ttl_seconds"]))
+    print(
+        _table(
+            [stats],
+            [
+                "key",
+                "message_count",
+                "token_count",
+                "max_tokens",
+                "token_utilization",
+                "role_distribution",
+                "ttl_seconds",
+            ],
+        )
+    )
     return 0
 
 
@@ -180,8 +194,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nmemory {mem.key!r} (privacy redaction applied before storage):")
     print(_table(rows, ["position", "role", "content", "tokens"]))
     print("\nstats:")
-    print(_table([mem.stats()], ["message_count", "token_count", "max_tokens", "token_utilization",
-                                 "role_distribution", "ttl_seconds"]))
+    print(
+        _table(
+            [mem.stats()],
+            [
+                "message_count",
+                "token_count",
+                "max_tokens",
+                "token_utilization",
+                "role_distribution",
+                "ttl_seconds",
+            ],
+        )
+    )
     return 0
 
 
@@ -215,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="execute memory task requests (JSON) in order, in one process, and print each output",
     )
     p_exec.add_argument(
-        "request", nargs="+",
+        "request",
+        nargs="+",
         help="request JSON: a file, @file, an inline JSON object, or - for stdin; a JSON list runs each item",
     )
     p_exec.add_argument("--project", default=".", help="project directory (default: .)")

@@ -167,9 +167,7 @@ def _compile_checked_cached(pattern: str) -> Any:
 def _compile_checked(pattern: object) -> Any:
     """Check ``pattern`` and return it compiled with ``regex.V0`` (compiled objects are cached)."""
     if not isinstance(pattern, str):
-        raise ConfigError(
-            f"redaction pattern must be a string, got {type(pattern).__name__}", field="redact_patterns"
-        )
+        raise ConfigError(f"redaction pattern must be a string, got {type(pattern).__name__}", field="redact_patterns")
     return _compile_checked_cached(pattern)
 
 
@@ -329,10 +327,7 @@ def _is_variable(item: _Item) -> bool:
 
 def _any_item(tree: Any, predicate: Any) -> bool:
     """Whether ``predicate`` holds for some item of ``tree`` at any depth."""
-    for item in tree:
-        if predicate(item) or any(_any_item(child, predicate) for child in _children(item)):
-            return True
-    return False
+    return any(predicate(item) or any(_any_item(child, predicate) for child in _children(item)) for item in tree)
 
 
 def _walk(tree: Any, *, allow_deterministic: bool, depth: int = 0) -> str | None:
@@ -461,9 +456,7 @@ def _in_category(category: str, char: str) -> bool:
     cls = _CATEGORY_CLASSES.get(category)
     if cls is None:
         return True
-    return bool(
-        re.fullmatch(cls, char) or re.fullmatch(cls, char, re.ASCII) or regex.fullmatch(cls, char, regex.V0)
-    )
+    return bool(re.fullmatch(cls, char) or re.fullmatch(cls, char, re.ASCII) or regex.fullmatch(cls, char, regex.V0))
 
 
 def _may_match(atom: _Item, char: str) -> bool:
@@ -537,26 +530,20 @@ class PrivacyPolicy:
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         if isinstance(redact_patterns, str):
-            raise ConfigError(
-                "redact_patterns must be a list of patterns, not a string", field="redact_patterns"
-            )
+            raise ConfigError("redact_patterns must be a list of patterns, not a string", field="redact_patterns")
         if isinstance(non_persistable_roles, str):
             raise ConfigError(
                 "non_persistable_roles must be a list of roles, not a string", field="non_persistable_roles"
             )
         if not isinstance(redaction, str):
-            raise ConfigError(
-                f"redaction must be a string, got {type(redaction).__name__}", field="redaction"
-            )
+            raise ConfigError(f"redaction must be a string, got {type(redaction).__name__}", field="redaction")
         if (
             isinstance(timeout_s, bool)
             or not isinstance(timeout_s, (int, float))
             or not math.isfinite(timeout_s)
             or timeout_s <= 0
         ):
-            raise ConfigError(
-                f"timeout_s must be a positive number of seconds, got {timeout_s!r}", field="timeout_s"
-            )
+            raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}", field="timeout_s")
         for role in non_persistable_roles:
             if not isinstance(role, str):
                 raise ConfigError(
@@ -655,8 +642,9 @@ class PrivacyPolicy:
     def apply(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], int]:
         """Prepare messages for storage.
 
-        Messages whose role is non-persistable are dropped. The others are copied and their ``content`` (when
-        it is a string) and every string leaf of their ``metadata`` are redacted. The input is never mutated.
+        Messages whose role is non-persistable are dropped. The others are copied and every string they
+        store is redacted: ``content``, ``metadata`` and any extra field, at any depth (not ``role`` and
+        ``id``, which are identifiers). The input is never mutated.
 
         Args:
             messages: Messages as mappings with ``role`` and ``content``.
@@ -677,14 +665,14 @@ class PrivacyPolicy:
                 continue
             copy = dict(message)
             if self._compiled:
-                content = copy.get("content")
-                if isinstance(content, str):
-                    copy["content"] = self.redact(content)
-                if "metadata" in copy:
-                    copy["metadata"] = self._redact_value(copy["metadata"])
+                for name, value in copy.items():
+                    if name not in _IDENTIFIERS:
+                        copy[name] = self._redact_value(value)
             kept.append(copy)
         return kept, skipped
 
+
+_IDENTIFIERS = frozenset({"role", "id"})
 
 __all__ = [
     "DEFAULT_REDACTION",

@@ -29,7 +29,6 @@ from compozy_nb.templating import render
 from compozy_nb.workflow import runner
 from compozy_nb.workflow.providers import ChatRequest, Registry, complete
 
-
 M = TypeVar("M", bound=BaseModel)
 _ANY_RESOURCE = MemoryResource(id="any", type="buffer", description="limits unknown: listing by pattern")
 
@@ -105,7 +104,7 @@ class Project:
         """Register one parsed YAML document (memory resource or workflow); returns its id."""
         kind = resource_kind(doc)
         if kind == "memory":
-            return self.add_memory(parse_memory(doc), source=doc.where(()), replace=replace)
+            return self.add_memory(parse_memory(doc), source=doc.where(("id",)), replace=replace)
         if kind == "workflow":
             workflow = validate_document(Workflow, doc, what="workflow")
             return self.add_workflow(workflow, doc=doc, replace=replace)
@@ -142,8 +141,11 @@ class Project:
         or their config models), all or nothing, with the same checks as YAML."""
         docs = []
         for item in definitions:
-            data = item.to_dict() if hasattr(item, "to_dict") else item.model_dump(mode="json", by_alias=True,
-                                                                                    exclude_none=True)
+            data = (
+                item.to_dict()
+                if hasattr(item, "to_dict")
+                else item.model_dump(mode="json", by_alias=True, exclude_none=True)
+            )
             docs.append(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
         return self.add_yaml("---\n".join(docs), source="<python>", replace=replace)
 
@@ -156,9 +158,8 @@ class Project:
         if workflow.id in self.workflows and not replace:
             first = self.workflow_docs.get(workflow.id)
             raise ConfigError(
-                f"workflow '{workflow.id}' is already defined"
-                + (f" at {first.where(())}" if first else ""),
-                source=doc.where(()) if doc else None,
+                f"workflow '{workflow.id}' is already defined" + (f" at {first.where(())}" if first else ""),
+                source=(doc.where(("name",)) if "name" in doc.data else doc.where(("id",))) if doc else None,
                 field="name",
             )
         self.workflows[workflow.id] = workflow
@@ -231,15 +232,26 @@ class Project:
         def summarize(messages: Any, previous: str | None, max_tokens: int) -> str:
             lines = [f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages]
             prompt = [
-                {"role": "system", "content": "Summarize the conversation below for an assistant's memory. "
-                 f"Keep facts, names, decisions and open questions. At most {max_tokens} tokens."},
-                {"role": "user", "content": (f"Earlier summary:\n{previous}\n\n" if previous else "")
-                 + "Conversation:\n" + "\n".join(lines)},
+                {
+                    "role": "system",
+                    "content": "Summarize the conversation below for an assistant's memory. "
+                    f"Keep facts, names, decisions and open questions. At most {max_tokens} tokens.",
+                },
+                {
+                    "role": "user",
+                    "content": (f"Earlier summary:\n{previous}\n\n" if previous else "")
+                    + "Conversation:\n"
+                    + "\n".join(lines),
+                },
             ]
             options = {"function": model} if provider == "python" else {}
             options.update({k: v for k, v in self.provider_defaults(provider).items() if k != "model"})
-            reply = complete(provider, ChatRequest(prompt, model, 0.0, max_tokens, 60.0, options), self.llms,
-                             f"summarizer/{resource.id}")
+            reply = complete(
+                provider,
+                ChatRequest(prompt, model, 0.0, max_tokens, 60.0, options),
+                self.llms,
+                f"summarizer/{resource.id}",
+            )
             return truncate_tokens(reply.content, self.runtime(resource.id).counter, max_tokens)
 
         return summarize
@@ -254,8 +266,8 @@ class Project:
     def llm(self, name: str) -> Any:
         """Register a Python function as an LLM (``provider: python``, ``function: name``)::
 
-            @project.llm("echo")
-            def echo(messages): return "you said: " + messages[-1]["content"]
+        @project.llm("echo")
+        def echo(messages): return "you said: " + messages[-1]["content"]
         """
         return self.llms.register(name)
 
@@ -276,8 +288,13 @@ class Project:
             key = render(template, runner.base_context("adhoc", variables, uuid.uuid4().hex))
         return MemoryInstance(runtime, key, self.backend, self.name)
 
-    def execute(self, task: Mapping[str, Any] | MemoryTask, input: Mapping[str, Any] | None = None,
-                *, workflow_id: str | None = None) -> dict[str, Any]:
+    def execute(
+        self,
+        task: Mapping[str, Any] | MemoryTask,
+        input: Mapping[str, Any] | None = None,
+        *,
+        workflow_id: str | None = None,
+    ) -> dict[str, Any]:
         """Execute one memory task (the seed's execute request body) and return
         ``{"status": "completed", "output": {...}}``.
 
@@ -302,8 +319,7 @@ class Project:
         """Render a memory task with ``context`` and run its operation."""
         return runner.run_memory_task(self, task, context)
 
-    def instances(self, pattern: str = "*", memory_ref: str | None = None,
-                  limit: int | None = None) -> list[Output]:
+    def instances(self, pattern: str = "*", memory_ref: str | None = None, limit: int | None = None) -> list[Output]:
         """Stats of every stored instance whose key matches ``pattern`` (SCAN, never KEYS; every primary
         of a cluster). Limits come from ``memory_ref`` when given."""
         from compozy_nb.memory.scan import scan_keys
@@ -325,8 +341,11 @@ class Project:
         """
         if workflow_id not in self.workflows:
             known = ", ".join(sorted(self.workflows)) or "none registered"
-            raise ConfigError(f"workflow not found: '{workflow_id}' (known: {known})",
-                              code="WORKFLOW_NOT_FOUND", workflow=workflow_id)
+            raise ConfigError(
+                f"workflow not found: '{workflow_id}' (known: {known})",
+                code="WORKFLOW_NOT_FOUND",
+                workflow=workflow_id,
+            )
         return WorkflowHandle(self, self.workflows[workflow_id])
 
     def run(self, workflow_id: str, input: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -370,8 +389,12 @@ class WorkflowHandle:
             try:
                 run = self.run(**record)
                 error = run.get("error") or {}
-                row = {**record, "status": run["status"], "error_code": error.get("code"),
-                       "error": error.get("message")}
+                row = {
+                    **record,
+                    "status": run["status"],
+                    "error_code": error.get("code"),
+                    "error": error.get("message"),
+                }
                 output = run.get("output")
                 if isinstance(output, dict):
                     row.update({f"output.{k}": v for k, v in output.items() if not isinstance(v, dict | list)})
@@ -405,7 +428,7 @@ def _validate(model: type[M], body: Mapping[str, Any]) -> M:
         return model.model_validate(body)
     except ValidationError as exc:
         doc = Document(dict(body), "<request>")
-        errors = list(iter_errors(exc, model, doc))
+        errors = list(iter_errors(exc, model, doc, keep_codes=True))
         first = errors[0]
         message = first.message if len(errors) == 1 else "; ".join(e.message for e in errors)
-        raise ConfigError(message, field=first.context.get("field")) from None
+        raise type(first)(message, field=first.context.get("field")) from None

@@ -30,8 +30,11 @@ def html_table(rows: list[dict[str, Any]], columns: list[str], *, caption: str =
         "<tr>" + "".join(f"<td style='text-align:left'>{_cell(r.get(c))}</td>" for c in columns) + "</tr>"
         for r in shown
     )
-    note = f"<p><i>{len(rows) - len(shown)} more rows not shown (display_limit={limit})</i></p>" \
-        if len(rows) > len(shown) else ""
+    note = (
+        f"<p><i>{len(rows) - len(shown)} more rows not shown (display_limit={limit})</i></p>"
+        if len(rows) > len(shown)
+        else ""
+    )
     cap = f"<caption style='text-align:left'><b>{html.escape(caption)}</b></caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
@@ -77,8 +80,7 @@ class OperationResult(dict[str, Any]):
             summary = {k: v for k, v in self.items() if k not in ("messages", "operation")}
             return html_table(rows, cols, caption=title) + html_table([summary], list(summary))
         fields = {k: v for k, v in self.items() if k != "operation"}
-        return html_table([{"field": k, "value": v} for k, v in fields.items()], ["field", "value"],
-                          caption=title)
+        return html_table([{"field": k, "value": v} for k, v in fields.items()], ["field", "value"], caption=title)
 
 
 class RunResult(dict[str, Any]):
@@ -96,8 +98,15 @@ class RunResult(dict[str, Any]):
                 else:
                     preview = {k: v for k, v in output.items() if k not in ("messages", "prompt")}
             error = task.get("error") or {}
-            rows.append({"task": task_id, "status": task.get("status"), "duration_ms": task.get("duration_ms"),
-                         "error": error.get("code"), "output": preview})
+            rows.append(
+                {
+                    "task": task_id,
+                    "status": task.get("status"),
+                    "duration_ms": task.get("duration_ms"),
+                    "error": error.get("code"),
+                    "output": preview,
+                }
+            )
         return rows
 
     def to_pandas(self) -> Any:

@@ -1,16 +1,16 @@
 """The fluent SDK: builders that produce exactly the models YAML produces, and print back as YAML.
 
-    mem = (MemoryResource("conversation_memory")
-           .key("conv:{{.user_id}}:{{.session_id}}")
-           .token_based(max_tokens=4000, max_messages=100)
-           .ttl("24h")
-           .redact(EMAIL)
-           .non_persistable("system"))
-    wf = (Workflow("chatbot")
-          .read_memory("read_history", "conversation_memory", output="conversation_history")
-          .basic("generate_response", messages=[...], provider="scripted", replies=["Hi!"], output="ai_response")
-          .append_memory("save_interaction", "conversation_memory", payload=[...]))
-    project.add(mem, wf)
+mem = (MemoryResource("conversation_memory")
+       .key("conv:{{.user_id}}:{{.session_id}}")
+       .token_based(max_tokens=4000, max_messages=100)
+       .ttl("24h")
+       .redact(EMAIL)
+       .non_persistable("system"))
+wf = (Workflow("chatbot")
+      .read_memory("read_history", "conversation_memory", output="conversation_history")
+      .basic("generate_response", messages=[...], provider="scripted", replies=["Hi!"], output="ai_response")
+      .append_memory("save_interaction", "conversation_memory", payload=[...]))
+project.add(mem, wf)
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ class _Builder:
 
     def to_dict(self) -> dict[str, Any]:
         """The document as it would be written in YAML."""
-        return _plain(self._data)
+        result: dict[str, Any] = _plain(self._data)
+        return result
 
     def to_yaml(self) -> str:
         """The document as YAML text (round-trips through the YAML loader to an equal model)."""
@@ -75,11 +76,19 @@ class MemoryResource(_Builder):
         self._data["key"] = template
         return self
 
-    def token_based(self, max_tokens: int | None = None, max_messages: int | None = None,
-                    max_context_ratio: float | None = None) -> MemoryResource:
+    def token_based(
+        self,
+        max_tokens: int | None = None,
+        max_messages: int | None = None,
+        max_context_ratio: float | None = None,
+    ) -> MemoryResource:
         """``type: token_based`` with its limits."""
-        self._data.update(type="token_based", max_tokens=max_tokens, max_messages=max_messages,
-                          max_context_ratio=max_context_ratio)
+        self._data.update(
+            type="token_based",
+            max_tokens=max_tokens,
+            max_messages=max_messages,
+            max_context_ratio=max_context_ratio,
+        )
         return self
 
     def message_count_based(self, max_messages: int) -> MemoryResource:
@@ -144,15 +153,27 @@ class Workflow(_Builder):
 
     def input(self, required: Iterable[str] = (), **properties: str) -> Workflow:
         """Declare the input: ``.input(["user_id"], user_id="string", turns="integer")``."""
-        self._data["input"] = {"type": "object", "properties": {k: {"type": v} for k, v in properties.items()},
-                               "required": list(required)}
+        self._data["input"] = {
+            "type": "object",
+            "properties": {k: {"type": v} for k, v in properties.items()},
+            "required": list(required),
+        }
         return self
 
-    def memory(self, id: str, operation: str, memory_ref: str, key_template: str | None = None,
-               **fields: Any) -> Workflow:
+    def memory(
+        self, id: str, operation: str, memory_ref: str, key_template: str | None = None, **fields: Any
+    ) -> Workflow:
         """Any memory task (``payload``, ``read_config``, ``output``, ``on_error`` ...)."""
-        self._data["tasks"].append({"id": id, "type": "memory", "operation": operation,
-                                    "memory_ref": memory_ref, "key_template": key_template, **fields})
+        self._data["tasks"].append(
+            {
+                "id": id,
+                "type": "memory",
+                "operation": operation,
+                "memory_ref": memory_ref,
+                "key_template": key_template,
+                **fields,
+            }
+        )
         return self
 
     def read_memory(self, id: str, memory_ref: str, key_template: str | None = None, **fields: Any) -> Workflow:
@@ -165,8 +186,7 @@ class Workflow(_Builder):
 
     def basic(self, id: str, messages: list[dict[str, str]], provider: str = "scripted", **fields: Any) -> Workflow:
         """A ``basic`` (LLM) task."""
-        self._data["tasks"].append({"id": id, "type": "basic", "provider": provider, "messages": messages,
-                                    **fields})
+        self._data["tasks"].append({"id": id, "type": "basic", "provider": provider, "messages": messages, **fields})
         return self
 
     def output(self, **mapping: Any) -> Workflow:

@@ -261,9 +261,7 @@ _TOKEN_RE = re.compile(
     """,
     re.VERBOSE,
 )
-_GO_ACTIONS = frozenset(
-    {"range", "if", "else", "end", "with", "define", "template", "block", "break", "continue"}
-)
+_GO_ACTIONS = frozenset({"range", "if", "else", "end", "with", "define", "template", "block", "break", "continue"})
 _OPERATOR_CHARS = frozenset("+-*/%<>=!~&^")
 
 
@@ -523,9 +521,7 @@ def _compile(template: str) -> _Compiled:
         try:
             program = _ENV.compile_expression(source, undefined_to_none=False)
         except JinjaTemplateError as exc:  # pragma: no cover - the parser only emits valid Jinja
-            raise TemplateError(
-                f"cannot compile template {_quote(template)}: {exc}", template=template
-            ) from None
+            raise TemplateError(f"cannot compile template {_quote(template)}: {exc}", template=template) from None
     single = len(exprs) == 1 and not any(text.strip() for text in raw_literals)
     return _Compiled(
         template=template,
@@ -582,9 +578,7 @@ def _run(compiled: _Compiled, context: Mapping[str, Any]) -> tuple[Any, ...]:
     try:
         values: tuple[Any, ...] = tuple(compiled.program(ctx=context) or ())
     except _FilterError as exc:
-        raise TemplateError(
-            f"{exc} in template {_quote(compiled.template)}", template=compiled.template
-        ) from None
+        raise TemplateError(f"{exc} in template {_quote(compiled.template)}", template=compiled.template) from None
     except JinjaTemplateError as exc:
         # StrictUndefined raising part-way (e.g. a filter formatting a missing value): find which one.
         for expr in compiled.exprs:
@@ -731,15 +725,12 @@ def render_value(
             raise TemplateError(f"{where}: {exc.message}", **{**exc.context, "field": where}) from None
     if isinstance(value, Mapping):
         return {
-            key: render_value(
-                item, context, keep_types=keep_types, where=f"{where}.{key}" if where else str(key)
-            )
+            key: render_value(item, context, keep_types=keep_types, where=f"{where}.{key}" if where else str(key))
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
         rendered = [
-            render_value(item, context, keep_types=keep_types, where=f"{where}[{i}]")
-            for i, item in enumerate(value)
+            render_value(item, context, keep_types=keep_types, where=f"{where}[{i}]") for i, item in enumerate(value)
         ]
         return tuple(rendered) if isinstance(value, tuple) else rendered
     return value

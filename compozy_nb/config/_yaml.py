@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from compozy_nb.errors import ConfigError
+from compozy_nb.errors import CompozyNbError, ConfigError
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -33,6 +34,15 @@ class Document:
             if line is not None:
                 return f"{self.source}:{line}"
         return f"{self.source}:{self.start_line}"
+
+
+class FieldError(ValueError):
+    """A validation error that knows which field (below the validator's own location) is wrong, so the
+    error points at that line."""
+
+    def __init__(self, message: str, *loc: str | int) -> None:
+        super().__init__(message)
+        self.loc: Loc = tuple(loc)
 
 
 class _SafeLineLoader(yaml.SafeLoader):
@@ -69,10 +79,11 @@ def load_documents(text: str, source: str = "<string>") -> list[Document]:
             docs.append(Document(data, source, lines, node.start_mark.line + 1))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        at_end = mark is not None and mark.index >= len(text.rstrip())
+        if at_end and exc.context_mark is not None:  # e.g. an unterminated quote: point where it opened
+            mark = exc.context_mark
         line = mark.line + 1 if mark else 1
-        raise ConfigError(
-            f"malformed YAML: {exc.problem or exc}", source=f"{source}:{line}"
-        ) from None
+        raise ConfigError(f"malformed YAML: {exc.problem or exc}", source=f"{source}:{line}") from None
     except yaml.YAMLError as exc:  # pragma: no cover - PyYAML always marks its errors
         raise ConfigError(f"malformed YAML: {exc}", source=source) from None
     return docs
@@ -100,29 +111,63 @@ def _field_names(model: type[BaseModel]) -> list[str]:
     return names
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The model classes an annotation can hold (through Optional, list, Annotated, unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found.extend(_models_in(arg))
+    return found
+
+
 def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
-    """The nested model class that owns the last element of ``loc`` (for "did you mean")."""
-    current: Any = model
+    """The nested model class that owns the last element of ``loc`` (for "did you mean"); a union member is
+    picked by the discriminator tag pydantic puts in the location."""
+    candidates: list[type[BaseModel]] = [model]
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        info = current.model_fields.get(str(part))
+        if len(candidates) > 1:
+            tagged = [c for c in candidates if _tag_of(c) == part]
+            if tagged:
+                candidates = tagged
+                continue
+        owner = candidates[0] if len(candidates) == 1 else None
+        info = owner.model_fields.get(str(part)) if owner else None
         if info is None:
             return None
-        current = _unwrap(info.annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        candidates = _models_in(info.annotation)
+        if not candidates:
+            return None
+    return candidates[0] if len(candidates) == 1 else None
 
 
-def _unwrap(annotation: Any) -> Any:
-    for arg in getattr(annotation, "__args__", ()) or ():
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-        inner = _unwrap(arg)
-        if inner is not None and inner is not arg:
-            return inner
-    return annotation
+def _tag_of(model: type[BaseModel]) -> Any:
+    info = model.model_fields.get("type")
+    args = typing.get_args(info.annotation) if info else ()
+    return args[0] if len(args) == 1 else None
+
+
+def _data_loc(data: Any, loc: Loc) -> Loc:
+    """``loc`` without the parts pydantic adds that are not in the document (union tags)."""
+    out: list[str | int] = []
+    current = data
+    for index, part in enumerate(loc):
+        last = index == len(loc) - 1
+        if isinstance(current, dict):
+            if part in current:
+                current = current[part]
+            elif not last:
+                continue
+            out.append(part)
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+            out.append(part)
+        else:
+            out.append(part)
+            current = None
+    return tuple(out)
 
 
 def _dotted(loc: Loc) -> str:
@@ -132,14 +177,24 @@ def _dotted(loc: Loc) -> str:
     return out
 
 
-def iter_errors(exc: ValidationError, model: type[BaseModel], doc: Document) -> Iterator[ConfigError]:
-    """Turn each pydantic error into a ConfigError with file:line, field and a "did you mean"."""
+def iter_errors(
+    exc: ValidationError, model: type[BaseModel], doc: Document, *, keep_codes: bool = False
+) -> Iterator[CompozyNbError]:
+    """Turn each pydantic error into a ConfigError with file:line, field and a "did you mean" (with
+    ``keep_codes``, an error of another kind raised by a validator, e.g. a TemplateError, keeps its class)."""
     for err in exc.errors(include_url=False):
-        loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        raw_loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        cause = (err.get("ctx") or {}).get("error")
+        extra = getattr(cause, "loc", None)
+        if isinstance(extra, tuple):
+            raw_loc = (*raw_loc, *extra)
+        if err["type"] == "union_tag_invalid":
+            raw_loc = (*raw_loc, "type")
+        loc = _data_loc(doc.data, raw_loc)
         field_name = _dotted(loc) or "<document>"
         message = err["msg"]
         if err["type"] == "extra_forbidden":
-            owner = _model_at(model, loc)
+            owner = _model_at(model, raw_loc)
             hint = ""
             if owner is not None:
                 close = difflib.get_close_matches(str(loc[-1]), _field_names(owner), n=1, cutoff=0.6)
@@ -150,6 +205,9 @@ def iter_errors(exc: ValidationError, model: type[BaseModel], doc: Document) -> 
             message = message[len("Value error, ") :]
         elif message.startswith("Assertion failed, "):
             message = message[len("Assertion failed, ") :]
+        if keep_codes and isinstance(cause, CompozyNbError) and not isinstance(cause, ConfigError):
+            yield type(cause)(f"{field_name}: {cause.message}", source=doc.where(loc), field=field_name)
+            continue
         yield ConfigError(f"{field_name}: {message}", source=doc.where(loc), field=field_name)
 
 

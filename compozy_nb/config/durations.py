@@ -44,9 +44,7 @@ def parse_duration(value: str | int | float) -> float:
                 seconds += float(match.group(1)) * _UNITS[match.group(2)]
                 pos = match.end()
             if pos != len(text):
-                raise ValueError(
-                    f"invalid duration {value!r} (use e.g. 30s, 15m, 24h, 7d, 1h30m, or \"0\" for none)"
-                )
+                raise ValueError(f'invalid duration {value!r} (use e.g. 30s, 15m, 24h, 7d, 1h30m, or "0" for none)')
     if seconds < 0:
         raise ValueError(f"duration {value!r} must not be negative")
     return seconds

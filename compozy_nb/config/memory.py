@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from compozy_nb.config._yaml import FieldError
 from compozy_nb.config.durations import parse_duration
 
 MemoryType = Literal["token_based", "message_count_based", "buffer"]
@@ -48,6 +49,14 @@ class SummarizerConfig(_Strict):
 
     provider: str
     model: str | None = None
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        providers = ("openai", "python", "scripted")
+        if value not in providers:
+            raise ValueError(f"unknown summarizer provider '{value}', must be one of: {', '.join(providers)}")
+        return value
 
 
 class FlushingConfig(_Strict):
@@ -112,7 +121,7 @@ class PrivacyPolicyConfig(_Strict):
             try:
                 check_pattern(pattern)
             except ValueError as exc:
-                raise ValueError(f"redact_patterns[{index}]: {getattr(exc, 'message', exc)}") from None
+                raise FieldError(f"redact_patterns[{index}]: {getattr(exc, 'message', exc)}", index) from None
         return patterns
 
 
@@ -174,7 +183,10 @@ class MemoryResource(_Strict):
     @classmethod
     def _one_key_field(cls, data: Any) -> Any:
         if isinstance(data, dict) and "key" in data and "default_key_template" in data:
-            raise ValueError("give the default key template once: 'key' or 'default_key_template', not both")
+            raise FieldError(
+                "give the default key template once: 'key' or 'default_key_template', not both",
+                "default_key_template",
+            )
         return data
 
     @field_validator("key")
@@ -189,23 +201,24 @@ class MemoryResource(_Strict):
     @model_validator(mode="after")
     def _limits(self) -> MemoryResource:
         if self.type == "token_based" and not (self.max_tokens or self.max_messages or self.max_context_ratio):
-            raise ValueError(
+            raise FieldError(
                 "token_based memory must have at least one limit configured "
-                "(max_tokens, max_context_ratio, or max_messages)"
+                "(max_tokens, max_context_ratio, or max_messages)",
+                "type",
             )
         if self.type == "message_count_based" and not self.max_messages:
-            raise ValueError("message_count_based memory needs max_messages")
+            raise FieldError("message_count_based memory needs max_messages", "type")
         if self.max_context_ratio is not None and context_window(self.model_name) is None:
             known = ", ".join(sorted(MODEL_CONTEXT_WINDOWS))
-            raise ValueError(
-                "max_context_ratio needs token_provider.model set to a model with a known context window "
-                f"({known})"
+            raise FieldError(
+                f"max_context_ratio needs token_provider.model set to a model with a known context window ({known})",
+                "max_context_ratio",
             )
         return self
 
     @property
     def token_limit(self) -> int | None:
-        """The enforced token limit: the smaller of ``max_tokens`` and ratio × the model's context window."""
+        """The enforced token limit: the smaller of ``max_tokens`` and ratio x the model's context window."""
         limits = [self.max_tokens] if self.max_tokens else []
         window = context_window(self.model_name)
         if self.max_context_ratio is not None and window is not None:

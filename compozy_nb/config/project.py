@@ -68,8 +68,7 @@ def autoload_files(directory: Path, settings: AutoloadSettings) -> list[Path]:
     for pattern in settings.include:
         found.update(p for p in directory.glob(pattern) if p.is_file())
     kept = [
-        p for p in found
-        if not any(fnmatch.fnmatch(p.relative_to(directory).as_posix(), ex) for ex in settings.exclude)
+        p for p in found if not any(fnmatch.fnmatch(p.relative_to(directory).as_posix(), ex) for ex in settings.exclude)
     ]
     return sorted(kept)
 

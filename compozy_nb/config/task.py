@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from compozy_nb.config._yaml import FieldError
+
 OPERATIONS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats")
 
 
@@ -92,14 +94,19 @@ class MemoryTask(_Strict):
             raise ValueError(f"invalid operation '{value}', must be one of: {', '.join(OPERATIONS)}")
         return value
 
+    @field_validator("key_template")
+    @classmethod
+    def _key_template_syntax(cls, value: str | None) -> str | None:
+        if value is not None:
+            from compozy_nb.templating import validate
+
+            validate(value)
+        return value
+
     @model_validator(mode="after")
     def _payload_rules(self) -> MemoryTask:
         if self.operation in ("write", "append") and self.payload is None:
-            raise ValueError(f"{self.operation} operation requires payload")
-        if self.key_template is not None:
-            from compozy_nb.templating import validate
-
-            validate(self.key_template)
+            raise FieldError(f"{self.operation} operation requires payload", "payload")
         return self
 
     def options(self) -> dict[str, Any]:

@@ -79,7 +79,7 @@ class BasicTask(_Strict):
 class WorkflowMemoryTask(MemoryTask):
     """A memory task inside a workflow (``id`` required)."""
 
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")  # type: ignore[assignment]
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
     output: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

@@ -78,8 +78,8 @@ def _evict_until_target(
     ordered: Sequence[Stored], resource: MemoryResource, count: int, tokens: int, *, tokens_only: bool = False
 ) -> list[Stored]:
     """Take messages from ``ordered`` until the memory is within TARGET_RATIO of each limit."""
-    msg_target = None if tokens_only else (
-        math.floor(resource.max_messages * TARGET_RATIO) if resource.max_messages else None
+    msg_target = (
+        None if tokens_only else (math.floor(resource.max_messages * TARGET_RATIO) if resource.max_messages else None)
     )
     tok_target = math.floor(resource.token_limit * TARGET_RATIO) if resource.token_limit else None
     if tokens_only and tok_target is None and resource.max_messages:
@@ -125,7 +125,7 @@ def plan_flush(
         return FlushPlan(strategy, _evict_until_target(ordered, resource, count, tokens, tokens_only=True))
     if strategy == "hybrid_summary":
         previous = [s for s in snapshot if s.is_summary]
-        plain = [s for s in evictable]
+        plain = list(evictable)
         take = math.ceil(len(plain) * resource.flushing.summarize_oldest_percent) if len(plain) >= 2 else 0
         take = max(take, 2) if take else 0
         chosen = plain[:take]

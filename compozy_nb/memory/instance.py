@@ -19,13 +19,15 @@ from compozy_nb.errors import (
     CompozyNbError,
     ConfigError,
     ConfirmRequiredError,
+    CorruptDataError,
     InvalidKeyError,
     InvalidPayloadError,
+    MemoryOperationError,
 )
 from compozy_nb.memory import flush as flushing
 from compozy_nb.memory.keys import KeyLayout, validate_key
 from compozy_nb.memory.messages import Encoded, decode, encode, new_id, normalize_payload, utc_now_iso
-from compozy_nb.memory.store import Scripts, redis_errors
+from compozy_nb.memory.store import ForeignDataError, Scripts, redis_errors
 from compozy_nb.privacy import PrivacyPolicy
 from compozy_nb.results import OperationResult
 from compozy_nb.tokens import TokenCounter, get_counter
@@ -132,6 +134,10 @@ class MemoryInstance:
         ]
         return encoded, skipped
 
+    @property
+    def _track(self) -> str:
+        return "1" if self.resource.uses_access_tracking else "0"
+
     def _store(self, mode: str, encoded: Sequence[Encoded], operation: str) -> list[int]:
         args: list[Any] = [
             mode,
@@ -139,12 +145,51 @@ class MemoryInstance:
             self.resource.max_messages or 0,
             self.resource.token_limit or 0,
             self.resource.archive_max_messages,
+            self._track,
             len(encoded),
         ]
         for item in encoded:
             args.extend((item.raw, item.tokens, item.id, item.role))
-        result = self._run("append", args, operation)
+        try:
+            result = self._run("append", args, operation)
+        except ForeignDataError:
+            self.adopt()
+            result = self._run("append", args, operation)
         return [int(v) for v in result]
+
+    def adopt(self) -> bool:
+        """Take over a list written or extended by another tool (Compozy): give each message its token count
+        and an id, and rebuild the counters. Roles, contents and other fields are unchanged, so Compozy still
+        reads it; an element that is not JSON is kept as it is (0 tokens). Returns False when there was
+        nothing to adopt."""
+        client = self.backend.client
+        for _ in range(5):
+            with redis_errors("adopt", self.key):
+                pipe = client.pipeline(transaction=True)
+                pipe.hmget(self.layout.metadata, "layout", "message_count")
+                pipe.lrange(self.layout.base, 0, -1)
+                (layout, count), raws = pipe.execute()
+            if not raws or (layout == b"1" and count is not None and int(count) == len(raws)):
+                return False
+            args: list[Any] = [len(raws)]
+            for position, raw in enumerate(raws):
+                args.extend((raw, *self._canonical(raw, position)))
+            if int(self._run("adopt", args, "adopt")):
+                return True
+        raise MemoryOperationError("the memory kept changing while being adopted; try again", key=self.key)
+
+    def _canonical(self, raw: bytes, position: int) -> tuple[str, int, str, str]:
+        try:
+            message = decode(raw, key=self.key, position=position)
+        except CorruptDataError:
+            return raw.decode("utf-8", "replace"), 0, new_id(), "unknown"
+        role = str(message.get("role", "user"))
+        content = str(message.get("content", ""))
+        tokens = self.runtime.counter.count_message(role, content)
+        mid = str(message.get("id") or new_id())
+        stored: dict[str, Any] = {"tokens": tokens, "id": mid, "role": role, "content": content}
+        stored.update({k: v for k, v in message.items() if k not in stored})
+        return json.dumps(stored, ensure_ascii=False, separators=(",", ":")), tokens, mid, role
 
     def _decode_all(self, raws: Sequence[bytes], start: int) -> list[dict[str, Any]]:
         return [decode(raw, key=self.key, position=start + i) for i, raw in enumerate(raws)]
@@ -160,8 +205,15 @@ class MemoryInstance:
         if not encoded:
             meta = self._counters("append")
             return self._out(
-                "append", success=True, appended=0, total_count=meta[0], token_count=meta[1], evicted=0,
-                skipped=skipped, duplicates=0, ids=[],
+                "append",
+                success=True,
+                appended=0,
+                total_count=meta[0],
+                token_count=meta[1],
+                evicted=0,
+                skipped=skipped,
+                duplicates=0,
+                ids=[],
             )
         accepted, total, tokens, evicted, duplicates, _ = self._store("append", encoded, "append")
         out = self._out(
@@ -176,9 +228,14 @@ class MemoryInstance:
             ids=[e.id for e in encoded],
         )
         if self.resource.flushing.type == "hybrid_summary" and self._over_threshold(total, tokens, None):
-            summary = self.flush(strategy="hybrid_summary")
-            out["summary_flush"] = {k: summary[k] for k in ("flushed_count", "summary_generated")}
-            out["total_count"], out["token_count"] = summary["message_count"], summary["token_count"]
+            # the messages are stored: a failing summary must not turn this append into an error
+            try:
+                summary = self.flush(strategy="hybrid_summary")
+            except CompozyNbError as exc:
+                out["summary_flush"] = {"flushed_count": 0, "summary_generated": False, "error": exc.to_dict()}
+            else:
+                out["summary_flush"] = {k: summary[k] for k in ("flushed_count", "summary_generated")}
+                out["total_count"], out["token_count"] = summary["message_count"], summary["token_count"]
         return out
 
     def write(self, payload: Any) -> Output:
@@ -215,19 +272,12 @@ class MemoryInstance:
             archive: Read the archive of flushed and evicted messages instead (newest first).
         """
         _check_nonneg(limit=limit, offset=offset, last=last, max_tokens=max_tokens)
-        track = "1" if self.resource.uses_access_tracking and not archive else "0"
-        now_ms = str(int(time.time() * 1000))
         if archive:
-            args: list[Any] = ["archive", offset, -1 if limit is None else limit, "0", now_ms]
-        elif max_tokens is not None:
-            args = ["budget", max_tokens, 0, track, now_ms]
-        elif last is not None:
-            args = ["last", last, 0, track, now_ms]
+            total, raws = self._window(self.layout.archive, offset, limit)
+        elif max_tokens is None and self._track == "0":
+            total, raws = self._window(self.layout.base, offset, limit, last=last)
         else:
-            args = ["range", offset, -1 if limit is None else limit, track, now_ms]
-        result = self._run("read", args, "read")
-        total = int(result[0])
-        raws = result[1:]
+            total, raws = self._read_script(max_tokens, last, offset, limit)
         if archive or (max_tokens is None and last is None):
             start = offset
             has_more = offset + len(raws) < total
@@ -236,7 +286,11 @@ class MemoryInstance:
             has_more = start > 0
         messages = self._decode_all(raws, start)
         out = self._out(
-            "read", messages=messages, count=len(messages), total_count=total, has_more=has_more,
+            "read",
+            messages=messages,
+            count=len(messages),
+            total_count=total,
+            has_more=has_more,
             offset=start,
         )
         if archive:
@@ -245,6 +299,56 @@ class MemoryInstance:
             out["token_count"] = sum(int(m.get("tokens", 0)) for m in messages)
             out["max_tokens"] = max_tokens
         return out
+
+    def _window(self, key: str, offset: int, limit: int | None, *, last: int | None = None) -> tuple[int, list[Any]]:
+        """LLEN + LRANGE in one MULTI round trip (no script needed when no access is recorded)."""
+        if last is not None:
+            start, stop = -last, -1
+        else:
+            start, stop = offset, (-1 if limit is None else offset + limit - 1)
+        empty = last == 0 or limit == 0
+        with redis_errors("read", self.key):
+            pipe = self.backend.client.pipeline(transaction=True)
+            pipe.llen(key)
+            if not empty:
+                pipe.lrange(key, start, stop)
+            results = pipe.execute()
+        return int(results[0]), ([] if empty else list(results[1]))
+
+    def _read_script(
+        self, max_tokens: int | None, last: int | None, offset: int, limit: int | None
+    ) -> tuple[int, list[Any]]:
+        now_ms = str(int(time.time() * 1000))
+        if max_tokens is not None:
+            args: list[Any] = ["budget", max_tokens, 0, self._track, now_ms]
+        elif last is not None:
+            args = ["last", last, 0, self._track, now_ms]
+        else:
+            args = ["range", offset, -1 if limit is None else limit, self._track, now_ms]
+        try:
+            result = self._run("read", args, "read")
+        except ForeignDataError:
+            return self._budget_in_python(int(max_tokens or 0))
+        return int(result[0]), list(result[1:])
+
+    def _budget_in_python(self, budget: int) -> tuple[int, list[Any]]:
+        """A budget read of a list written by another tool (no token counts stored): count here, write
+        nothing."""
+        with redis_errors("read", self.key):
+            raws = self.backend.client.lrange(self.layout.base, 0, -1)
+        picked: list[Any] = []
+        used = 0
+        for position in range(len(raws) - 1, -1, -1):
+            message = decode(raws[position], key=self.key, position=position)
+            tokens = message.get("tokens")
+            if not isinstance(tokens, int):
+                tokens = self.runtime.counter.count_message(str(message["role"]), str(message["content"]))
+            if used + tokens > budget:
+                break
+            used += tokens
+            picked.append(raws[position])
+        picked.reverse()
+        return len(raws), picked
 
     def delete(self) -> Output:
         """Remove the instance: messages, metadata, archive, ids, access data and backups."""
@@ -289,18 +393,27 @@ class MemoryInstance:
         with redis_errors("restore", self.key):
             raws = self.backend.client.lrange(backup_key, 0, -1)
         if not raws:
-            raise InvalidKeyError(f"backup {backup_key!r} does not exist (expired?)", operation="restore",
-                                  key=self.key)
+            raise InvalidKeyError(f"backup {backup_key!r} does not exist (expired?)", operation="restore", key=self.key)
         messages = self._decode_all(raws, 0)
         encoded = [
-            Encoded(raw.decode("utf-8") if isinstance(raw, bytes) else raw,
-                    int(m.get("tokens") or self.runtime.counter.count_message(m["role"], m["content"])),
-                    str(m.get("id") or new_id()), str(m["role"]))
+            Encoded(
+                raw.decode("utf-8") if isinstance(raw, bytes) else raw,
+                int(m.get("tokens") or self.runtime.counter.count_message(m["role"], m["content"])),
+                str(m.get("id") or new_id()),
+                str(m["role"]),
+            )
             for raw, m in zip(raws, messages, strict=True)
         ]
         accepted, total, tokens, evicted, _, _ = self._store("replace", encoded, "restore")
-        return self._out("restore", success=True, restored=accepted, total_count=total, token_count=tokens,
-                         evicted=evicted, backup_key=backup_key)
+        return self._out(
+            "restore",
+            success=True,
+            restored=accepted,
+            total_count=total,
+            token_count=tokens,
+            evicted=evicted,
+            backup_key=backup_key,
+        )
 
     def flush(
         self,
@@ -320,46 +433,81 @@ class MemoryInstance:
         if chosen not in flushing.STRATEGIES:
             raise ConfigError(
                 f"invalid strategy '{chosen}', must be one of: {', '.join(flushing.STRATEGIES)}",
-                operation="flush", key=self.key, field="flush_config.strategy",
+                operation="flush",
+                key=self.key,
+                field="flush_config.strategy",
             )
         if chosen == "hybrid_summary" and not self.resource.flushing.summary_tokens:
             raise ConfigError(
                 "hybrid_summary needs flushing.summary_tokens on the memory resource",
-                operation="flush", key=self.key, field="flush_config.strategy",
+                operation="flush",
+                key=self.key,
+                field="flush_config.strategy",
             )
         if threshold is not None and not 0 <= threshold <= 1:
-            raise ConfigError("threshold must be between 0 and 1", operation="flush", key=self.key,
-                              field="flush_config.threshold")
+            raise ConfigError(
+                "threshold must be between 0 and 1", operation="flush", key=self.key, field="flush_config.threshold"
+            )
         limit = self.resource.flushing.summarize_threshold if threshold is None else threshold
+        self.adopt()
         snapshot, access = self._snapshot(chosen)
         count = len(snapshot)
         tokens = sum(s.tokens for s in snapshot)
         current_usage = flushing.usage(self.resource, count, tokens)
         would_flush = bool(count) and (force or current_usage >= limit)
-        plan = flushing.plan_flush(chosen, snapshot, self.resource, access=access) if would_flush \
+        plan = (
+            flushing.plan_flush(chosen, snapshot, self.resource, access=access)
+            if would_flush
             else flushing.FlushPlan(chosen)
+        )
         base = {"actual_strategy": plan.strategy, "threshold": limit, "usage": round(current_usage, 4)}
         if dry_run or not plan.remove:
-            remaining = count - (len(plan.remove) if dry_run else 0)
+            added = 1 if plan.strategy == "hybrid_summary" and plan.remove else 0
+            remaining = count - len(plan.remove) + added if dry_run else count
             return self._out(
-                "flush", success=True, flushed_count=0, message_count=count, token_count=tokens,
-                summary_generated=False, dry_run=dry_run, would_flush=would_flush and bool(plan.remove),
-                would_remove=len(plan.remove), would_remain=remaining, **base,
+                "flush",
+                success=True,
+                flushed_count=0,
+                message_count=count,
+                token_count=tokens,
+                summary_generated=False,
+                dry_run=dry_run,
+                would_flush=would_flush and bool(plan.remove),
+                would_remove=len(plan.remove),
+                would_remain=remaining,
+                **base,
             )
         summary_raw, summary_tokens, summary_id = "", 0, ""
         if plan.strategy == "hybrid_summary":
             summary_raw, summary_tokens, summary_id = self._summary(plan)
         result = self._run(
             "flush",
-            [self.runtime.ttl_ms, self.resource.archive_max_messages, utc_now_iso(), summary_raw,
-             summary_tokens, summary_id, len(plan.remove), *(s.raw for s in plan.remove)],
+            [
+                self.runtime.ttl_ms,
+                self.resource.archive_max_messages,
+                utc_now_iso(),
+                summary_raw,
+                summary_tokens,
+                summary_id,
+                self._track,
+                len(plan.remove),
+                *(s.raw for s in plan.remove),
+            ],
             "flush",
         )
         removed, remaining_count, remaining_tokens, summary_written = (int(v) for v in result)
+        if summary_written == -1:  # a racing flush took some of the planned messages: it did the work
+            removed, summary_written = 0, 0
         return self._out(
-            "flush", success=True, flushed_count=removed, message_count=remaining_count,
-            token_count=remaining_tokens, summary_generated=bool(summary_written), dry_run=False,
-            would_flush=True, **base,
+            "flush",
+            success=True,
+            flushed_count=removed,
+            message_count=remaining_count,
+            token_count=remaining_tokens,
+            summary_generated=bool(summary_written),
+            dry_run=False,
+            would_flush=True,
+            **base,
         )
 
     def health(self, include_stats: bool = True) -> Output:
@@ -375,8 +523,14 @@ class MemoryInstance:
             count, tokens, last_flush = self._counters("health")
         except BackendError as exc:
             return self._out(
-                "health", healthy=False, error=exc.message, message_count=None, token_count=None,
-                actual_strategy=self.resource.flushing.type, last_flush=None, redis=None,
+                "health",
+                healthy=False,
+                error=exc.message,
+                message_count=None,
+                token_count=None,
+                actual_strategy=self.resource.flushing.type,
+                last_flush=None,
+                redis=None,
                 warnings=["Redis is unreachable"],
             )
         policy = info.get("maxmemory_policy")
@@ -386,9 +540,14 @@ class MemoryInstance:
                 "(use noeviction or volatile-*)"
             )
         out = self._out(
-            "health", healthy=True, message_count=count, token_count=tokens,
-            actual_strategy=self.resource.flushing.type, last_flush=last_flush,
-            redis={"ping_ms": ping_ms, **info}, warnings=warnings,
+            "health",
+            healthy=True,
+            message_count=count,
+            token_count=tokens,
+            actual_strategy=self.resource.flushing.type,
+            last_flush=last_flush,
+            redis={"ping_ms": ping_ms, **info},
+            warnings=warnings,
         )
         if include_stats:
             out["usage"] = round(flushing.usage(self.resource, count, tokens), 4)
@@ -422,8 +581,7 @@ class MemoryInstance:
             max_tokens=limit,
             max_messages=self.resource.max_messages,
             token_utilization=round(tokens / limit, 4) if limit else None,
-            message_utilization=round(count / self.resource.max_messages, 4) if self.resource.max_messages
-            else None,
+            message_utilization=round(count / self.resource.max_messages, 4) if self.resource.max_messages else None,
             role_distribution=dict(sorted(roles.items())),
             ttl_seconds=round(pttl / 1000, 3) if pttl > 0 else None,
             last_flush=meta.get("last_flush"),
@@ -479,14 +637,18 @@ class MemoryInstance:
         budget = int(self.resource.flushing.summary_tokens or 0)
         text = self.runtime.summarizer(originals, previous, budget)
         if not isinstance(text, str) or not text.strip():
-            raise CompozyNbError("the summarizer returned no text", code="FLUSH_FAILED", operation="flush",
-                                 key=self.key)
+            raise CompozyNbError(
+                "the summarizer returned no text", code="FLUSH_FAILED", operation="flush", key=self.key
+            )
         text = flushing.truncate_tokens(text, self.runtime.counter, budget)
         folded = sum(int(s.message.get("summarized_count", 0)) for s in plan.remove if s.is_summary)
         encoded = encode(
             {"role": "system", "content": text, "summary": True, "summarized_count": folded + len(originals)},
-            self.runtime.counter, now=utc_now_iso(), max_bytes=self.resource.max_message_bytes,
-            max_tokens=None, operation="flush",
+            self.runtime.counter,
+            now=utc_now_iso(),
+            max_bytes=self.resource.max_message_bytes,
+            max_tokens=None,
+            operation="flush",
         )
         return encoded.raw, encoded.tokens, encoded.id
 
@@ -494,8 +656,11 @@ class MemoryInstance:
 def _check_nonneg(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise InvalidPayloadError(f"read_config.{name} must be a non-negative integer, got {value!r}",
-                                      operation="read", field=f"read_config.{name}")
+            raise InvalidPayloadError(
+                f"read_config.{name} must be a non-negative integer, got {value!r}",
+                operation="read",
+                field=f"read_config.{name}",
+            )
 
 
 def _s(value: Any) -> str:
@@ -503,8 +668,7 @@ def _s(value: Any) -> str:
 
 
 def _stamp() -> str:
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{int(time.time() * 1000) % 1000:03d}Z-" + \
-        new_id()[:6]
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{int(time.time() * 1000) % 1000:03d}Z-" + new_id()[:6]
 
 
 def _preview(message: Mapping[str, Any], width: int = 80) -> dict[str, Any]:
@@ -537,8 +701,9 @@ def _server_info(client: Any) -> dict[str, Any]:
     return info
 
 
-def run_operation(instance: MemoryInstance, operation: str, payload: Any = None,
-                  options: Mapping[str, Any] | None = None) -> Output:
+def run_operation(
+    instance: MemoryInstance, operation: str, payload: Any = None, options: Mapping[str, Any] | None = None
+) -> Output:
     """Dispatch one of the 8 operations with task-style options (``read_config`` etc. already unpacked)."""
     opts = dict(options or {})
     handlers: dict[str, Callable[[], Output]] = {

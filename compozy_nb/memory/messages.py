@@ -8,7 +8,7 @@ A stored message is one JSON object. Compozy reads ``role`` and ``content``; we 
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,8 +38,8 @@ def utc_now_iso() -> str:
 
 
 def new_id() -> str:
-    """A fresh message id."""
-    return uuid.uuid4().hex
+    """A fresh random message id (128 bits, hex)."""
+    return os.urandom(16).hex()
 
 
 def normalize_payload(payload: Any, *, operation: str) -> list[dict[str, Any]]:
@@ -91,6 +91,8 @@ def _message(item: Any, index: int | None, operation: str) -> dict[str, Any]:
             operation=operation,
             field=f"{where}.content",
         )
+    if len(item) <= 2 and "role" in item:  # the common {role, content} payload
+        return {"role": role, "content": content}
     message = {k: v for k, v in item.items() if k not in _COMPUTED}
     message["role"] = role
     if "id" in message:
@@ -102,10 +104,6 @@ def _message(item: Any, index: int | None, operation: str) -> dict[str, Any]:
                 field=f"{where}.id",
             )
         message["id"] = str(mid)
-    try:
-        json.dumps(message, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidPayloadError(f"{where}: not JSON-serialisable: {exc}", operation=operation) from None
     return message
 
 
@@ -132,7 +130,10 @@ def encode(
     for name, value in message.items():
         if name not in stored:
             stored[name] = value
-    raw = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
+    try:
+        raw = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayloadError(f"message {index}: not JSON-serialisable: {exc}", operation=operation) from None
     size = len(raw.encode("utf-8"))
     if size > max_bytes:
         raise LimitExceededError(

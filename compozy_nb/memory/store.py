@@ -17,7 +17,13 @@ from compozy_nb.errors import (
     MemoryOperationError,
 )
 
-SCRIPT_NAMES = ("append", "read", "flush", "clear", "delete")
+SCRIPT_NAMES = ("append", "read", "flush", "clear", "delete", "adopt")
+
+
+class ForeignDataError(MemoryOperationError):
+    """Internal: the list was written by another tool and must be adopted first (handled by the instance)."""
+
+    code = "FOREIGN_DATA"
 
 
 @cache
@@ -54,6 +60,8 @@ def redis_errors(operation: str, key: str | None) -> Iterator[None]:
         raise BackendError(f"Redis unavailable during {operation}: {exc}", operation=operation, key=key) from None
     except redis.exceptions.ResponseError as exc:
         text = str(exc)
+        if text.startswith("FOREIGN_DATA") or "FOREIGN_DATA" in text[:40]:
+            raise ForeignDataError(text, operation=operation, key=key) from None
         if "LIMIT_EXCEEDED" in text:
             detail = text.split("LIMIT_EXCEEDED", 1)[1].strip()
             raise LimitExceededError(detail, operation=operation, key=key) from None

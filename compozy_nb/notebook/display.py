@@ -26,13 +26,23 @@ class DefinitionSummary:
             if res is None:
                 continue
             privacy = res.privacy_policy
-            rows.append({
-                "id": res.id, "type": res.type, "key": res.key, "max_tokens": res.token_limit,
-                "max_messages": res.max_messages, "ttl": format_duration(res.persistence.ttl_seconds),
-                "flushing": res.flushing.type,
-                "privacy": (f"{len(privacy.redact_patterns)} pattern(s), drops "
-                            f"{', '.join(privacy.non_persistable_message_types) or 'no role'}") if privacy else "none",
-            })
+            rows.append(
+                {
+                    "id": res.id,
+                    "type": res.type,
+                    "key": res.key,
+                    "max_tokens": res.token_limit,
+                    "max_messages": res.max_messages,
+                    "ttl": format_duration(res.persistence.ttl_seconds),
+                    "flushing": res.flushing.type,
+                    "privacy": (
+                        f"{len(privacy.redact_patterns)} pattern(s), drops "
+                        f"{', '.join(privacy.non_persistable_message_types) or 'no role'}"
+                    )
+                    if privacy
+                    else "none",
+                }
+            )
         return rows
 
     def _workflow_tables(self) -> list[str]:
@@ -46,13 +56,32 @@ class DefinitionSummary:
                 if isinstance(task, BasicTask):
                     what = f"{task.provider}" + (f" {task.model}" if task.model else "")
                     mem = ", ".join(f"{m.id} ({m.mode})" for m in task.memory)
-                    rows.append({"task": task.id, "type": "basic", "what": what, "memory / key": mem,
-                                 "output": task.output})
+                    rows.append(
+                        {
+                            "task": task.id,
+                            "type": "basic",
+                            "what": what,
+                            "memory / key": mem,
+                            "output": task.output,
+                        }
+                    )
                 else:
-                    rows.append({"task": task.id, "type": "memory", "what": f"{task.operation} {task.memory_ref}",
-                                 "memory / key": task.key_template, "output": task.output})
-            out.append(html_table(rows, ["task", "type", "what", "memory / key", "output"],
-                                  caption=f"workflow {wf.id}" + (f" v{wf.version}" if wf.version else "")))
+                    rows.append(
+                        {
+                            "task": task.id,
+                            "type": "memory",
+                            "what": f"{task.operation} {task.memory_ref}",
+                            "memory / key": task.key_template,
+                            "output": task.output,
+                        }
+                    )
+            out.append(
+                html_table(
+                    rows,
+                    ["task", "type", "what", "memory / key", "output"],
+                    caption=f"workflow {wf.id}" + (f" v{wf.version}" if wf.version else ""),
+                )
+            )
         return out
 
     def _yaml(self) -> str:

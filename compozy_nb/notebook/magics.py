@@ -90,9 +90,9 @@ class Compozy(Magics):
     redis_url = Unicode(
         os.environ.get("COMPOZY_REDIS_URL", ""), help="Backend URL used when none is given (empty: embedded)."
     ).tag(config=True)
-    display_limit = Int(
-        int(os.environ.get("COMPOZY_DISPLAY_LIMIT", "50")), help="Rows shown in HTML tables."
-    ).tag(config=True)
+    display_limit = Int(int(os.environ.get("COMPOZY_DISPLAY_LIMIT", "50")), help="Rows shown in HTML tables.").tag(
+        config=True
+    )
     progress = Bool(
         os.environ.get("COMPOZY_PROGRESS", "1") not in ("0", "false", "no"), help="Progress bars in run_many."
     ).tag(config=True)
@@ -104,6 +104,13 @@ class Compozy(Magics):
         self.observe(lambda change: DISPLAY.__setitem__("limit", change["new"]), names="display_limit")
 
     # ------------------------------------------------------------------ state
+    @property
+    def _user_ns(self) -> dict[str, Any]:
+        if self.shell is None:
+            raise UsageError("%compozy needs an IPython shell")
+        namespace: dict[str, Any] = self.shell.user_ns
+        return namespace
+
     @property
     def project(self) -> Any:
         """The current project (empty until a cell defines something or ``load`` is used)."""
@@ -134,8 +141,9 @@ class Compozy(Magics):
         if unknown:
             raise UsageError(f"%%compozy: unknown option {unknown[0]!r} (only --replace)")
         cell_no = getattr(self.shell, "execution_count", None)
-        ids = self.project.add_yaml(cell, source=f"<cell {cell_no}>" if cell_no else "<cell>",
-                                    replace="--replace" in args)
+        ids = self.project.add_yaml(
+            cell, source=f"<cell {cell_no}>" if cell_no else "<cell>", replace="--replace" in args
+        )
         return DefinitionSummary(self.project, ids)
 
     # ------------------------------------------------------------------ line
@@ -190,21 +198,19 @@ class Compozy(Magics):
             return None
         if text.startswith("$"):
             name = text[1:]
-            if name not in self.shell.user_ns:
+            if name not in self._user_ns:
                 raise UsageError(f"%compozy: {what} refers to ${name}, which is not defined")
-            return self.shell.user_ns[name]
+            return self._user_ns[name]
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UsageError(
-                f"%compozy: {what} is not valid JSON ({exc.msg}); quote it, or pass $variable"
-            ) from None
+            raise UsageError(f"%compozy: {what} is not valid JSON ({exc.msg}); quote it, or pass $variable") from None
 
     def _store(self, var: str | None, value: Any) -> None:
         if var:
             if not var.isidentifier():
                 raise UsageError(f"%compozy: -o needs a Python name, got {var!r}")
-            self.shell.user_ns[var] = value
+            self._user_ns[var] = value
 
     def _cmd_run(self, args: argparse.Namespace) -> Any:
         data = self._value(args.input, "--input") or {}
@@ -250,8 +256,7 @@ class Compozy(Magics):
         if args.payload is not None:
             raise UsageError(f"%compozy memory {args.op}: --payload is only for write and append")
         if args.op == "read":
-            return mem.read(args.limit, args.offset, last=args.last, max_tokens=args.max_tokens,
-                            archive=args.archive)
+            return mem.read(args.limit, args.offset, last=args.last, max_tokens=args.max_tokens, archive=args.archive)
         if args.op == "flush":
             return mem.flush(args.strategy, dry_run=args.dry_run, force=args.force, threshold=args.threshold)
         if args.op == "clear":

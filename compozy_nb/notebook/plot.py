@@ -41,8 +41,15 @@ def plot_memory(mem: MemoryInstance, ax: Any = None) -> Any:
         twin.axhline(limit, color="red", linestyle=":", label=f"max_tokens = {limit}")
     summaries = [x for x, m in zip(x_live, live, strict=True) if m.get("summary")]
     if summaries:
-        ax.scatter(summaries, [tokens_live[x - len(archived)] for x in summaries], marker="*", s=150,
-                   color=colors[2], zorder=3, label="summary")
+        ax.scatter(
+            summaries,
+            [tokens_live[x - len(archived)] for x in summaries],
+            marker="*",
+            s=150,
+            color=colors[2],
+            zorder=3,
+            label="summary",
+        )
     ax.set_xlabel("message (oldest → newest)")
     ax.set_ylabel("tokens")
     twin.set_ylabel("cumulative tokens")

@@ -1,4 +1,4 @@
-"""LLM providers for ``basic`` tasks: ``openai`` (any OpenAI-compatible server), ``python`` and ``scripted``."""
+"""LLM providers of ``basic`` tasks: ``openai`` (any OpenAI-compatible server), ``python``, ``scripted``."""
 
 from __future__ import annotations
 
@@ -100,8 +100,13 @@ def call_scripted(request: ChatRequest, registry: Registry, slot: str) -> ChatRe
             "input": request.options.get("input", {}),
         }
         content = render(template or "", context)
-    return ChatResponse(content, request.model or "scripted", "scripted", _count_prompt(request.messages),
-                        get_counter(None).count(content))
+    return ChatResponse(
+        content,
+        request.model or "scripted",
+        "scripted",
+        _count_prompt(request.messages),
+        get_counter(None).count(content),
+    )
 
 
 def call_python(request: ChatRequest, registry: Registry) -> ChatResponse:
@@ -122,8 +127,9 @@ def call_python(request: ChatRequest, registry: Registry) -> ChatResponse:
     elif isinstance(result, Mapping) and isinstance(result.get("content"), str):
         reply = dict(result)
     else:
-        raise ProviderError(f"python LLM '{name}' must return a string or a dict with 'content', "
-                            f"got {type(result).__name__}")
+        raise ProviderError(
+            f"python LLM '{name}' must return a string or a dict with 'content', got {type(result).__name__}"
+        )
     usage = reply.get("usage") or {}
     content = str(reply["content"])
     return ChatResponse(
@@ -167,19 +173,19 @@ def call_openai(request: ChatRequest, *, retries: int = 3, backoff: float = 0.5)
         try:
             response = httpx.post(url, json=body, headers=headers, timeout=request.timeout)
         except httpx.TimeoutException:
-            raise ProviderError(f"openai: no answer from {url} within {request.timeout:g} s",
-                                code="PROVIDER_TIMEOUT") from None
+            raise ProviderError(
+                f"openai: no answer from {url} within {request.timeout:g} s", code="PROVIDER_TIMEOUT"
+            ) from None
         except httpx.HTTPError as exc:
             if attempt < retries:
                 attempt += 1
                 time.sleep(backoff * 2 ** (attempt - 1))
                 continue
             raise ProviderError(f"openai: cannot reach {url}: {exc}") from None
-        if response.status_code == 429 or response.status_code >= 500:
-            if attempt < retries:
-                attempt += 1
-                time.sleep(_retry_after(response.headers.get("retry-after"), backoff * 2 ** (attempt - 1)))
-                continue
+        if (response.status_code == 429 or response.status_code >= 500) and attempt < retries:
+            attempt += 1
+            time.sleep(_retry_after(response.headers.get("retry-after"), backoff * 2 ** (attempt - 1)))
+            continue
         if response.status_code in (401, 403):
             raise ProviderError(
                 f"openai: authentication failed ({response.status_code}) at {url}: check {key_env}",

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from compozy_nb.config._yaml import Document
+from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask, Workflow, WorkflowMemoryTask
 from compozy_nb.errors import CompozyNbError, ConfigError, MemoryNotFoundError, TemplateError
 from compozy_nb.memory.instance import MemoryInstance, run_operation
@@ -36,10 +37,12 @@ def render_text(template: str, context: Mapping[str, Any]) -> str:
     return render(template, context, formatter=transcript)
 
 
-def render_messages(messages: Sequence[Mapping[str, Any]], context: Mapping[str, Any],
-                    where: str) -> list[dict[str, Any]]:
-    """Render message templates: ``content`` as text, other string fields keeping types; messages whose
-    content renders empty (no history yet) are dropped."""
+def render_messages(
+    messages: Sequence[Mapping[str, Any]], context: Mapping[str, Any], where: str, *, drop_empty: bool = True
+) -> list[dict[str, Any]]:
+    """Render message templates: ``content`` as text, other string fields keeping types. In prompts
+    (``drop_empty``) a message whose content renders empty (no history yet) is dropped; payloads keep it,
+    so that validation rejects it rather than a write silently storing nothing."""
     out: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         rendered: dict[str, Any] = {}
@@ -52,7 +55,7 @@ def render_messages(messages: Sequence[Mapping[str, Any]], context: Mapping[str,
                     raise TemplateError(f"{field_where}: {exc.message}", field=field_where) from None
             else:
                 rendered[name] = render_value(value, context, where=field_where)
-        if isinstance(rendered.get("content"), str) and not rendered["content"].strip():
+        if drop_empty and isinstance(rendered.get("content"), str) and not rendered["content"].strip():
             continue
         out.append(rendered)
     return out
@@ -61,10 +64,9 @@ def render_messages(messages: Sequence[Mapping[str, Any]], context: Mapping[str,
 def render_payload(payload: Any, context: Mapping[str, Any]) -> Any:
     """Render a memory task payload (messages' content as text, everything else keeping types)."""
     if isinstance(payload, Mapping) and "content" in payload:
-        rendered = render_messages([payload], context, "payload")
-        return rendered[0] if rendered else []
+        return render_messages([payload], context, "payload", drop_empty=False)[0]
     if isinstance(payload, list) and all(isinstance(p, Mapping) for p in payload):
-        return render_messages(payload, context, "payload")
+        return render_messages(payload, context, "payload", drop_empty=False)
     return render_value(payload, context, where="payload")
 
 
@@ -108,6 +110,22 @@ def _task_templates(task: WorkflowMemoryTask | BasicTask) -> list[tuple[str, str
     return found
 
 
+def _field_path(field: str) -> tuple[str | int, ...]:
+    """``messages[1].content`` -> ``("messages", 1, "content")``."""
+    parts: list[str | int] = []
+    for piece in field.replace("]", "").replace("[", ".").split("."):
+        if piece:
+            parts.append(int(piece) if piece.isdigit() else piece)
+    return tuple(parts)
+
+
+def _render_key(template: str, context: Mapping[str, Any], field: str) -> str:
+    try:
+        return render(template, context)
+    except TemplateError as exc:
+        raise TemplateError(f"{field}: {exc.message}", field=field) from None
+
+
 def check_workflow(workflow: Workflow, project: Project, doc: Document | None = None) -> list[ConfigError]:
     """Problems found before anything runs: unknown memory refs, references to unknown or later task
     outputs, unknown input variables (when the workflow declares an input schema)."""
@@ -115,7 +133,7 @@ def check_workflow(workflow: Workflow, project: Project, doc: Document | None = 
     source = doc.source if doc else f"<workflow {workflow.id}>"
 
     def where(index: int, field: str) -> str:
-        return doc.where(("tasks", index, field.split(".")[0].split("[")[0])) if doc else source
+        return doc.where(("tasks", index, *_field_path(field))) if doc else source
 
     known_inputs = set(workflow.input.properties) if workflow.input and workflow.input.properties else None
     outputs_so_far: set[str] = set()
@@ -129,15 +147,26 @@ def check_workflow(workflow: Workflow, project: Project, doc: Document | None = 
                 project.resource(ref)
             except MemoryNotFoundError as exc:
                 field = "memory_ref" if isinstance(task, WorkflowMemoryTask) else "memory"
-                problems.append(ConfigError(f"task '{task.id}': {exc.message}", source=where(index, field),
-                                            field=f"tasks[{index}].{field}", task=task.id))
+                problems.append(
+                    ConfigError(
+                        f"task '{task.id}': {exc.message}",
+                        source=where(index, field),
+                        field=f"tasks[{index}].{field}",
+                        task=task.id,
+                    )
+                )
         for field, template in _task_templates(task):
             try:
                 paths = referenced_paths(template)
             except TemplateError as exc:
-                problems.append(ConfigError(f"task '{task.id}' {field}: {exc.message}",
-                                            source=where(index, field), field=f"tasks[{index}].{field}",
-                                            task=task.id))
+                problems.append(
+                    ConfigError(
+                        f"task '{task.id}' {field}: {exc.message}",
+                        source=where(index, field),
+                        field=f"tasks[{index}].{field}",
+                        task=task.id,
+                    )
+                )
                 continue
             for path in paths:
                 if not path:
@@ -152,14 +181,22 @@ def check_workflow(workflow: Workflow, project: Project, doc: Document | None = 
                         message = f"references task '{target}', which has not run yet at this point"
                 elif head in all_outputs and head not in outputs_so_far:
                     message = f"references output '{head}' of a task that has not run yet at this point"
-                elif (known_inputs is not None and head not in BUILTINS and head not in outputs_so_far
-                      and head not in known_inputs):
+                elif (
+                    known_inputs is not None
+                    and head not in BUILTINS
+                    and head not in outputs_so_far
+                    and head not in known_inputs
+                ):
                     message = f"references '{head}', which is neither an input property nor a task output"
                 if message:
-                    problems.append(ConfigError(
-                        f"task '{task.id}' {field}: {message} ({{{{.{'.'.join(path)}}}}})",
-                        source=where(index, field), field=f"tasks[{index}].{field}", task=task.id,
-                    ))
+                    problems.append(
+                        ConfigError(
+                            f"task '{task.id}' {field}: {message} ({{{{.{'.'.join(path)}}}}})",
+                            source=where(index, field),
+                            field=f"tasks[{index}].{field}",
+                            task=task.id,
+                        )
+                    )
         ids_so_far.add(task.id)
         if task.output:
             outputs_so_far.add(task.output)
@@ -172,19 +209,24 @@ def validate_input(workflow: Workflow, data: Mapping[str, Any]) -> None:
     if schema is None:
         return
     types: dict[str, type | tuple[type, ...]] = {
-        "string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict,
-        "array": list, "null": type(None),
+        "string": str,
+        "integer": int,
+        "number": (int, float),
+        "boolean": bool,
+        "object": dict,
+        "array": list,
+        "null": type(None),
     }
     for name in schema.required:
         if name not in data:
-            raise ConfigError(f"workflow '{workflow.id}' input: missing required property '{name}'",
-                              field=f"input.{name}")
+            raise ConfigError(
+                f"workflow '{workflow.id}' input: missing required property '{name}'", field=f"input.{name}"
+            )
     for name, value in data.items():
         spec = schema.properties.get(name)
         if spec is None:
             if not schema.additional_properties:
-                raise ConfigError(f"workflow '{workflow.id}' input: unknown property '{name}'",
-                                  field=f"input.{name}")
+                raise ConfigError(f"workflow '{workflow.id}' input: unknown property '{name}'", field=f"input.{name}")
             continue
         kind = spec.get("type")
         expected = types.get(kind) if isinstance(kind, str) else None
@@ -195,26 +237,29 @@ def validate_input(workflow: Workflow, data: Mapping[str, Any]) -> None:
                 field=f"input.{name}",
             )
         if "enum" in spec and value not in spec["enum"]:
-            raise ConfigError(f"workflow '{workflow.id}' input: property '{name}' must be one of {spec['enum']}",
-                              field=f"input.{name}")
+            raise ConfigError(
+                f"workflow '{workflow.id}' input: property '{name}' must be one of {spec['enum']}",
+                field=f"input.{name}",
+            )
 
 
 # ---------------------------------------------------------------------------- execution
-def run_memory_task(project: Project, task: WorkflowMemoryTask, context: Mapping[str, Any]) -> dict[str, Any]:
+def run_memory_task(project: Project, task: MemoryTask, context: Mapping[str, Any]) -> dict[str, Any]:
     """Render and run a memory task of a workflow."""
     runtime = project.runtime(task.memory_ref)
     template = task.key_template or runtime.resource.key
     if not template:
-        raise TemplateError(f"key_template is required (memory resource '{runtime.resource.id}' has no key)",
-                            field="key_template")
-    key = render(template, context)
+        raise TemplateError(
+            f"key_template is required (memory resource '{runtime.resource.id}' has no key)",
+            field="key_template",
+        )
+    key = _render_key(template, context, "key_template")
     instance = MemoryInstance(runtime, key, project.backend, project.name)
     payload = render_payload(task.payload, context) if task.payload is not None else None
     return run_operation(instance, task.operation, payload, task.options())
 
 
-def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any],
-                   workflow_id: str) -> dict[str, Any]:
+def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any], workflow_id: str) -> dict[str, Any]:
     """Render the messages, inject agent memory, call the provider, store the exchange in memory.
 
     Order of the prompt: the task's system messages, then each attached memory's history (in the order
@@ -227,9 +272,13 @@ def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any]
         runtime = project.runtime(ref.id)
         template = ref.key or runtime.resource.key
         if not template:
-            raise TemplateError(f"memory[{index}] ('{ref.id}') needs key (the resource has no default key)",
-                                field=f"memory[{index}].key")
-        instance = MemoryInstance(runtime, render(template, context), project.backend, project.name)
+            raise TemplateError(
+                f"memory[{index}] ('{ref.id}') needs key (the resource has no default key)",
+                field=f"memory[{index}].key",
+            )
+        instance = MemoryInstance(
+            runtime, _render_key(template, context, f"memory[{index}].key"), project.backend, project.name
+        )
         read = instance.read(max_tokens=ref.max_context_tokens) if ref.max_context_tokens else instance.read()
         history.extend({"role": m["role"], "content": m["content"]} for m in read["messages"])
         attached.append((instance, ref.mode))
@@ -237,15 +286,20 @@ def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any]
     rest = [m for m in messages if m["role"] != "system"]
     prompt = [{"role": m["role"], "content": m["content"]} for m in [*system, *history, *rest]]
     options: dict[str, Any] = {
-        "replies": task.replies, "reply_template": task.reply_template, "base_url": task.base_url,
-        "api_key_env": task.api_key_env, "function": task.function, "input": context.get("input", {}),
+        "replies": task.replies,
+        "reply_template": task.reply_template,
+        "base_url": task.base_url,
+        "api_key_env": task.api_key_env,
+        "function": task.function,
+        "input": context.get("input", {}),
     }
     defaults = project.provider_defaults(task.provider)
     for name in ("base_url", "api_key_env"):
         if options[name] is None and defaults.get(name):
             options[name] = defaults[name]
-    request = ChatRequest(prompt, task.model or defaults.get("model"), task.temperature, task.max_tokens,
-                          task.timeout, options)
+    request = ChatRequest(
+        prompt, task.model or defaults.get("model"), task.temperature, task.max_tokens, task.timeout, options
+    )
     reply = complete(task.provider, request, project.llms, f"{workflow_id}/{task.id}")
     if reply.content.strip():
         last_user = next((m for m in reversed(rest) if m["role"] == "user"), None)
@@ -264,8 +318,9 @@ def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any]
     }
 
 
-def run_workflow(project: Project, workflow: Workflow, data: Mapping[str, Any] | None = None,
-                 exec_id: str | None = None) -> dict[str, Any]:
+def run_workflow(
+    project: Project, workflow: Workflow, data: Mapping[str, Any] | None = None, exec_id: str | None = None
+) -> dict[str, Any]:
     """Run every task in order and return the run JSON.
 
     ``{"status", "workflow_id", "exec_id", "output", "tasks": {id: {"status", "output", "error",
@@ -287,19 +342,27 @@ def run_workflow(project: Project, workflow: Workflow, data: Mapping[str, Any] |
         started = time.perf_counter()
         try:
             if isinstance(task, WorkflowMemoryTask):
-                output = run_memory_task(project, task, context)
+                task_output = run_memory_task(project, task, context)
             else:
-                output = run_basic_task(project, task, context, workflow.id)
-            tasks[task.id] = {"status": "completed", "output": output, "error": None,
-                              "duration_ms": _ms(started)}
-            context["tasks"][task.id] = {"output": output, "status": "completed"}
+                task_output = run_basic_task(project, task, context, workflow.id)
+            tasks[task.id] = {
+                "status": "completed",
+                "output": task_output,
+                "error": None,
+                "duration_ms": _ms(started),
+            }
+            context["tasks"][task.id] = {"output": task_output, "status": "completed"}
             if task.output:
-                context[task.output] = output
-            last_output = output
+                context[task.output] = task_output
+            last_output = task_output
         except CompozyNbError as exc:
             task_error = {"code": exc.code, "message": str(exc), "task": task.id}
-            tasks[task.id] = {"status": "failed", "output": None, "error": task_error,
-                              "duration_ms": _ms(started)}
+            tasks[task.id] = {
+                "status": "failed",
+                "output": None,
+                "error": task_error,
+                "duration_ms": _ms(started),
+            }
             context["tasks"][task.id] = {"output": None, "status": "failed", "error": task_error}
             if task.on_error == "continue":
                 continue
@@ -312,8 +375,15 @@ def run_workflow(project: Project, workflow: Workflow, data: Mapping[str, Any] |
         except TemplateError as exc:
             status, error = "failed", {"code": exc.code, "message": str(exc), "task": None}
             output = None
-    run: dict[str, Any] = RunResult({"status": status, "workflow_id": workflow.id, "exec_id": exec_id,
-                           "output": output if status == "completed" else None, "tasks": tasks})
+    run: dict[str, Any] = RunResult(
+        {
+            "status": status,
+            "workflow_id": workflow.id,
+            "exec_id": exec_id,
+            "output": output if status == "completed" else None,
+            "tasks": tasks,
+        }
+    )
     if error is not None:
         run["error"] = error
     return run

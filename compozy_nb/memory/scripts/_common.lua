@@ -3,13 +3,14 @@
 local LIST, META, ARCHIVE, IDS, ACCESS, BACKUPS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 
 -- tokens, id and role of a stored message. Our own messages start with {"tokens":N,"id":"..","role":".."
--- and are read without decoding; anything else (e.g. written by Compozy) is decoded; undecodable -> nil.
+-- and are read without decoding; anything else (e.g. written by Compozy) is decoded. tokens is nil when
+-- the message carries no token count (foreign data); role is nil when undecodable.
 local function msg_info(raw)
   local t, id, role = string.match(raw, '^{"tokens":(%d+),"id":"([^"\\]*)","role":"([^"\\]*)"')
   if t then return tonumber(t), id, role end
   local ok, m = pcall(cjson.decode, raw)
   if not ok or type(m) ~= 'table' then return 0, nil, nil end
-  local tokens = tonumber(m['tokens']) or 0
+  local tokens = tonumber(m['tokens'])
   local mid = m['id']
   if type(mid) ~= 'string' then mid = nil end
   local r = m['role']
@@ -21,53 +22,73 @@ local function push_all(key, items, from_left)
   local cmd = from_left and 'LPUSH' or 'RPUSH'
   local n = #items
   local i = 1
+  local len = 0
   while i <= n do
     local j = math.min(i + 499, n)
-    redis.call(cmd, key, unpack(items, i, j))
+    len = redis.call(cmd, key, unpack(items, i, j))
     i = j + 1
   end
+  return len
 end
 
--- Counters in the metadata hash; rebuilt from the list when missing (a list written by another tool).
+-- The counters of an instance written by this library (layout 1) and still matching the list. A list
+-- written (or extended) by another tool (Compozy) has no such counters: the caller adopts it first
+-- (FOREIGN_DATA), counting the tokens of its messages.
 local function load_counters()
-  local v = redis.call('HMGET', META, 'message_count', 'token_count')
-  local count, tokens = tonumber(v[1]), tonumber(v[2])
+  local v = redis.call('HMGET', META, 'message_count', 'token_count', 'layout')
   local len = redis.call('LLEN', LIST)
-  if count ~= nil and count == len then return count, tokens or 0 end
-  -- repair: recount everything from the list itself
-  local fields = redis.call('HKEYS', META)
-  for _, f in ipairs(fields) do
-    if string.sub(f, 1, 5) == 'role:' then redis.call('HDEL', META, f) end
-  end
-  tokens = 0
-  local raws = redis.call('LRANGE', LIST, 0, -1)
-  for _, raw in ipairs(raws) do
-    local t, _, role = msg_info(raw)
-    tokens = tokens + t
-    redis.call('HINCRBY', META, 'role:' .. (role or 'unknown'), 1)
-  end
-  redis.call('HSET', META, 'message_count', len, 'token_count', tokens)
-  return len, tokens
+  if v[3] == '1' and tonumber(v[1]) == len then return len, tonumber(v[2]) or 0 end
+  if len == 0 then return 0, 0 end
+  return nil, nil
+end
+
+local function foreign_error()
+  return redis.error_reply('FOREIGN_DATA this memory was written by another tool and must be adopted first')
 end
 
 local function archive(raws, archive_max)
   if archive_max <= 0 or #raws == 0 then return end
-  push_all(ARCHIVE, raws, true)
-  redis.call('LTRIM', ARCHIVE, 0, archive_max - 1)
+  local len = push_all(ARCHIVE, raws, true)
+  if len > archive_max then redis.call('LTRIM', ARCHIVE, 0, archive_max - 1) end
 end
 
-local function forget_ids(ids)
-  if #ids == 0 then return end
+local function forget_ids(ids, track)
   local i = 1
   while i <= #ids do
     local j = math.min(i + 499, #ids)
     redis.call('SREM', IDS, unpack(ids, i, j))
-    redis.call('ZREM', ACCESS, unpack(ids, i, j))
+    if track then redis.call('ZREM', ACCESS, unpack(ids, i, j)) end
     i = j + 1
   end
 end
 
-local function expire_all(ttl_ms)
+local function add_ids(ids)
+  local i = 1
+  while i <= #ids do
+    local j = math.min(i + 499, #ids)
+    redis.call('SADD', IDS, unpack(ids, i, j))
+    i = j + 1
+  end
+end
+
+-- apply role count changes: deltas = {role = n}
+local function bump_roles(deltas)
+  for role, n in pairs(deltas) do
+    if n ~= 0 then redis.call('HINCRBY', META, 'role:' .. role, n) end
+  end
+end
+
+local function clear_roles()
+  for _, f in ipairs(redis.call('HKEYS', META)) do
+    if string.sub(f, 1, 5) == 'role:' then redis.call('HDEL', META, f) end
+  end
+end
+
+local function expire_all(ttl_ms, track)
   if ttl_ms <= 0 then return end
-  for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ttl_ms) end
+  redis.call('PEXPIRE', LIST, ttl_ms)
+  redis.call('PEXPIRE', META, ttl_ms)
+  redis.call('PEXPIRE', ARCHIVE, ttl_ms)
+  redis.call('PEXPIRE', IDS, ttl_ms)
+  if track then redis.call('PEXPIRE', ACCESS, ttl_ms) end
 end

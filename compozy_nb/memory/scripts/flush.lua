@@ -1,7 +1,9 @@
 -- Remove the given stored messages (matched by their exact bytes, so messages appended since the caller
 -- read the list survive), archive them, optionally put one summary message where the first one stood,
--- and update the counters. A message already gone (a racing flush) is simply not counted.
--- ARGV: ttl_ms, archive_max, now_iso, summary_raw ('' = none), summary_tokens, summary_id, n, raw...
+-- and update the counters. Without a summary, a message already gone (a racing flush) is not counted.
+-- With a summary, the plan is applied only if every planned message is still there (else nothing
+-- changes and summary_written is -1: the caller re-plans), so a summary never covers a message twice.
+-- ARGV: ttl_ms, archive_max, now_iso, summary_raw ('' = none), summary_tokens, summary_id, track, n, raw...
 -- Returns {removed, message_count, token_count, summary_written}.
 local ttl_ms = tonumber(ARGV[1])
 local archive_max = tonumber(ARGV[2])
@@ -9,13 +11,17 @@ local now_iso = ARGV[3]
 local summary_raw = ARGV[4]
 local summary_tokens = tonumber(ARGV[5])
 local summary_id = ARGV[6]
-local n = tonumber(ARGV[7])
+local track = ARGV[7] == '1'
+local n = tonumber(ARGV[8])
+local FIRST = 9
 
-load_counters()
+local count, tokens = load_counters()
+if count == nil then return foreign_error() end
 local wanted = {}
-for i = 8, 7 + n do wanted[ARGV[i]] = (wanted[ARGV[i]] or 0) + 1 end
+for i = FIRST, FIRST + n - 1 do wanted[ARGV[i]] = (wanted[ARGV[i]] or 0) + 1 end
 local all = redis.call('LRANGE', LIST, 0, -1)
 local kept, removed, removed_ids = {}, {}, {}
+local roles = {}
 local removed_tokens = 0
 local summary_written = 0
 for _, raw in ipairs(all) do
@@ -23,10 +29,11 @@ for _, raw in ipairs(all) do
   if c and c > 0 then
     wanted[raw] = c - 1
     local t, id, role = msg_info(raw)
+    role = role or 'unknown'
     removed[#removed + 1] = raw
-    removed_tokens = removed_tokens + t
+    removed_tokens = removed_tokens + (t or 0)
+    roles[role] = (roles[role] or 0) - 1
     if id then removed_ids[#removed_ids + 1] = id end
-    redis.call('HINCRBY', META, 'role:' .. (role or 'unknown'), -1)
     if summary_raw ~= '' and summary_written == 0 then
       kept[#kept + 1] = summary_raw
       summary_written = 1
@@ -35,21 +42,24 @@ for _, raw in ipairs(all) do
     kept[#kept + 1] = raw
   end
 end
-local count = #kept
-local tokens = tonumber(redis.call('HGET', META, 'token_count') or '0') - removed_tokens
-if #removed > 0 then
-  redis.call('DEL', LIST)
-  push_all(LIST, kept, false)
-  archive(removed, archive_max)
-  forget_ids(removed_ids)
-  if summary_written == 1 then
-    tokens = tokens + summary_tokens
-    redis.call('HINCRBY', META, 'role:system', 1)
-    redis.call('SADD', IDS, summary_id)
-    redis.call('HINCRBY', META, 'summary_count', 1)
-  end
-  redis.call('HSET', META, 'message_count', count, 'token_count', tokens, 'last_flush', now_iso)
-  redis.call('HINCRBY', META, 'flush_count', 1)
-  expire_all(ttl_ms)
+if summary_raw ~= '' and #removed < n then
+  return {0, count, tokens, -1}
 end
+if #removed == 0 then return {0, count, tokens, 0} end
+count = #kept
+tokens = tokens - removed_tokens
+redis.call('DEL', LIST)
+push_all(LIST, kept, false)
+archive(removed, archive_max)
+forget_ids(removed_ids, track)
+if summary_written == 1 then
+  tokens = tokens + summary_tokens
+  roles['system'] = (roles['system'] or 0) + 1
+  redis.call('SADD', IDS, summary_id)
+  redis.call('HINCRBY', META, 'summary_count', 1)
+end
+bump_roles(roles)
+redis.call('HSET', META, 'message_count', count, 'token_count', tokens, 'last_flush', now_iso, 'layout', '1')
+redis.call('HINCRBY', META, 'flush_count', 1)
+expire_all(ttl_ms, track)
 return {#removed, count, tokens, summary_written}

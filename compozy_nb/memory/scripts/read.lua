@@ -1,24 +1,16 @@
--- Read messages in one round trip. ARGV: mode, a, b, track_access, now_ms.
+-- Reads that need Lua: the newest messages within a token budget (one round trip, work proportional to
+-- the window, not the history) and reads that record access times (LRU strategies).
+-- ARGV: mode, a, b, track_access, now_ms.
 --   mode 'range':  a = offset, b = limit (-1 = all)            -> the window, oldest first
 --   mode 'last':   a = n                                        -> the newest n, oldest first
 --   mode 'budget': a = max_tokens                               -> the newest messages that fit, oldest first
---   mode 'archive': a = offset, b = limit                       -> the archive, newest first
--- Returns {total, raw...}.
+-- Returns {total, raw...}; FOREIGN_DATA error when a budget read meets messages without token counts.
 local mode = ARGV[1]
 local a, b = tonumber(ARGV[2]), tonumber(ARGV[3])
 local track = ARGV[4] == '1'
 local now_ms = ARGV[5]
 local out
-local total
-if mode == 'archive' then
-  total = redis.call('LLEN', ARCHIVE)
-  local stop = -1
-  if b >= 0 then stop = a + b - 1 end
-  out = redis.call('LRANGE', ARCHIVE, a, stop)
-  table.insert(out, 1, total)
-  return out
-end
-total = redis.call('LLEN', LIST)
+local total = redis.call('LLEN', LIST)
 if mode == 'range' then
   local stop = -1
   if b >= 0 then stop = a + b - 1 end
@@ -29,13 +21,19 @@ else
   local picked = {}
   local used = 0
   local from = total
+  -- first window sized from the average message size, so one LRANGE usually suffices
+  local v = redis.call('HMGET', META, 'message_count', 'token_count')
+  local avg = 0
+  if tonumber(v[1]) and tonumber(v[1]) > 0 then avg = tonumber(v[2]) / tonumber(v[1]) end
   local chunk = 16
+  if avg > 0 then chunk = math.floor(a / avg) + 4 end
   local done = false
   while from > 0 and not done do
     local start = math.max(0, from - chunk)
     local raws = redis.call('LRANGE', LIST, start, from - 1)
     for i = #raws, 1, -1 do
       local t = msg_info(raws[i])
+      if t == nil then return foreign_error() end
       if used + t > a then done = true; break end
       used = used + t
       picked[#picked + 1] = raws[i]
