@@ -373,12 +373,15 @@ class WorkflowHandle:
         """Run once per row (a list of dicts or a DataFrame), in order; returns a DataFrame with the input
         columns plus ``status``, ``error_code``, ``error`` and the flattened ``output`` of each run.
 
-        A progress bar (tqdm) is shown when ``progress`` is true, or by default when interactive.
+        A progress bar (tqdm) is shown when ``progress`` is true; by default when ``%config Compozy.progress``
+        allows it and the code runs in a notebook.
         """
         import pandas as pd
 
+        from compozy_nb.results import DISPLAY
+
         records = rows.to_dict(orient="records") if hasattr(rows, "to_dict") else [dict(r) for r in rows]
-        show = _interactive() if progress is None else progress
+        show = (DISPLAY["progress"] is not False and _interactive()) if progress is None else progress
         iterator: Any = records
         if show:
             from tqdm.auto import tqdm

@@ -8,7 +8,7 @@ import html
 import json
 from typing import Any
 
-DISPLAY = {"limit": 50}
+DISPLAY: dict[str, Any] = {"limit": 50, "progress": None}
 MESSAGE_COLUMNS = ("position", "role", "content", "tokens")
 
 

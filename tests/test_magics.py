@@ -175,6 +175,28 @@ def test_config_traitlets(ip: object) -> None:
 
     assert DISPLAY["limit"] == 3
     ip.run_line_magic("config", "Compozy.display_limit = 50")  # type: ignore[attr-defined]
+    ip.run_line_magic("config", "Compozy.progress = False")  # type: ignore[attr-defined]
+    assert DISPLAY["progress"] is False
+    ip.run_line_magic("config", "Compozy.progress = True")  # type: ignore[attr-defined]
+    assert DISPLAY["progress"] is True
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import compozy_nb.notebook.magics as magics_module
+
+    monkeypatch.setenv("COMPOZY_DISPLAY_LIMIT", "7")
+    monkeypatch.setenv("COMPOZY_PROGRESS", "0")
+    monkeypatch.setenv("COMPOZY_REDIS_URL", "embedded://from-env")
+    fresh = importlib.reload(magics_module)
+    try:
+        instance = fresh.Compozy()
+        assert instance.display_limit == 7 and instance.progress is False
+        assert instance.project.backend.url == "embedded://from-env"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(magics_module)
 
 
 BAD_LINES = [

@@ -54,6 +54,16 @@ class MemoryRuntime:
         )
         self.summarizer: flushing.Summarizer = summarizer or flushing.RuleBasedSummarizer(self.counter)
         self.ttl_ms = int(resource.persistence.ttl_seconds * 1000)
+        self.token_limit = resource.token_limit
+        self.track = "1" if resource.uses_access_tracking else "0"
+        # the fixed leading arguments of append.lua after the mode
+        self.append_args = (
+            self.ttl_ms,
+            resource.max_messages or 0,
+            self.token_limit or 0,
+            resource.archive_max_messages,
+            self.track,
+        )
 
 
 @dataclass
@@ -126,7 +136,7 @@ class MemoryInstance:
                 self.runtime.counter,
                 now=now,
                 max_bytes=self.resource.max_message_bytes,
-                max_tokens=self.resource.token_limit,
+                max_tokens=self.runtime.token_limit,
                 operation=operation,
                 index=i,
             )
@@ -136,18 +146,10 @@ class MemoryInstance:
 
     @property
     def _track(self) -> str:
-        return "1" if self.resource.uses_access_tracking else "0"
+        return self.runtime.track
 
     def _store(self, mode: str, encoded: Sequence[Encoded], operation: str) -> list[int]:
-        args: list[Any] = [
-            mode,
-            self.runtime.ttl_ms,
-            self.resource.max_messages or 0,
-            self.resource.token_limit or 0,
-            self.resource.archive_max_messages,
-            self._track,
-            len(encoded),
-        ]
+        args: list[Any] = [mode, *self.runtime.append_args, len(encoded)]
         for item in encoded:
             args.extend((item.raw, item.tokens, item.id, item.role))
         try:

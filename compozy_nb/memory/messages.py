@@ -134,7 +134,7 @@ def encode(
         raw = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise InvalidPayloadError(f"message {index}: not JSON-serialisable: {exc}", operation=operation) from None
-    size = len(raw.encode("utf-8"))
+    size = len(raw) if raw.isascii() else len(raw.encode("utf-8"))
     if size > max_bytes:
         raise LimitExceededError(
             f"message {index} is {size} bytes, larger than max_message_bytes ({max_bytes})",

@@ -101,7 +101,9 @@ class Compozy(Magics):
         super().__init__(shell=shell, **kwargs)
         self._project: Any = None
         DISPLAY["limit"] = self.display_limit
+        DISPLAY["progress"] = self.progress
         self.observe(lambda change: DISPLAY.__setitem__("limit", change["new"]), names="display_limit")
+        self.observe(lambda change: DISPLAY.__setitem__("progress", change["new"]), names="progress")
 
     # ------------------------------------------------------------------ state
     @property
