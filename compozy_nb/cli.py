@@ -225,6 +225,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the project's workflows and memory operations over HTTP (FastAPI + uvicorn)."""
+    from compozy_nb.server import serve_main
+
+    return serve_main(args.project, args.host, args.port, args.redis)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -279,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--project", default=None, help="project directory (default: the bundled example)")
     p_demo.add_argument("--redis", default=None, help="backend URL (default: embedded)")
     p_demo.set_defaults(func=cmd_demo)
+
+    p_serve = sub.add_parser("serve", help="serve workflows and memory operations over HTTP (server extra)")
+    p_serve.add_argument("--project", default=".", help="project directory (default: .)")
+    p_serve.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default: 127.0.0.1; another address needs COMPOZY_API_KEY)"
+    )
+    p_serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p_serve.add_argument("--redis", default=None, help="backend URL (default: COMPOZY_REDIS_URL, compozy.yaml)")
+    p_serve.set_defaults(func=cmd_serve)
 
     p_schema = sub.add_parser("schema", help="JSON Schema of resource, workflow and project files")
     p_schema.add_argument("kind", nargs="?", choices=["memory", "workflow", "project"], default=None)

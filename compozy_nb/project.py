@@ -108,8 +108,13 @@ class Project:
         if kind == "workflow":
             workflow = validate_document(Workflow, doc, what="workflow")
             return self.add_workflow(workflow, doc=doc, replace=replace)
+        if kind is None and isinstance(doc.data, dict) and "name" in doc.data:
+            self.settings = validate_document(ProjectSettings, doc, what="project settings")
+            self.name = self.settings.name
+            return f"project:{self.name}"
         raise ConfigError(
-            f"unsupported resource kind {kind!r} (expected 'memory' or 'workflow'; a workflow has tasks)",
+            f"unsupported resource kind {kind!r} (expected 'memory' or 'workflow' (a workflow has tasks), "
+            "or project settings with a 'name')",
             source=doc.where(("resource",)),
             field="resource",
         )
@@ -124,6 +129,8 @@ class Project:
         staged.workflows = dict(self.workflows)
         staged.workflow_docs = dict(self.workflow_docs)
         ids = [staged.add_document(doc, replace=replace) for doc in docs]
+        if staged.settings is not self.settings:
+            self.settings, self.name = staged.settings, staged.name
         for wid in ids:
             if wid in staged.workflows and staged.workflows[wid] is not self.workflows.get(wid):
                 problems = runner.check_workflow(staged.workflows[wid], staged, staged.workflow_docs.get(wid))
@@ -326,7 +333,7 @@ class Project:
 
         runtime = self.runtime(memory_ref) if memory_ref else MemoryRuntime(_ANY_RESOURCE)
         rows: list[Output] = []
-        for key in scan_keys(self.backend, self.name, pattern):
+        for key in sorted(scan_keys(self.backend, self.name, pattern)):
             rows.append(MemoryInstance(runtime, key, self.backend, self.name).stats())
             if limit is not None and len(rows) >= limit:
                 break
@@ -350,7 +357,7 @@ class Project:
 
     def run(self, workflow_id: str, input: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run a workflow and return the run JSON (see :func:`compozy_nb.workflow.runner.run_workflow`)."""
-        return self.workflow(workflow_id).run(**dict(input or {}))
+        return runner.run_workflow(self, self.workflow(workflow_id).definition, dict(input or {}))
 
 
 class WorkflowHandle:
@@ -365,9 +372,9 @@ class WorkflowHandle:
         """The workflow id."""
         return self.definition.id
 
-    def run(self, **input: Any) -> dict[str, Any]:
-        """Run with ``input`` as keyword arguments; returns the run JSON."""
-        return runner.run_workflow(self.project, self.definition, input)
+    def run(self, input: Mapping[str, Any] | None = None, /, **kwargs: Any) -> dict[str, Any]:
+        """Run with ``input`` (a dict) and/or keyword arguments; returns the run JSON."""
+        return runner.run_workflow(self.project, self.definition, {**dict(input or {}), **kwargs})
 
     def run_many(self, rows: Any, *, progress: bool | None = None) -> Any:
         """Run once per row (a list of dicts or a DataFrame), in order; returns a DataFrame with the input
@@ -390,7 +397,7 @@ class WorkflowHandle:
         out = []
         for record in iterator:
             try:
-                run = self.run(**record)
+                run = self.run(record)
                 error = run.get("error") or {}
                 row = {
                     **record,

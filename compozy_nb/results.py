@@ -96,7 +96,7 @@ class RunResult(dict[str, Any]):
                 if "content" in output and "prompt" in output:
                     preview = output["content"]
                 else:
-                    preview = {k: v for k, v in output.items() if k not in ("messages", "prompt")}
+                    preview = {k: v for k, v in output.items() if k not in ("messages", "prompt", "ids", "key")}
             error = task.get("error") or {}
             rows.append(
                 {
@@ -114,6 +114,15 @@ class RunResult(dict[str, Any]):
         import pandas as pd
 
         return pd.DataFrame(self.task_rows(), columns=["task", "status", "duration_ms", "error", "output"])
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        lines = [f"RunResult(workflow={self.get('workflow_id')!r}, status={self.get('status')!r})"]
+        for row in self.task_rows():
+            error = f" [{row['error']}]" if row["error"] else ""
+            lines.append(f"  {row['task']}: {row['status']}{error}")
+        if self.get("output") is not None:
+            lines.append(f"  output: {json.dumps(self['output'], ensure_ascii=False, default=str)[:300]}")
+        printer.text("\n".join(lines))
 
     def _repr_html_(self) -> str:
         caption = f"workflow {self.get('workflow_id')} · {self.get('status')}"

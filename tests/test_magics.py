@@ -164,6 +164,25 @@ def test_connect_and_load(ip: object, tmp_path: object) -> None:
     assert magics.project.backend.url == "embedded://magic-test"
 
 
+def test_project_and_use(ip: object, backend: Backend) -> None:
+    from compozy_nb import Project
+
+    cell(ip, "", "name: analytics\n---\n" + MEMORY_CELL)
+    project = magic(ip, "project -o proj")
+    assert ip.user_ns["proj"] is project and project.name == "analytics"  # type: ignore[attr-defined]
+    assert "notes" in project.resources  # type: ignore[attr-defined]
+    other = Project("other")
+    other.use_backend(backend)
+    other.add_yaml(MEMORY_CELL)
+    ip.user_ns["other"] = other  # type: ignore[attr-defined]
+    magic(ip, "use $other")
+    magic(ip, "memory append notes --key k --payload '\"hi\"'")
+    assert backend.client.llen("compozy:other:memory:k") == 1
+    with pytest.raises(UsageError, match="not a compozy_nb.Project"):
+        ip.user_ns["x"] = 3  # type: ignore[attr-defined]
+        magic(ip, "use $x")
+
+
 def test_help_prints(ip: object, capsys: pytest.CaptureFixture[str]) -> None:
     magic(ip, "help")
     assert "%compozy memory OP REF" in capsys.readouterr().out

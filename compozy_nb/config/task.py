@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from compozy_nb.config._yaml import FieldError
 
+MAX_INT = 2**53 - 1
 OPERATIONS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats")
 
 
@@ -18,10 +19,10 @@ class _Strict(BaseModel):
 class ReadConfig(_Strict):
     """``read_config``: pagination, the newest N, a token budget, or the archive."""
 
-    limit: int | None = Field(None, ge=0)
-    offset: int = Field(0, ge=0)
-    last: int | None = Field(None, ge=0)
-    max_tokens: int | None = Field(None, ge=0)
+    limit: int | None = Field(None, ge=0, le=MAX_INT)
+    offset: int = Field(0, ge=0, le=MAX_INT)
+    last: int | None = Field(None, ge=0, le=MAX_INT)
+    max_tokens: int | None = Field(None, ge=0, le=MAX_INT)
     archive: bool = False
 
     @model_validator(mode="after")

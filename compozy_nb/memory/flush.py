@@ -7,8 +7,10 @@ A strategy only plans. The plan is applied by ``flush.lua``, which removes exact
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from compozy_nb.config.memory import MemoryResource
@@ -115,13 +117,18 @@ def plan_flush(
         seen = access or {}
 
         def last_used(s: Stored) -> float:
+            """Last read time (ms), else the write time: a message never read counts as used when written."""
             mid = str(s.message.get("id", ""))
-            return seen.get(mid, float(s.position) - 1e15)
+            return seen.get(mid, _written_ms(s))
+
+        def was_read(s: Stored) -> bool:
+            """At equal times (read in the millisecond it was written), a message read survives."""
+            return str(s.message.get("id", "")) in seen
 
         if strategy == "lru":
-            ordered = sorted(evictable, key=lambda s: (last_used(s), s.position))
+            ordered = sorted(evictable, key=lambda s: (last_used(s), was_read(s), s.position))
             return FlushPlan(strategy, _evict_until_target(ordered, resource, count, tokens))
-        ordered = sorted(evictable, key=lambda s: (last_used(s), -s.tokens, s.position))
+        ordered = sorted(evictable, key=lambda s: (last_used(s), was_read(s), -s.tokens, s.position))
         return FlushPlan(strategy, _evict_until_target(ordered, resource, count, tokens, tokens_only=True))
     if strategy == "hybrid_summary":
         previous = [s for s in snapshot if s.is_summary]
@@ -136,11 +143,25 @@ def plan_flush(
     raise ValueError(f"invalid strategy '{strategy}', must be one of: {', '.join(STRATEGIES)}")
 
 
+_HEADER = re.compile(r"^Summary of (\d+) earlier messages:\n?")
+
+
+def _written_ms(stored: Stored) -> float:
+    ts = stored.message.get("ts")
+    if isinstance(ts, str):
+        try:
+            return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000
+        except ValueError:
+            pass
+    return float(stored.position) - 1e15
+
+
 class RuleBasedSummarizer:
     """The deterministic summarizer used when no LLM summarizer is configured.
 
-    It folds an earlier summary in, then lists each message as ``role: first words``, cut to
-    ``max_tokens`` tokens with the memory's tokenizer.
+    One line per message, ``- role: first words``, under a header counting every message summarized so far;
+    an earlier summary's lines are kept (folded), and when the text exceeds ``max_tokens`` the oldest lines
+    go first, so the newest facts survive.
     """
 
     def __init__(self, counter: TokenCounter, preview_chars: int = 120) -> None:
@@ -148,15 +169,23 @@ class RuleBasedSummarizer:
         self._preview = preview_chars
 
     def __call__(self, messages: Sequence[Mapping[str, Any]], previous: str | None, max_tokens: int) -> str:
-        lines = [f"Summary of {len(messages)} earlier messages:"]
+        earlier_count, earlier_lines = 0, []
         if previous:
-            lines.append(f"Earlier: {previous}")
+            match = _HEADER.match(previous)
+            if match:
+                earlier_count = int(match.group(1))
+                previous = previous[match.end() :]
+            earlier_lines = [line for line in previous.splitlines() if line.strip()]
+        lines = list(earlier_lines)
         for message in messages:
             text = " ".join(str(message.get("content", "")).split())
             if len(text) > self._preview:
                 text = text[: self._preview - 3].rstrip() + "..."
             lines.append(f"- {message.get('role', 'user')}: {text}")
-        return truncate_tokens("\n".join(lines), self._counter, max_tokens)
+        header = f"Summary of {earlier_count + len(messages)} earlier messages:"
+        while len(lines) > 1 and self._counter.count("\n".join([header, *lines])) > max_tokens:
+            lines.pop(0)
+        return truncate_tokens("\n".join([header, *lines]), self._counter, max_tokens)
 
 
 def truncate_tokens(text: str, counter: TokenCounter, max_tokens: int) -> str:

@@ -32,6 +32,7 @@ from compozy_nb.privacy import PrivacyPolicy
 from compozy_nb.results import OperationResult
 from compozy_nb.tokens import TokenCounter, get_counter
 
+MAX_INT = 2**53 - 1  # the largest count Redis and JSON clients agree on
 OPERATIONS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats")
 Output = dict[str, Any]
 
@@ -657,7 +658,9 @@ class MemoryInstance:
 
 def _check_nonneg(**values: int | None) -> None:
     for name, value in values.items():
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > MAX_INT
+        ):
             raise InvalidPayloadError(
                 f"read_config.{name} must be a non-negative integer, got {value!r}",
                 operation="read",

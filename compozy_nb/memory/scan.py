@@ -10,7 +10,7 @@ from compozy_nb.memory.store import redis_errors
 
 
 def scan_keys(backend: Backend, project: str, pattern: str = "*", count: int = 500) -> Iterator[str]:
-    """Memory keys (not Redis keys) of the message lists matching ``pattern``, sorted per SCAN batch.
+    """Memory keys (not Redis keys) of the message lists matching ``pattern``, in SCAN order (arbitrary).
 
     ``pattern`` is a glob over memory keys (``conv:u1:*``). Metadata, archive and other auxiliary keys
     are skipped.

@@ -25,6 +25,8 @@ HELP = """\
 %compozy connect [URL]         use Redis at URL (redis://, rediss://, redis+cluster://) or embedded://
 %compozy load DIR              load a project (compozy.yaml + autoload) as the current project
 %compozy list                  memory resources and workflows of the current project
+%compozy project [-o VAR]      the current Project object (use it from Python)
+%compozy use $project          make a Project built in Python the current one
 %compozy show ID               one resource or workflow (summary and YAML)
 %compozy run WORKFLOW [--input JSON|$var] [-o VAR]
 %compozy memory OP REF (--key K | --var NAME=VALUE ...) [--limit N] [--offset N] [--last N]
@@ -53,6 +55,10 @@ def _parser() -> _Parser:
     p = sub.add_parser("load", add_help=False)
     p.add_argument("directory")
     sub.add_parser("list", add_help=False)
+    p = sub.add_parser("project", add_help=False)
+    p.add_argument("-o", "--output", dest="var", default=None)
+    p = sub.add_parser("use", add_help=False)
+    p.add_argument("value")
     p = sub.add_parser("show", add_help=False)
     p.add_argument("id")
     sub.add_parser("help", add_help=False)
@@ -178,6 +184,22 @@ class Compozy(Magics):
         project = Project.load(args.directory, redis_url=self.redis_url or None)
         if previous is not None and previous._backend is not None and not self.redis_url:
             project.use_backend(previous.backend)
+        self._project = project
+        return DefinitionSummary(project, [*project.resources, *project.workflows])
+
+    def _cmd_project(self, args: argparse.Namespace) -> Any:
+        self._store(args.var, self.project)
+        return self.project
+
+    def _cmd_use(self, args: argparse.Namespace) -> Any:
+        from compozy_nb.notebook.display import DefinitionSummary
+        from compozy_nb.project import Project
+
+        if not args.value.startswith("$"):
+            raise UsageError("%compozy use: pass a variable holding a Project, e.g. %compozy use $project")
+        project = self._value(args.value, "use")
+        if not isinstance(project, Project):
+            raise UsageError(f"%compozy use: {args.value} is a {type(project).__name__}, not a compozy_nb.Project")
         self._project = project
         return DefinitionSummary(project, [*project.resources, *project.workflows])
 

@@ -50,11 +50,13 @@ def plot_memory(mem: MemoryInstance, ax: Any = None) -> Any:
             zorder=3,
             label="summary",
         )
+    twin.set_ylim(bottom=0)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("message (oldest → newest)")
     ax.set_ylabel("tokens")
     twin.set_ylabel("cumulative tokens")
     ax.set_title(f"memory {mem.key!r} · {len(live)} live, {len(archived)} archived")
     handles, labels = ax.get_legend_handles_labels()
     h2, l2 = twin.get_legend_handles_labels()
-    ax.legend(handles + h2, labels + l2, loc="upper left", fontsize="small")
+    ax.legend(handles + h2, labels + l2, loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize="small")
     return ax

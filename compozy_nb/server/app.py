@@ -5,7 +5,7 @@ No operation is implemented here: every endpoint validates the request's shape, 
 
 Concurrency: the engine is synchronous (redis-py, one Lua script per write). Endpoints are plain ``def``
 functions, which FastAPI runs in anyio's worker-thread pool, so a request waiting on Redis (or on an LLM in a
-basic task) never blocks the event loop or the other requests. The pool is widened to ``threads`` tokens at
+basic task) never blocks the event loop or the other requests. The pool is set to ``threads`` tokens at
 startup (anyio's default is 40) and every thread borrows its own connection from redis-py's pool. Writes stay
 correct under any interleaving because each one is a single atomic Lua script.
 """
@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from enum import Enum
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio.to_thread
@@ -28,7 +29,7 @@ from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,7 +47,7 @@ from compozy_nb.server.errors import (
     http_status,
     validation_error,
 )
-from compozy_nb.workflow.runner import validate_input
+from compozy_nb.workflow.runner import run_workflow, validate_input
 
 log = logging.getLogger("compozy_nb.server")
 T = TypeVar("T")
@@ -54,8 +55,11 @@ T = TypeVar("T")
 API_PREFIX = "/api/v0"
 OPEN_PATHS = frozenset({"/healthz"})
 DEFAULT_THREADS = 64
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
 READ_LIMIT_DEFAULT = 50
 READ_LIMIT_MAX = 1000
+MAX_OFFSET = 2**32 - 1  # a Redis list holds at most 2^32 - 1 elements
+SAFE_INT = 2**53 - 1  # I-JSON (RFC 7493): larger integers do not survive JSON parsers or Lua numbers
 
 SEED_EXAMPLE: dict[str, Any] = {
     "type": "memory",
@@ -77,7 +81,7 @@ class TaskRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [SEED_EXAMPLE]})
 
-    type: Literal["memory", "basic"] | None = Field(None, description="task type (default: the task's, or memory)")
+    type: Literal["memory", "basic"] | None = Field(None, description="default: the task's type, or memory")
     operation: str | None = Field(None, description="read|write|append|delete|flush|health|clear|stats")
     memory_ref: str | None = Field(None, description="memory resource id")
     key_template: str | None = Field(None, description="Go-style template, e.g. conv:{{.user_id}}")
@@ -88,6 +92,14 @@ class TaskRequest(BaseModel):
     health_config: dict[str, Any] | None = None
     clear_config: dict[str, Any] | None = None
     stats_config: dict[str, Any] | None = None
+
+    @field_validator("read_config", "flush_config", "health_config", "clear_config", "stats_config")
+    @classmethod
+    def _safe_integers(cls, block: dict[str, Any] | None) -> dict[str, Any] | None:
+        for name, value in (block or {}).items():
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > SAFE_INT:
+                raise ValueError(f"{name} must be between -{SAFE_INT} and {SAFE_INT} (I-JSON integers)")
+        return block
 
 
 class WorkflowRunRequest(BaseModel):
@@ -132,7 +144,7 @@ class FlushRequest(_KeyBody):
 
     force: bool = False
     dry_run: bool = False
-    strategy: str | None = Field(None, description="simple_fifo | fifo | lru | token_aware_lru | hybrid_summary")
+    strategy: str | None = Field(None, description="simple_fifo|fifo|lru|token_aware_lru|hybrid_summary")
     threshold: float | None = Field(None, description="usage ratio (0..1) at which to flush")
     max_keys: int | None = Field(None, description="accepted for Compozy compatibility; ignored")
 
@@ -177,6 +189,9 @@ class TaskResponse(BaseModel):
     output: dict[str, Any]
 
 
+KeyQuery = Annotated[str, Query(description="the literal memory key (no templating), e.g. conv:user123:sess456")]
+
+
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     text = {
         400: "invalid input (error.code, error.message, error.field)",
@@ -211,34 +226,32 @@ def _error(exc: CompozyNbError) -> _JSON:
     return _JSON(body, status_code=status, headers=headers)
 
 
-def _renamed(exc: CompozyNbError, old: str, new: str, default_field: str | None = None) -> CompozyNbError:
-    """The same error with engine names for a field (``payload``, ``flush_config.strategy``) replaced by the
-    request's names (``messages``, ``strategy``); ``default_field`` when the error names none."""
+def _renamed(exc: CompozyNbError, old: str = "", new: str = "", default_field: str | None = None) -> CompozyNbError:
+    """The same error with an engine name (``payload``, ``flush_config.``) replaced by the request's name
+    (``messages``, nothing) in its field and message, and ``default_field`` when it names no field."""
     context = dict(exc.context)
-    field = context.get("field")
     message = exc.message
-    if isinstance(field, str) and field.startswith(old):
-        context["field"] = new + field[len(old):]
-        message = message.replace(old, new, 1)
-    elif old in message and field is None:
+    field = context.get("field")
+    if old and isinstance(field, str) and field.startswith(old):
+        context["field"] = new + field[len(old) :]
+    if old and old in message:
         message = message.replace(old, new, 1)
     if context.get("field") is None and default_field:
         context["field"] = default_field
     if context == exc.context and message == exc.message:
         return exc
-    context.pop("code", None)
-    renamed = CompozyNbError.__new__(type(exc))
-    CompozyNbError.__init__(renamed, message, code=exc.code, **context)
-    return renamed
+    try:
+        return type(exc)(message, code=exc.code, **context)
+    except TypeError:  # pragma: no cover - a subclass with another constructor keeps its own names
+        return exc
 
 
 def _call(fn: Callable[[], T], old: str = "", new: str = "", default_field: str | None = None) -> T:
+    """``fn()``, with its errors renamed by :func:`_renamed`."""
     try:
         return fn()
     except CompozyNbError as exc:
-        if not old and default_field is None:
-            raise
-        raise _renamed(exc, old or "\0", new, default_field) from None
+        raise _renamed(exc, old, new, default_field) from None
 
 
 # ---------------------------------------------------------------------------- auth
@@ -267,9 +280,41 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         message = "missing bearer token" if header is None else "invalid bearer token"
-        body = error_envelope(401, "UNAUTHORIZED", f"{message}: send 'Authorization: Bearer <COMPOZY_API_KEY>'")
+        hint = "send 'Authorization: Bearer <COMPOZY_API_KEY>'"
+        body = error_envelope(401, "UNAUTHORIZED", f"{message}: {hint}")
         response = _JSON(body, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="compozy-nb"'})
         await response(scope, receive, send)
+
+
+class BodyLimit:
+    """Pure ASGI middleware: a request body over ``max_bytes`` gets 413 ``REQUEST_TOO_LARGE`` in our envelope,
+    whether its Content-Length says so up front or a chunked body grows past the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            message = f"request body is {int(declared)} bytes, more than {self.max_bytes}"
+            await _JSON(error_envelope(413, "REQUEST_TOO_LARGE", message), status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise StarletteHTTPException(413, f"request body is more than {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
 
 
 # ---------------------------------------------------------------------------- the engine, shared by threads
@@ -303,6 +348,14 @@ class _Engine:
         except CompozyNbError as exc:
             log.warning("compozy-nb: %s (requests will get 503 until it is reachable)", exc)
 
+    def try_ready(self) -> Project:
+        """The project, connected if Redis answers; otherwise the engine validates the request first and
+        raises BackendError at its first Redis call."""
+        try:
+            return self.ready()
+        except BackendError:
+            return self.project
+
     def memory(self, memory_ref: str, key: str) -> MemoryInstance:
         """One instance; unknown ``memory_ref`` (404) and invalid ``key`` (400) before Redis (503)."""
         self.project.resource(memory_ref)
@@ -311,7 +364,13 @@ class _Engine:
 
 
 # ---------------------------------------------------------------------------- the app
-def create_app(project: Project, api_key: str | None = None, *, threads: int = DEFAULT_THREADS) -> FastAPI:
+def create_app(
+    project: Project,
+    api_key: str | None = None,
+    *,
+    threads: int = DEFAULT_THREADS,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+) -> FastAPI:
     """The HTTP API of ``project``.
 
     Args:
@@ -319,6 +378,7 @@ def create_app(project: Project, api_key: str | None = None, *, threads: int = D
         api_key: Bearer token required on every endpoint except ``/healthz``. ``None`` reads
             ``COMPOZY_API_KEY``; an empty string turns authentication off.
         threads: Worker threads for the (synchronous) engine calls.
+        max_body_bytes: Larger request bodies get 413 ``REQUEST_TOO_LARGE``.
     """
     token = os.environ.get("COMPOZY_API_KEY", "") if api_key is None else api_key
     engine = _Engine(project)
@@ -326,7 +386,7 @@ def create_app(project: Project, api_key: str | None = None, *, threads: int = D
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         limiter = anyio.to_thread.current_default_thread_limiter()
-        limiter.total_tokens = max(int(limiter.total_tokens), threads)
+        limiter.total_tokens = threads
         await anyio.to_thread.run_sync(engine.warm)
         yield
 
@@ -337,12 +397,14 @@ def create_app(project: Project, api_key: str | None = None, *, threads: int = D
         version=__version__,
         description=(
             "Memory tasks and workflows of a compozy-nb project over HTTP (Compozy-compatible). "
-            "Envelope: {status, message, data} or {status, message, error: {code, message, field?, details?}}."
+            "Envelope: {status, message, data} or "
+            "{status, message, error: {code, message, field?, details?}}."
         ),
         lifespan=lifespan,
         default_response_class=_JSON,
     )
     app.state.project = project
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     if token:
         app.add_middleware(BearerAuth, token=token)
     _install_error_handlers(app)
@@ -364,15 +426,24 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
-        message = f"no route {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
-        return _JSON(error_envelope(exc.status_code, code, message), status_code=exc.status_code,
-                     headers=getattr(exc, "headers", None))
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}.get(
+            exc.status_code, "HTTP_ERROR"
+        )
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        return _JSON(
+            error_envelope(exc.status_code, code, message),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("compozy-nb: unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
-        return _JSON(error_envelope(500, "INTERNAL_ERROR", "internal server error",
-                                    details={"type": type(exc).__name__}), status_code=500)
+        return _JSON(
+            error_envelope(500, "INTERNAL_ERROR", "internal server error", details={"type": type(exc).__name__}),
+            status_code=500,
+        )
 
     app.add_exception_handler(CompozyNbError, on_engine_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
@@ -391,12 +462,17 @@ def _add_health(app: FastAPI, engine: _Engine) -> None:
             with redis_errors("healthz", None):
                 started = time.perf_counter()
                 backend.client.ping()
-            data["redis"] = {"ok": True, "backend": backend.kind, "url": backend.display_url,
-                             "ping_ms": round((time.perf_counter() - started) * 1000, 3)}
+            data["redis"] = {
+                "ok": True,
+                "backend": backend.kind,
+                "url": backend.display_url,
+                "ping_ms": round((time.perf_counter() - started) * 1000, 3),
+            }
         except BackendError as exc:
             data["redis"]["error"] = exc.message
-            return _JSON(error_envelope(503, exc.code, str(exc), data=data), status_code=503,
-                         headers={"Retry-After": "1"})
+            return _JSON(
+                error_envelope(503, exc.code, str(exc), data=data), status_code=503, headers={"Retry-After": "1"}
+            )
         return _ok("healthy", data)
 
 
@@ -416,72 +492,111 @@ def _merge_task(engine: _Engine, workflow_id: str, task_id: str, fields: dict[st
         return {**task.model_dump(exclude_unset=True), **fields}
     if _is_complete(fields):
         return fields
-    missing = ["messages"] if fields.get("type") == "basic" else \
-        [f for f in ("operation", "memory_ref") if f not in fields]
+    missing = (
+        ["messages"] if fields.get("type") == "basic" else [f for f in ("operation", "memory_ref") if f not in fields]
+    )
     if task is not None:
-        raise ConfigError(f"task '{task_id}' of workflow '{workflow_id}' is a {task.type} task; a "
-                          f"'{fields.get('type')}' request must be complete (missing: {', '.join(missing)})",
-                          field="type")
+        raise ConfigError(
+            f"task '{task_id}' of workflow '{workflow_id}' is a {task.type} task; a "
+            f"'{fields.get('type')}' request must be complete (missing: {', '.join(missing)})",
+            field="type",
+        )
     if workflow is None:
         known = ", ".join(sorted(engine.project.workflows)) or "none registered"
-        raise ConfigError(f"workflow not found: '{workflow_id}' (known: {known}); a request for an undefined "
-                          f"task must be complete (missing: {', '.join(missing)})",
-                          code="WORKFLOW_NOT_FOUND", workflow=workflow_id)
+        raise ConfigError(
+            f"workflow not found: '{workflow_id}' (known: {known}); a request for an undefined "
+            f"task must be complete (missing: {', '.join(missing)})",
+            code="WORKFLOW_NOT_FOUND",
+            workflow=workflow_id,
+        )
     known = ", ".join(t.id for t in workflow.tasks)
-    raise ConfigError(f"task not found: '{task_id}' in workflow '{workflow_id}' (tasks: {known}); a request "
-                      f"for an undefined task must be complete (missing: {', '.join(missing)})",
-                      code="TASK_NOT_FOUND", workflow=workflow_id, task=task_id)
+    raise ConfigError(
+        f"task not found: '{task_id}' in workflow '{workflow_id}' (tasks: {known}); a request "
+        f"for an undefined task must be complete (missing: {', '.join(missing)})",
+        code="TASK_NOT_FOUND",
+        workflow=workflow_id,
+        task=task_id,
+    )
+
+
+_TASK_FIELDS = {
+    True: {
+        "INVALID_KEY": "key_template",
+        "TEMPLATE_ERROR": "key_template",
+        "MEMORY_NOT_FOUND": "memory_ref",
+        "CONFIRM_REQUIRED": "clear_config.confirm",
+        "LIMIT_EXCEEDED": "payload",
+        "INVALID_PAYLOAD": "payload",
+    },
+    False: {"MEMORY_NOT_FOUND": "memory"},
+}
+_NO_FIELD = "<document>"
+
+
+def _task_error(exc: CompozyNbError, is_memory: bool) -> CompozyNbError:
+    """Name the request field at fault. Errors of the task model's cross-field checks (payload required,
+    key_template syntax) come from the engine without a field (``<document>``): it is inferred here."""
+    if exc.context.get("field") == _NO_FIELD:
+        context = {k: v for k, v in exc.context.items() if k != "field"}
+        message = exc.message.removeprefix(f"{_NO_FIELD}: ")
+        guess = "payload" if "payload" in message else "key_template" if "template" in message else "body"
+        exc = type(exc)(message, code=exc.code, **context, field=guess)
+    return _renamed(exc, default_field=_TASK_FIELDS[is_memory].get(exc.code))
 
 
 def _add_workflow_routes(app: FastAPI, engine: _Engine) -> None:
-    @app.post("/workflows/{workflow_id}/tasks/{task_id}/execute", tags=["workflows"],
-              response_model=TaskResponse, responses=_errors(400, 404, 409, 413))
-    def execute_task(workflow_id: str, task_id: str,
-                     body: Annotated[TaskRequest | None, Body()] = None) -> JSONResponse:
+    @app.post(
+        "/workflows/{workflow_id}/tasks/{task_id}/execute",
+        tags=["workflows"],
+        response_model=TaskResponse,
+        responses=_errors(400, 404, 409, 413),
+    )
+    def execute_task(
+        workflow_id: str, task_id: str, body: Annotated[TaskRequest | None, Body()] = None
+    ) -> JSONResponse:
         """Execute one task (the seed's request). Missing fields come from task ``task_id`` of workflow
         ``workflow_id``; a complete body runs even when they are not defined (ad-hoc). ``.workflow.id`` is
         ``workflow_id``. Returns ``{"status": "completed", "output": {...}}``."""
         fields = body.model_dump(exclude_unset=True) if body is not None else {}
+        if fields.get("type", "") is None:
+            del fields["type"]
         data = fields.pop("input", None) or {}
         merged = _merge_task(engine, workflow_id, task_id, fields)
-        if merged.get("type", "memory") == "memory":
-            merged.get("memory_ref") and engine.project.resource(str(merged["memory_ref"]))
-            defaults = {"INVALID_KEY": "key_template", "TEMPLATE_ERROR": "key_template",
-                        "MEMORY_NOT_FOUND": "memory_ref", "CONFIRM_REQUIRED": "clear_config.confirm"}
-        else:
-            defaults = {"MEMORY_NOT_FOUND": "memory"}
-
-        def run() -> dict[str, Any]:
-            return engine.ready().execute(merged, data, workflow_id=workflow_id)
-
+        is_memory = merged.get("type", "memory") == "memory"
         try:
-            return _JSON(run())
+            if is_memory and isinstance(merged.get("memory_ref"), str):
+                engine.project.resource(merged["memory_ref"])
+            return _JSON(engine.try_ready().execute(merged, data, workflow_id=workflow_id))
         except CompozyNbError as exc:
-            raise _renamed(exc, "\0", "", defaults.get(exc.code)) from None
+            raise _task_error(exc, is_memory) from None
 
     @app.post("/workflows/{workflow_id}/execute", tags=["workflows"], responses=_errors(400, 404))
-    def execute_workflow(workflow_id: str,
-                         body: Annotated[WorkflowRunRequest | None, Body()] = None) -> JSONResponse:
+    def execute_workflow(workflow_id: str, body: Annotated[WorkflowRunRequest | None, Body()] = None) -> JSONResponse:
         """Run a whole workflow with ``{"input": {...}}`` and return the run JSON. A run that failed keeps
         the run JSON as body with the HTTP status of its error code (400, 404, 409, 413, 503 ...)."""
         data = body.input if body is not None else {}
         handle = engine.project.workflow(workflow_id)
         validate_input(handle.definition, data)
-        run = engine.ready().run(workflow_id, data)
-        status = 200 if run.get("status") == "completed" else http_status(str(run.get("error", {}).get("code")))
+        # runner.run_workflow, not Project.run(id, input): that one passes the input as **kwargs, so an input
+        # property named "self" raised TypeError (a 500).
+        run = run_workflow(engine.try_ready(), handle.definition, data)
+        error = run.get("error") or {}
+        status = 200 if run.get("status") == "completed" else http_status(str(error.get("code")))
         return _JSON(run, status_code=status)
 
 
 # ---------------------------------------------------------------------------- memory (Compozy's REST shapes)
 def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
     base = f"{API_PREFIX}/memory/{{memory_ref}}"
-    tags: list[str | Any] = ["memory"]
-    key_query = Query(description="the literal memory key, e.g. conv:user123:sess456")
+    tags: list[str | Enum] = ["memory"]
 
     @app.get(f"{base}/read", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
-    def read(memory_ref: str, key: Annotated[str, key_query],
-             limit: Annotated[int, Query(le=READ_LIMIT_MAX, description="≤ 0 means 50")] = READ_LIMIT_DEFAULT,
-             offset: Annotated[int, Query(ge=0)] = 0) -> JSONResponse:
+    def read(
+        memory_ref: str,
+        key: KeyQuery,
+        limit: Annotated[int, Query(le=READ_LIMIT_MAX, description="≤ 0 means 50")] = READ_LIMIT_DEFAULT,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    ) -> JSONResponse:
         """Messages, oldest first: ``{key, messages, total_count, has_more, limit, offset, count}``."""
         limit = limit if limit > 0 else READ_LIMIT_DEFAULT
         out = engine.memory(memory_ref, key).read(limit=limit, offset=offset)
@@ -511,8 +626,11 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         """Flush when over the threshold (or ``force``): ``{success, key, summary_generated, message_count,
         token_count, dry_run, would_flush, actual_strategy, ...}``."""
         mem = engine.memory(memory_ref, body.key)
-        out = _call(lambda: mem.flush(body.strategy, dry_run=body.dry_run, force=body.force,
-                                      threshold=body.threshold), "flush_config.", "")
+        out = _call(
+            lambda: mem.flush(body.strategy, dry_run=body.dry_run, force=body.force, threshold=body.threshold),
+            "flush_config.",
+            "",
+        )
         return _ok("memory flushed successfully", out)
 
     @app.post(f"{base}/clear", tags=tags, response_model=Envelope, responses=_errors(400, 404, 409))
@@ -520,23 +638,25 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         """Remove every message; needs ``confirm: true`` (409 otherwise): ``{success, key,
         messages_cleared, backup_created, backup_key}``."""
         mem = engine.memory(memory_ref, body.key)
-        out = _call(lambda: mem.clear(confirm=body.confirm, backup=body.backup), "clear_config.", "",
-                    "confirm")
+        out = _call(lambda: mem.clear(confirm=body.confirm, backup=body.backup), "clear_config.", "", "confirm")
         return _ok("memory cleared successfully", out)
 
     @app.get(f"{base}/health", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
-    def health(memory_ref: str, key: Annotated[str, key_query], include_stats: bool = True) -> JSONResponse:
+    def health(memory_ref: str, key: KeyQuery, include_stats: bool = True) -> JSONResponse:
         """``{healthy, key, token_count, message_count, actual_strategy, last_flush, redis, warnings}``;
         503 (with the same data) when Redis is unreachable."""
         out: Output = engine.memory(memory_ref, key).health(include_stats=include_stats)
         if not out.get("healthy"):
             message = f"memory unhealthy: {out.get('error', 'Redis is unreachable')}"
-            return _JSON(error_envelope(503, "BACKEND_UNAVAILABLE", message, data=out), status_code=503,
-                         headers={"Retry-After": "1"})
+            return _JSON(
+                error_envelope(503, "BACKEND_UNAVAILABLE", message, data=out),
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
         return _ok("memory health retrieved successfully", out)
 
     @app.get(f"{base}/stats", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
-    def stats(memory_ref: str, key: Annotated[str, key_query], include_content: bool = False) -> JSONResponse:
+    def stats(memory_ref: str, key: KeyQuery, include_content: bool = False) -> JSONResponse:
         """Counters from the metadata hash, plus Compozy's names ``context_window_used`` (= message_count) and
         ``token_limit`` (= max_tokens, the resource's real limit)."""
         out = engine.memory(memory_ref, key).stats(include_content=include_content)
@@ -544,16 +664,21 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         return _ok("memory stats retrieved successfully", data)
 
     @app.get(f"{base}/instances", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
-    def instances(memory_ref: str,
-                  pattern: Annotated[str, Query(min_length=1, max_length=512,
-                                                description="glob over memory keys")] = "*",
-                  limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> JSONResponse:
+    def instances(
+        memory_ref: str,
+        pattern: Annotated[str, Query(min_length=1, max_length=512, description="glob over memory keys")] = "*",
+        limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+    ) -> JSONResponse:
         """Stored instances whose key matches ``pattern`` (SCAN, never KEYS), with their stats (limits of
         ``memory_ref``). Keys do not name their resource: every matching key of the project is listed."""
         engine.project.resource(memory_ref)
         rows = engine.ready().instances(pattern, memory_ref=memory_ref, limit=limit + 1)
-        data = {"pattern": pattern, "count": min(len(rows), limit), "has_more": len(rows) > limit,
-                "instances": rows[:limit]}
+        data = {
+            "pattern": pattern,
+            "count": min(len(rows), limit),
+            "has_more": len(rows) > limit,
+            "instances": rows[:limit],
+        }
         return _ok("memory instances listed successfully", data)
 
 
@@ -564,8 +689,7 @@ def _customize_openapi(app: FastAPI, *, secured: bool) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                             routes=app.routes)
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         for path, item in schema.get("paths", {}).items():
             for operation in item.values():
                 operation.get("responses", {}).pop("422", None)
@@ -582,7 +706,3 @@ def _customize_openapi(app: FastAPI, *, secured: bool) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _unused(_: Message) -> None:  # pragma: no cover - keeps the starlette type import for readers
-    return None

@@ -110,7 +110,8 @@ def validation_error(errors: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     problems: list[dict[str, Any]] = []
     for err in errors:
         loc = tuple(err.get("loc", ()))
-        problems.append({"field": field_path(loc), "message": _problem_text(err, loc), "type": err.get("type")})
+        field = "body" if err.get("type") == "json_invalid" else field_path(loc)
+        problems.append({"field": field, "message": _problem_text(err, loc), "type": err.get("type")})
     if not problems:
         problems.append({"field": "body", "message": "invalid request", "type": "invalid"})
     first = problems[0]
@@ -127,6 +128,8 @@ def _problem_text(err: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
         return f"{field} query parameter is required"
     if kind == "missing" and loc == ("body",):
         return "request body is required (a JSON object)"
+    if loc == ("body",) and kind in ("model_attributes_type", "dict_type", "model_type"):
+        return "request body must be a JSON object sent with Content-Type: application/json"
     if kind == "json_invalid":
         detail = (err.get("ctx") or {}).get("error", "")
         return f"request body is not valid JSON{': ' + str(detail) if detail else ''}"

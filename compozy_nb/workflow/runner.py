@@ -45,26 +45,31 @@ def render_messages(
     so that validation rejects it rather than a write silently storing nothing."""
     out: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
-        rendered: dict[str, Any] = {}
-        for name, value in message.items():
-            field_where = f"{where}[{index}].{name}"
-            if name == "content" and isinstance(value, str):
-                try:
-                    rendered[name] = render_text(value, context)
-                except TemplateError as exc:
-                    raise TemplateError(f"{field_where}: {exc.message}", field=field_where) from None
-            else:
-                rendered[name] = render_value(value, context, where=field_where)
+        rendered = _render_message(message, context, f"{where}[{index}]")
         if drop_empty and isinstance(rendered.get("content"), str) and not rendered["content"].strip():
             continue
         out.append(rendered)
     return out
 
 
+def _render_message(message: Mapping[str, Any], context: Mapping[str, Any], where: str) -> dict[str, Any]:
+    rendered: dict[str, Any] = {}
+    for name, value in message.items():
+        field_where = f"{where}.{name}"
+        if name == "content" and isinstance(value, str):
+            try:
+                rendered[name] = render_text(value, context)
+            except TemplateError as exc:
+                raise TemplateError(f"{field_where}: {exc.message}", field=field_where) from None
+        else:
+            rendered[name] = render_value(value, context, where=field_where)
+    return rendered
+
+
 def render_payload(payload: Any, context: Mapping[str, Any]) -> Any:
     """Render a memory task payload (messages' content as text, everything else keeping types)."""
     if isinstance(payload, Mapping) and "content" in payload:
-        return render_messages([payload], context, "payload", drop_empty=False)[0]
+        return _render_message(payload, context, "payload")
     if isinstance(payload, list) and all(isinstance(p, Mapping) for p in payload):
         return render_messages(payload, context, "payload", drop_empty=False)
     return render_value(payload, context, where="payload")
