@@ -37,7 +37,7 @@ class ConnectOptions:
     backoff_cap: float = 1.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Backend:
     """A live connection to where memories are stored.
 

@@ -19,8 +19,9 @@ NON_SYSTEM_ROLES = ("user", "assistant", "tool")
 BAD_ROLES = ("bot", "User", "SYSTEM", "human", "function", "", " user", "developer")
 """Roles outside the accepted list (case matters)."""
 
-ID_POOL = ("m1", "m2", "m3", "m4", "m5", "m6", 7, 8)
-"""Explicit ids: strings and integers (stored as strings), few enough to collide often."""
+ID_POOL = ("m1", "m2", "m3", "m4", "m5", "m6", 7, 8, 'q"9', "b\\10", "ü11")
+"""Explicit ids: strings and integers (stored as strings), some with a quote, a backslash or non-ASCII
+(stored JSON the scripts must decode rather than pattern-match), few enough to collide often."""
 
 WORDS = (
     "hello",
@@ -76,17 +77,13 @@ def message_ids() -> st.SearchStrategy[str | int]:
     return st.sampled_from(ID_POOL)
 
 
-def messages(
-    roles: st.SearchStrategy[str] | None = None, max_words: int = 14
-) -> st.SearchStrategy[dict[str, Any]]:
+def messages(roles: st.SearchStrategy[str] | None = None, max_words: int = 14) -> st.SearchStrategy[dict[str, Any]]:
     """A valid message map.
 
     ``role`` may be left out (it defaults to ``user``); ``id`` is optional; an extra ``metadata`` field is
     kept verbatim; ``tokens`` and ``ts`` given in a payload must be ignored (they are computed).
     """
-    role_strategy = (
-        roles if roles is not None else st.sampled_from(("user", "user", "assistant", "tool", "system"))
-    )
+    role_strategy = roles if roles is not None else st.sampled_from(("user", "user", "assistant", "tool", "system"))
     return st.fixed_dictionaries(
         {"content": contents(max_words)},
         optional={
@@ -135,6 +132,15 @@ def invalid_payloads(max_batch: int = 3) -> st.SearchStrategy[Any]:
             invalid_messages(),
             st.lists(messages(), max_size=max_batch),
         ),
+    )
+
+
+def repeated_words(min_words: int, max_words: int) -> st.SearchStrategy[str]:
+    """One word repeated: a content whose token count grows with the number of words (large messages)."""
+    return st.builds(
+        lambda word, n: " ".join([word] * n),
+        st.sampled_from(["word", "memory", "tokens", "Redis"]),
+        st.integers(min_words, max_words),
     )
 
 

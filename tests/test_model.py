@@ -30,8 +30,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from compozy_nb import MemoryResource, Project, connect
+from compozy_nb import Project, connect
 from compozy_nb.backends import Backend, reset_embedded
+from compozy_nb.config.memory import MemoryResource
 from compozy_nb.errors import (
     CompozyNbError,
     ConfirmRequiredError,
@@ -70,6 +71,7 @@ def machine_settings(max_examples: int) -> settings:
         max_examples=max_examples,
         stateful_step_count=30,
         deadline=None,
+        report_multiple_bugs=False,  # shrink the first failure only: a stateful shrink is slow
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
     )
 
@@ -151,7 +153,8 @@ class MemoryModel:
 
     def store(self, mode: str, batch: list[Msg]) -> Stored:
         """append (mode 'append') or write/restore (mode 'replace'): de-duplicate ids, then evict the oldest
-        non-system messages (stored ones before new ones) until the limits hold; all or nothing."""
+        non-system messages (stored ones before new ones) until the limits hold; all or nothing. The newest
+        non-system message of the batch is what the caller asked to store: it is never evicted."""
         if any(m.tokens > MAX_TOKENS for m in batch):
             raise ModelLimitExceededError("one message alone is over the token limit")
         current = [] if mode == "replace" else list(self.messages)
@@ -173,13 +176,13 @@ class MemoryModel:
         def satisfied() -> bool:
             return len(evicted) >= need_messages and sum(m.tokens for m in evicted) >= need_tokens
 
+        plain_new = [m for m in new if m.role != "system"]
+        protected = plain_new[-1] if plain_new else None
         for m in [*current, *new]:
             if satisfied():
                 break
-            if m.role != "system":
+            if m.role != "system" and m is not protected:
                 evicted.append(m)
-        if mode == "append":
-            self.meta_exists = True  # the counters are (re)built before the limit check
         if not satisfied():
             raise ModelLimitExceededError("does not fit even after evicting every non-system message")
         gone = {id(m) for m in evicted}
@@ -300,7 +303,7 @@ class MemoryMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ raw views
     def raw_state(self) -> tuple[Any, ...]:
-        """Everything stored for the instance, with an absent metadata hash of an empty list read as zeros."""
+        """Everything stored for the instance: messages, archive, metadata, ids, backups."""
         client = self.backend.client
         pipe = client.pipeline(transaction=False)
         pipe.lrange(self.base, 0, -1)
@@ -309,9 +312,7 @@ class MemoryMachine(RuleBasedStateMachine):
         pipe.smembers(f"{self.base}:ids")
         pipe.smembers(f"{self.base}:backups")
         messages, archive, meta, ids, backups = pipe.execute()
-        meta = {_s(k): _s(v) for k, v in meta.items() if not (_s(k).startswith("role:") and int(v) == 0)}
-        if not meta and not messages:
-            meta = {"message_count": "0", "token_count": "0"}
+        meta = {_s(k): _s(v) for k, v in meta.items()}
         return messages, archive, meta, {_s(i) for i in ids}, {_s(b) for b in backups}
 
     def unchanged(self, before: tuple[Any, ...]) -> None:
@@ -398,10 +399,23 @@ class MemoryMachine(RuleBasedStateMachine):
         """Explicit ids, often one already stored or repeated within the batch: counted as duplicates."""
         stored = [m.id for m in self.model.messages if m.id is not None]
         ids = st.one_of(s.message_ids(), st.sampled_from(stored)) if stored else s.message_ids()
-        batch = data.draw(
-            st.lists(st.builds(lambda m, i: {**m, "id": i}, s.messages(), ids), min_size=1, max_size=4)
-        )
+        batch = data.draw(st.lists(st.builds(lambda m, i: {**m, "id": i}, s.messages(), ids), min_size=1, max_size=4))
         self._append(batch)
+
+    @rule(payload=st.lists(s.messages(), min_size=3, max_size=8))
+    def append_many(self, payload: list[dict[str, Any]]) -> None:
+        """Batches big enough to evict stored messages (and the oldest new ones)."""
+        self._append(payload)
+
+    @rule(
+        content=s.repeated_words(30, MAX_TOKENS),
+        role=st.sampled_from(s.ROLES),
+        before=st.lists(s.messages(), max_size=2),
+    )
+    def append_large(self, content: str, role: str, before: list[dict[str, Any]]) -> None:
+        """A message of up to the whole token limit: token-driven eviction (or LIMIT_EXCEEDED when it
+        does not fit beside the system messages, or is alone above the limit)."""
+        self._append([*before, {"role": role, "content": content}])
 
     @rule(payload=st.one_of(s.payloads(max_batch=9), st.lists(s.messages(), min_size=7, max_size=9)))
     def write(self, payload: Any) -> None:
@@ -413,66 +427,48 @@ class MemoryMachine(RuleBasedStateMachine):
         self._write(data.draw(st.lists(s.system_messages(max_words=3), min_size=size, max_size=size)))
 
     # ------------------------------------------------------------------ reads
-    def _read(self, **options: Any) -> dict[str, Any]:
-        out = self.memory.read(**options)
-        got = out.pop("messages")
-        return out | {"messages": got}
-
-    @rule(limit=st.none() | st.integers(0, 8), offset=st.integers(0, 8))
-    def read_window(self, limit: int | None, offset: int) -> None:
-        out = self._read(limit=limit, offset=offset)
-        total = len(self.model.messages)
-        want = self.model.messages[offset:] if limit is None else self.model.messages[offset : offset + limit]
-        _match(want, out.pop("messages"), "read window")
-        assert out == {
+    def expected_read(self, options: dict[str, Any]) -> tuple[list[Msg], dict[str, Any]]:
+        """The messages a read must return, and the rest of its output map."""
+        stored, total = self.model.messages, len(self.model.messages)
+        extra: dict[str, Any] = {}
+        if "max_tokens" in options:  # the newest messages that fit, stopping at the first that does not
+            budget, used, start = options["max_tokens"], 0, total
+            while start > 0 and used + stored[start - 1].tokens <= budget:
+                start -= 1
+                used += stored[start].tokens
+            want = stored[start:]
+            extra = {"token_count": used, "max_tokens": budget}
+        elif "last" in options:
+            want = stored[total - min(options["last"], total) :]
+            start = total - len(want)
+        else:
+            start, limit = options.get("offset", 0), options.get("limit")
+            want = stored[start:] if limit is None else stored[start : start + limit]
+        has_more = start + len(want) < total if "offset" in options or not options else start > 0
+        out = {
             "operation": "read",
             "key": self.key,
             "count": len(want),
             "total_count": total,
-            "has_more": offset + len(want) < total,
-            "offset": offset,
-        }
-
-    @rule(last=st.integers(0, 8))
-    def read_last(self, last: int) -> None:
-        out = self._read(last=last)
-        total = len(self.model.messages)
-        want = self.model.messages[total - min(last, total) :]
-        _match(want, out.pop("messages"), "read last")
-        start = total - len(want)
-        assert out == {
-            "operation": "read",
-            "key": self.key,
-            "count": len(want),
-            "total_count": total,
-            "has_more": start > 0,
+            "has_more": has_more,
             "offset": start,
+            **extra,
         }
+        return want, out
 
-    @rule(budget=st.integers(0, 150))
-    def read_budget(self, budget: int) -> None:
-        out = self._read(max_tokens=budget)
-        want: list[Msg] = []
-        used = 0
-        for m in reversed(
-            self.model.messages
-        ):  # the newest messages that fit, stopping at the first that doesn't
-            if used + m.tokens > budget:
-                break
-            used += m.tokens
-            want.insert(0, m)
-        total = len(self.model.messages)
-        _match(want, out.pop("messages"), "read budget")
-        assert out == {
-            "operation": "read",
-            "key": self.key,
-            "count": len(want),
-            "total_count": total,
-            "has_more": total - len(want) > 0,
-            "offset": total - len(want),
-            "token_count": used,
-            "max_tokens": budget,
-        }
+    @rule(
+        options=st.one_of(
+            st.fixed_dictionaries({"limit": st.none() | st.integers(0, 8), "offset": st.integers(0, 8)}),
+            st.fixed_dictionaries({"last": st.integers(0, 8)}),
+            st.fixed_dictionaries({"max_tokens": st.integers(0, 150)}),
+        )
+    )
+    def read(self, options: dict[str, Any]) -> None:
+        """A window (limit/offset), the newest ``last`` messages, or the newest within a token budget."""
+        want, expected = self.expected_read(options)
+        out = self.memory.read(**options)
+        _match(want, out.pop("messages"), f"read {options}")
+        assert out == expected, options
 
     # ------------------------------------------------------------------ flush, clear, restore, delete
     @rule(
@@ -548,9 +544,7 @@ class MemoryMachine(RuleBasedStateMachine):
         evicted_before = self.model.evicted_count
         result = self.model.store("replace", saved)
         event("restore")
-        assert (
-            result.evicted == 0 and result.duplicates == 0
-        )  # a backup always fits the limits it was made under
+        assert result.evicted == 0 and result.duplicates == 0  # a backup always fits the limits it was made under
         assert self.model.evicted_count == evicted_before
         out = self.memory.restore(backup_key)
         assert out == {
@@ -613,9 +607,7 @@ class MemoryMachine(RuleBasedStateMachine):
         assert info.value.code == "LIMIT_EXCEEDED"
         self.unchanged(before)
 
-    @precondition(
-        lambda self: bool(self.model.messages) and all(m.role == "system" for m in self.model.messages)
-    )
+    @precondition(lambda self: bool(self.model.messages) and all(m.role == "system" for m in self.model.messages))
     @rule(others=st.lists(s.messages(roles=st.sampled_from(s.NON_SYSTEM_ROLES)), max_size=2))
     def append_system_when_only_system_is_stored(self, others: list[dict[str, Any]]) -> None:
         """Only system messages stored and no room left: a system message does not fit, whatever is evicted
@@ -693,9 +685,12 @@ class MemoryMachine(RuleBasedStateMachine):
         truth_tokens = sum(message["tokens"] for message in stored)
         for message in stored:
             assert message["tokens"] == COUNTER.count_message(message["role"], message["content"])
-        assert int(meta["message_count"]) == len(stored)
-        assert int(meta["token_count"]) == truth_tokens
-        assert {k[5:]: int(v) for k, v in meta.items() if k.startswith("role:")} == roles
+        assert bool(meta) == self.model.meta_exists, meta
+        if meta or stored:
+            assert int(meta["message_count"]) == len(stored)
+            assert int(meta["token_count"]) == truth_tokens
+        assert {k[5:]: int(v) for k, v in meta.items() if k.startswith("role:") and v != "0"} == roles
+        assert all(int(v) >= 0 for k, v in meta.items() if k.startswith("role:"))
         assert ids == {message["id"] for message in stored}
         assert len(ids) == len(stored), "message ids are unique"
         # the limits, always
@@ -709,13 +704,43 @@ class MemoryMachine(RuleBasedStateMachine):
 
 
 # ---------------------------------------------------------------------------------------------------- tests
+# A failing run shrinks for up to Hypothesis's 5 minutes before it reports the minimal sequence: let it.
+@pytest.mark.timeout(900)
 def test_memory_matches_model_on_embedded_backend() -> None:
     run_state_machine_as_test(MemoryMachine, settings=machine_settings(60))
 
 
 @pytest.mark.redis
+@pytest.mark.timeout(900)
 def test_memory_matches_model_on_redis(redis_server: Any) -> None:
     class OnRedis(MemoryMachine):
         backend_url = redis_server.url
 
     run_state_machine_as_test(OnRedis, settings=machine_settings(30))
+
+
+# ---------------------------------------------------------------------------------------------------- found bugs
+def _fresh_memory(backend: Backend) -> Any:
+    project = Project(PROJECT)
+    project.add_memory(RESOURCE)
+    project.use_backend(backend)
+    return project.memory("model", key=f"conv:{uuid.uuid4().hex[:8]}:s1")
+
+
+def test_content_that_is_not_encodable_is_an_invalid_payload_and_changes_nothing(backend: Backend) -> None:
+    memory = _fresh_memory(backend)
+    memory.append("kept")
+    before = memory.read()["messages"]
+    with pytest.raises(InvalidPayloadError):
+        memory.append([{"role": "user", "content": "fine"}, {"role": "user", "content": "broken \ud800 text"}])
+    assert memory.read()["messages"] == before
+
+
+def test_fifo_alias_reports_the_same_actual_strategy_whether_or_not_it_flushes(backend: Backend) -> None:
+    memory = _fresh_memory(backend)
+    idle = memory.flush(strategy="fifo")  # empty: nothing to flush
+    for i in range(MAX_MESSAGES):
+        memory.append(f"message {i}")
+    busy = memory.flush(strategy="fifo")
+    assert (idle["flushed_count"], busy["flushed_count"]) == (0, MAX_MESSAGES - FIFO_TARGET_MESSAGES)
+    assert idle["actual_strategy"] == busy["actual_strategy"]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from compozy_nb.backends import Backend
@@ -67,21 +67,15 @@ class MemoryRuntime:
         )
 
 
-@dataclass
-class _Connection:
-    backend: Backend
-    scripts: Scripts
+_connections: weakref.WeakKeyDictionary[Backend, Scripts] = weakref.WeakKeyDictionary()
 
 
-_connections: dict[int, _Connection] = {}
-
-
-def _connection(backend: Backend) -> _Connection:
-    conn = _connections.get(id(backend))
-    if conn is None or conn.backend is not backend:
-        conn = _Connection(backend, Scripts(backend.client))
-        _connections[id(backend)] = conn
-    return conn
+def _connection(backend: Backend) -> Scripts:
+    """The registered scripts of a backend, made once and dropped with the backend."""
+    scripts = _connections.get(backend)
+    if scripts is None:
+        scripts = _connections[backend] = Scripts(backend.client)
+    return scripts
 
 
 class MemoryInstance:
@@ -104,7 +98,7 @@ class MemoryInstance:
         self.project = project
         self.layout = KeyLayout(project, self.key, backend.cluster)
         self._keys = self.layout.all_keys
-        self._scripts = _connection(backend).scripts
+        self._scripts = _connection(backend)
 
     def __repr__(self) -> str:
         return f"MemoryInstance(ref={self.resource.id!r}, key={self.key!r}, backend={self.backend.kind!r})"
@@ -433,6 +427,7 @@ class MemoryInstance:
         raises: the second removes what is still there (possibly nothing, ``flushed_count: 0``).
         """
         chosen = strategy or self.resource.flushing.type
+        chosen = "simple_fifo" if chosen == "fifo" else chosen
         if chosen not in flushing.STRATEGIES:
             raise ConfigError(
                 f"invalid strategy '{chosen}', must be one of: {', '.join(flushing.STRATEGIES)}",

@@ -68,6 +68,16 @@ def normalize_payload(payload: Any, *, operation: str) -> list[dict[str, Any]]:
     return [_message(item, index if indexed else None, operation) for index, item in enumerate(items)]
 
 
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _message(item: Any, index: int | None, operation: str) -> dict[str, Any]:
     where = f"payload[{index}]" if index is not None else "payload"
     if not isinstance(item, Mapping):
@@ -84,6 +94,12 @@ def _message(item: Any, index: int | None, operation: str) -> dict[str, Any]:
             field=f"{where}.role",
         )
     content = item.get("content")
+    if isinstance(content, str) and not _encodable(content):
+        raise InvalidPayloadError(
+            f"{where}.content: message content is not valid Unicode text (a lone surrogate?)",
+            operation=operation,
+            field=f"{where}.content",
+        )
     if not isinstance(content, str) or not content.strip():
         got = "missing" if content is None else f"{type(content).__name__} {content!r}"[:60]
         raise InvalidPayloadError(
@@ -132,9 +148,9 @@ def encode(
             stored[name] = value
     try:
         raw = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+        size = len(raw) if raw.isascii() else len(raw.encode("utf-8"))
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError: a lone surrogate elsewhere
         raise InvalidPayloadError(f"message {index}: not JSON-serialisable: {exc}", operation=operation) from None
-    size = len(raw) if raw.isascii() else len(raw.encode("utf-8"))
     if size > max_bytes:
         raise LimitExceededError(
             f"message {index} is {size} bytes, larger than max_message_bytes ({max_bytes})",
