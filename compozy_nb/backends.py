@@ -115,15 +115,26 @@ def connect(
                 resolved,
                 socket_connect_timeout=options.connect_timeout,
                 socket_timeout=options.socket_timeout,
-                retry=Retry(ExponentialBackoff(options.backoff_cap, options.backoff_base), options.retries),
+                retry=_retry(options),
                 retry_on_error=[redis.exceptions.ConnectionError],
                 health_check_interval=30,
             )
             kind = "redis"
         client.ping()
-    except redis.exceptions.RedisError as exc:
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+        # RedisClusterException (no reachable node, cluster mode disabled ...) is not a RedisError
         raise BackendError(f"cannot reach Redis at {mask_url(resolved)}: {exc}", url=mask_url(resolved)) from None
     return Backend(resolved, client, kind)
+
+
+def _retry(options: ConnectOptions) -> Retry:
+    """Backoff retries on connection errors only: a command that timed out may have run, so it is not sent
+    again behind the caller's back (redis-py's default Retry also retries timeouts)."""
+    return Retry(
+        ExponentialBackoff(options.backoff_cap, options.backoff_base),
+        options.retries,
+        supported_errors=(redis.exceptions.ConnectionError,),
+    )
 
 
 def _cluster_client(url: str, options: ConnectOptions) -> Any:
@@ -132,7 +143,7 @@ def _cluster_client(url: str, options: ConnectOptions) -> Any:
         plain,
         socket_connect_timeout=options.connect_timeout,
         socket_timeout=options.socket_timeout,
-        retry=Retry(ExponentialBackoff(options.backoff_cap, options.backoff_base), options.retries),
+        retry=_retry(options),
     )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import REDIS_SERVER, _need_redis
+from tests.conftest import REDIS_SERVER, REQUIRE_REDIS, _need_redis
 
 REDIS_CLI = shutil.which("redis-cli")
 BUS_OFFSET = 10000
@@ -56,11 +56,12 @@ def free_cluster_ports(count: int = 3) -> list[int]:
 class RedisCluster:
     """Three cluster-enabled redis-server primaries (no replicas) on loopback."""
 
-    def __init__(self, workdir: Path, ports: list[int]) -> None:
+    def __init__(self, workdir: Path, ports: list[int], extra: list[str] | None = None) -> None:
         assert REDIS_SERVER is not None
         self.workdir = workdir
         self.ports = ports
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.extra = extra or []
+        self.procs: list[subprocess.Popen[bytes] | None] = []
 
     @property
     def url(self) -> str:
@@ -72,21 +73,53 @@ class RedisCluster:
         return redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=2, socket_timeout=5)
 
     def start(self) -> None:
-        for port in self.ports:
-            cmd = [
-                str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1",
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", str(self.workdir / f"nodes-{port}.conf"),
-                "--cluster-node-timeout", "5000",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
-            ]
-            log = open(self.workdir / f"redis-{port}.log", "wb")  # noqa: SIM115 - closed with the process
-            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
-            log.close()
+        """Start the three nodes, assign the slots and wait until the cluster is ok."""
+        self.procs = [self._spawn(port) for port in self.ports]
         for port in self.ports:
             self._wait_ping(port)
         self._create()
-        self._wait_ok()
+        self.wait_state("ok")
+
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        cmd = [
+            str(REDIS_SERVER),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            str(self.workdir / f"nodes-{port}.conf"),
+            "--cluster-node-timeout",
+            "5000",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--daemonize",
+            "no",
+            *self.extra,
+        ]
+        with open(self.workdir / f"redis-{port}.log", "ab") as log:
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (its nodes.conf stays, so :meth:`restart` brings the same node back)."""
+        index = self.ports.index(port)
+        proc = self.procs[index]
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        self.procs[index] = None
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again (same port, same cluster identity, empty data) and wait for it."""
+        index = self.ports.index(port)
+        self.procs[index] = self._spawn(port)
+        self._wait_ping(port)
 
     def _wait_ping(self, port: int) -> None:
         deadline = time.time() + START_TIMEOUT
@@ -95,39 +128,50 @@ class RedisCluster:
                 self.node(port).ping()
                 return
             except redis.exceptions.ConnectionError:
-                if any(p.poll() is not None for p in self.procs):
+                if any(p is not None and p.poll() is not None for p in self.procs):
                     raise RuntimeError(f"a cluster node exited; see logs in {self.workdir}") from None
                 time.sleep(0.05)
         raise RuntimeError(f"cluster node on port {port} did not start")
 
     def _create(self) -> None:
         assert REDIS_CLI is not None
-        cmd = [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-               "--cluster-replicas", "0", "--cluster-yes"]
+        cmd = [
+            REDIS_CLI,
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{p}" for p in self.ports),
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ]
         done = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
         if done.returncode != 0:
             raise RuntimeError(
-                "redis-cli --cluster create failed: " + done.stdout.decode(errors="replace")[-2000:]
+                "redis-cli --cluster create failed: "
+                + done.stdout.decode(errors="replace")[-2000:]
                 + done.stderr.decode(errors="replace")[-2000:]
             )
 
-    def _wait_ok(self) -> None:
-        deadline = time.time() + START_TIMEOUT
+    def wait_state(self, state: str, ports: list[int] | None = None, timeout: float = START_TIMEOUT) -> None:
+        """Wait until every node of ``ports`` (default: all) reports ``cluster_state:<state>`` (and, for
+        ``ok``, knows every node and every slot)."""
+        deadline = time.time() + timeout
         while time.time() < deadline:
-            if all(self._node_ready(port) for port in self.ports):
+            if all(self._node_in_state(port, state) for port in ports or self.ports):
                 return
             time.sleep(0.1)
-        raise RuntimeError("the cluster did not reach cluster_state:ok")
+        raise RuntimeError(f"the cluster did not reach cluster_state:{state} in {timeout} s")
 
-    def _node_ready(self, port: int) -> bool:
+    def _node_in_state(self, port: int, state: str) -> bool:
         try:
-            client = self.node(port)
-            info = client.execute_command("CLUSTER", "INFO")
+            info = self.node(port).execute_command("CLUSTER", "INFO")
             text = info.decode() if isinstance(info, bytes) else str(info)
-            if "cluster_state:ok" not in text:
+            if f"cluster_state:{state}" not in text:
                 return False
+            if state != "ok":
+                return True
             known = int(text.split("cluster_known_nodes:", 1)[1].split()[0])
-            assigned = int(text.split("cluster_slots_assigned:", 1)[1].split()[0])
+            assigned = int(text.split("cluster_slots_ok:", 1)[1].split()[0])
             return known == len(self.ports) and assigned == 16384
         except (redis.exceptions.RedisError, IndexError, ValueError):
             return False
@@ -149,10 +193,11 @@ class RedisCluster:
             self.node(port).flushall()
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
+        """Stop every node we started, by pid."""
+        running = [p for p in self.procs if p is not None and p.poll() is None]
+        for proc in running:
+            proc.terminate()
+        for proc in running:
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
@@ -165,20 +210,18 @@ def need_cluster_tools() -> None:
     """Skip (or fail, with COMPOZY_REQUIRE_REDIS=1) when redis-server or redis-cli is missing."""
     _need_redis()
     if REDIS_CLI is None:
-        from tests.conftest import REQUIRE_REDIS
-
         if REQUIRE_REDIS:
             pytest.fail("redis-cli is not installed but COMPOZY_REQUIRE_REDIS=1")
         pytest.skip("redis-cli not installed (set COMPOZY_REQUIRE_REDIS=1 to make this a failure)")
 
 
-def start_cluster() -> Iterator[RedisCluster]:
-    """Start a cluster, yield it, stop it: the body of a (module-scoped) fixture."""
+def start_cluster(extra: list[str] | None = None) -> Iterator[RedisCluster]:
+    """Start a cluster, yield it, stop it: the body of a fixture. ``extra``: more redis-server options."""
     need_cluster_tools()
     workdir = Path(tempfile.mkdtemp(prefix="compozy-cluster-"))
     cluster = None
     for _attempt in range(3):  # a port taken between choosing and binding: try fresh ports
-        cluster = RedisCluster(workdir, free_cluster_ports(3))
+        cluster = RedisCluster(workdir, free_cluster_ports(3), extra)
         try:
             cluster.start()
             break

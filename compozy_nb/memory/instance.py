@@ -677,9 +677,9 @@ def _preview(message: Mapping[str, Any], width: int = 80) -> dict[str, Any]:
 
 
 def _is_connection_error(exc: BaseException) -> bool:
-    import redis
+    from compozy_nb.memory.store import UNAVAILABLE
 
-    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
+    return isinstance(exc, UNAVAILABLE)
 
 
 def _server_info(client: Any) -> dict[str, Any]:

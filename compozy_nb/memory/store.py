@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import hashlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from importlib import resources
@@ -26,6 +27,18 @@ class ForeignDataError(MemoryOperationError):
     code = "FOREIGN_DATA"
 
 
+# "Redis cannot serve this now" -> BACKEND_UNAVAILABLE. ClusterDownError (CLUSTERDOWN) and TryAgainError
+# (TRYAGAIN, while resharding) are ResponseErrors, so they are caught before those; RedisClusterException
+# (no reachable node, slot not covered) is not even a RedisError.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterException,
+)
+
+
 @cache
 def script_source(name: str) -> str:
     """The full source of one script: the shared helpers followed by the script itself."""
@@ -35,18 +48,30 @@ def script_source(name: str) -> str:
     return f"{common}\n{body}"
 
 
+@cache
+def script_sha(name: str) -> str:
+    """The SHA1 Redis knows script ``name`` by."""
+    return hashlib.sha1(script_source(name).encode("utf-8")).hexdigest()
+
+
 class Scripts:
-    """The registered scripts of one client (EVALSHA with automatic reload after SCRIPT FLUSH)."""
+    """The scripts of one client: EVALSHA, and EVAL when the server does not know the script yet.
+
+    EVAL caches the script on the node that runs it, so on a cluster a script only needs the node holding
+    the instance's slot (redis-py's ``register_script`` sends SCRIPT LOAD to every primary: while any one
+    primary is down, every first use of a script would fail). It also covers SCRIPT FLUSH and restarts.
+    """
 
     def __init__(self, client: Any) -> None:
-        self._scripts: dict[str, Callable[..., Any]] = {
-            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
-        }
+        self._client = client
 
     def run(self, name: str, keys: Sequence[str], args: Sequence[Any], *, operation: str, key: str) -> Any:
         """Run script ``name``; Redis errors become CompozyNbError subclasses naming the operation and key."""
         with redis_errors(operation, key):
-            return self._scripts[name](keys=list(keys), args=list(args))
+            try:
+                return self._client.evalsha(script_sha(name), len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                return self._client.eval(script_source(name), len(keys), *keys, *args)
 
 
 @contextmanager
@@ -56,7 +81,7 @@ def redis_errors(operation: str, key: str | None) -> Iterator[None]:
         yield
     except CompozyNbError:
         raise
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+    except UNAVAILABLE as exc:
         raise BackendError(f"Redis unavailable during {operation}: {exc}", operation=operation, key=key) from None
     except redis.exceptions.ResponseError as exc:
         text = str(exc)

@@ -1,0 +1,484 @@
+"""Faults on a real redis-server that each test starts itself, so it can kill it.
+
+- Timeouts and retries come from ConnectOptions; connection errors are retried with backoff, a command
+  that timed out is not re-sent (it may have run: the caller decides, and idempotent appends make that safe).
+- A killed server: every operation fails fast with BACKEND_UNAVAILABLE, health says ``healthy: false``, and
+  the same client reconnects by itself once the server is back.
+- kill -9 during a stream of appends, with ``appendfsync always``: after restart no partial write is visible.
+- A corrupted list element: read names the key and the position; clear and append keep working.
+- Idempotent appends: a retried batch (same ids) is stored once, even when the first try timed out.
+
+Wall-clock bounds are generous: the point is that calls raise instead of hanging (pytest-timeout guards).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from compozy_nb import Project
+from compozy_nb.backends import ConnectOptions, connect
+from compozy_nb.errors import BackendError, CorruptDataError
+from compozy_nb.memory.keys import KeyLayout
+from tests.conftest import RedisServer, _need_redis, free_port
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+
+PROJECT = "faults"
+RESOURCES = """
+resource: memory
+id: chat
+type: buffer
+---
+resource: memory
+id: limited
+type: message_count_based
+max_messages: 40
+archive_max_messages: 100000
+"""
+FAST = ConnectOptions(connect_timeout=0.5, socket_timeout=0.5, retries=2, backoff_base=0.01, backoff_cap=0.05)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def kill(server: RedisServer) -> None:
+    """SIGKILL the server process (no shutdown, no final fsync) and reap it."""
+    assert server.proc is not None
+    server.proc.kill()
+    server.proc.wait(10)
+    server.proc = None
+
+
+def restart(server: RedisServer) -> None:
+    """Start the server again on the same port (its port may linger in TIME_WAIT: retry briefly)."""
+    deadline = time.time() + 10
+    while True:
+        try:
+            server.start()
+            return
+        except RuntimeError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def open_project(url: str, options: ConnectOptions = FAST) -> Project:
+    """A project on ``url`` with our connect options."""
+    project = Project(PROJECT)
+    project.use_backend(connect(url, options=options))
+    project.add_yaml(RESOURCES)
+    return project
+
+
+def batch(tag: str, size: int = 3) -> list[dict[str, Any]]:
+    """``size`` messages with ids ``<tag>-<n>``."""
+    return [
+        {"id": f"{tag}-{i}", "role": "user", "content": f"{tag} message {i} " + "word " * (i % 5)} for i in range(size)
+    ]
+
+
+def stored_state(client: redis.Redis, layout: KeyLayout) -> tuple[list[dict[str, Any]], dict[str, str], set[str]]:
+    """The decoded list, the metadata hash and the ids set of an instance, read directly."""
+    items = [json.loads(raw) for raw in client.lrange(layout.base, 0, -1)]
+    meta = {k.decode(): v.decode() for k, v in client.hgetall(layout.metadata).items()}
+    ids = {raw.decode() for raw in client.smembers(layout.ids)}
+    return items, meta, ids
+
+
+def evalsha_calls(client: redis.Redis) -> int:
+    """How many EVALSHA commands the server has executed."""
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+class FaultyProxy:
+    """A TCP proxy in front of redis-server that can lose replies or drop new connections.
+
+    ``lose_replies()``: on the connections open now, requests still reach Redis (and run) but replies never
+    reach the client, so it times out on a command that did run; connections opened later work normally
+    (a client that re-sends the command on a new connection gets an answer). ``drop_connections(n)``: the
+    next ``n`` connections are closed as soon as they are accepted (a connection error before any command).
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.accepted = 0
+        self._drop = 0
+        self._deaf: set[int] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def drop_connections(self, count: int) -> None:
+        with self._lock:
+            self._drop = count
+
+    def lose_replies(self) -> None:
+        with self._lock:
+            self._deaf = set(range(self.accepted))
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            with self._lock:
+                number = self.accepted
+                self.accepted += 1
+                dropping = self._drop > 0
+                if dropping:
+                    self._drop -= 1
+            if dropping:
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, number), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, replies_of: int | None) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if replies_of is not None and replies_of in self._deaf:
+                    continue
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (no persistence), killed or stopped at the end."""
+    _need_redis()
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    own = RedisServer(free_port(), workdir)
+    own.start()
+    yield own
+    own.stop()
+
+
+@pytest.fixture
+def durable_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server with an append-only file fsynced on every write."""
+    _need_redis()
+    workdir = tmp_path / "durable"
+    workdir.mkdir()
+    own = RedisServer(free_port(), workdir, ["--appendonly", "yes", "--appendfsync", "always"])
+    own.start()
+    yield own
+    own.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def proxy(server: RedisServer) -> Iterator[FaultyProxy]:
+    """A faulty proxy in front of ``server``."""
+    own = FaultyProxy(server.port)
+    yield own
+    own.close()
+
+
+# ------------------------------------------------------------------------------------------ options
+def test_connect_options_are_applied(server: RedisServer) -> None:
+    options = ConnectOptions(connect_timeout=0.25, socket_timeout=0.75, retries=5, backoff_base=0.02, backoff_cap=0.3)
+    backend = connect(server.url, options=options)
+    try:
+        kwargs = backend.client.connection_pool.connection_kwargs
+        assert kwargs["socket_connect_timeout"] == 0.25
+        assert kwargs["socket_timeout"] == 0.75
+        assert backend.client.get_retry().get_retries() == 5
+    finally:
+        backend.close()
+
+
+def test_defaults_are_bounded() -> None:
+    defaults = ConnectOptions()
+    assert 0 < defaults.connect_timeout <= 10 and 0 < defaults.socket_timeout <= 10
+    assert 0 <= defaults.retries <= 5 and defaults.backoff_cap <= 2
+
+
+def test_connection_errors_are_retried(server: RedisServer, proxy: FaultyProxy) -> None:
+    proxy.drop_connections(2)
+    backend = connect(
+        proxy.url,
+        options=ConnectOptions(connect_timeout=0.5, socket_timeout=0.5, retries=3, backoff_base=0.01, backoff_cap=0.05),
+    )
+    try:
+        assert backend.client.ping()
+        assert proxy.accepted == 3
+    finally:
+        backend.close()
+
+
+def test_without_retries_a_connection_error_is_reported(server: RedisServer, proxy: FaultyProxy) -> None:
+    proxy.drop_connections(1)
+    with pytest.raises(BackendError) as caught:
+        connect(proxy.url, options=ConnectOptions(connect_timeout=0.5, socket_timeout=0.5, retries=0))
+    assert caught.value.code == "BACKEND_UNAVAILABLE"
+
+
+def test_socket_timeout_bounds_a_silent_server(server: RedisServer, proxy: FaultyProxy) -> None:
+    project = open_project(proxy.url, ConnectOptions(connect_timeout=0.5, socket_timeout=0.3, retries=0))
+    memory = project.memory("chat", key="silent")
+    memory.append("warm up")
+    proxy.lose_replies()
+    started = time.monotonic()
+    with pytest.raises(BackendError) as caught:
+        memory.read()
+    assert caught.value.code == "BACKEND_UNAVAILABLE"
+    assert time.monotonic() - started < 20  # bounded by the socket timeout, not hanging
+    assert memory.read()["count"] == 1  # a fresh connection is made for the next call
+
+
+def test_a_command_that_timed_out_is_not_resent(server: RedisServer, proxy: FaultyProxy) -> None:
+    project = open_project(
+        proxy.url,
+        ConnectOptions(connect_timeout=0.5, socket_timeout=0.3, retries=3, backoff_base=0.01, backoff_cap=0.05),
+    )
+    memory = project.memory("chat", key="resent")
+    memory.append("warm up")  # loads the script
+    direct = redis.Redis(port=server.port)
+    before = evalsha_calls(direct)
+    proxy.lose_replies()
+    with pytest.raises(BackendError):  # a retry on a new connection would get an answer
+        memory.append(batch("once"))
+    assert evalsha_calls(direct) - before == 1
+    assert direct.llen(memory.layout.base) == 4  # it ran once: the caller decides whether to retry
+
+
+# ------------------------------------------------------------------------------------------ kill and restart
+ALL_OPERATIONS = {
+    "append": lambda m: m.append("hello"),
+    "write": lambda m: m.write([{"role": "user", "content": "replace"}]),
+    "read": lambda m: m.read(),
+    "read_budget": lambda m: m.read(max_tokens=100),
+    "stats": lambda m: m.stats(),
+    "flush": lambda m: m.flush(force=True),
+    "clear": lambda m: m.clear(confirm=True, backup=True),
+    "delete": lambda m: m.delete(),
+}
+
+
+def test_killed_server_fails_fast_then_the_same_client_reconnects(server: RedisServer) -> None:
+    project = open_project(server.url)
+    memory = project.memory("chat", key="conv:kill")
+    memory.append(batch("before"))
+    kill(server)
+
+    for name, operation in ALL_OPERATIONS.items():
+        started = time.monotonic()
+        with pytest.raises(BackendError) as caught:
+            operation(memory)
+        assert caught.value.code == "BACKEND_UNAVAILABLE", name
+        assert caught.value.context.get("operation"), name
+        assert time.monotonic() - started < 20, name  # fails, does not hang
+    with pytest.raises(BackendError):
+        project.instances()
+    health = memory.health()
+    assert health["healthy"] is False and health["redis"] is None
+    assert "unreachable" in " ".join(health["warnings"]).lower()
+
+    restart(server)  # fresh: no persistence, the data is gone
+    assert memory.health()["healthy"] is True
+    out = memory.append(batch("after"))
+    assert out["appended"] == 3 and out["total_count"] == 3
+    assert [m["id"] for m in memory.read()["messages"]] == ["after-0", "after-1", "after-2"]
+    assert [row["key"] for row in project.instances()] == ["conv:kill"]
+
+
+def test_unreachable_url_is_an_error_not_a_fallback() -> None:
+    port = free_port()
+    with pytest.raises(BackendError) as caught:
+        connect(f"redis://127.0.0.1:{port}/0", options=FAST)
+    assert caught.value.code == "BACKEND_UNAVAILABLE"
+    project = Project(PROJECT, redis_url=f"redis://127.0.0.1:{port}/0")
+    project.add_yaml(RESOURCES)
+    with pytest.raises(BackendError):
+        project.memory("chat", key="x").append("hello")
+
+
+@pytest.mark.slow
+def test_kill_during_appends_leaves_no_partial_write(durable_server: RedisServer) -> None:
+    server = durable_server
+    project = open_project(server.url)
+    layout = KeyLayout(PROJECT, "conv:durable")
+    acknowledged: list[str] = []
+    failures: list[BaseException] = []
+    sent = threading.Event()
+
+    def writer() -> None:
+        memory = project.memory("limited", key="conv:durable")
+        n = 0
+        while True:
+            try:
+                memory.append(batch(f"b{n:05d}"))
+            except BackendError:
+                return
+            except BaseException as exc:  # reported by the main thread
+                failures.append(exc)
+                return
+            acknowledged.append(f"b{n:05d}")
+            n += 1
+            if n >= 20:
+                sent.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    assert sent.wait(30), "the writer made no progress"
+    time.sleep(0.2)
+    kill(server)
+    thread.join(30)
+    assert not thread.is_alive() and not failures, failures
+
+    restart(server)
+    direct = redis.Redis(port=server.port)
+    items, meta, ids = stored_state(direct, layout)
+    archived = [json.loads(raw) for raw in direct.lrange(layout.archive, 0, -1)]
+    assert int(meta["message_count"]) == len(items) == direct.llen(layout.base)
+    assert int(meta["token_count"]) == sum(int(m["tokens"]) for m in items)
+    assert ids == {m["id"] for m in items}
+    role_counts = {k[5:]: int(v) for k, v in meta.items() if k.startswith("role:") and int(v)}
+    assert role_counts == {"user": len(items)}
+    assert len(items) == 40  # the limit held
+    assert int(meta["evicted_count"]) == len(archived)
+
+    # every batch is all there (list or archive) or not there at all; every acknowledged batch is there
+    seen: dict[str, int] = {}
+    for message in [*items, *archived]:
+        tag = message["id"].rsplit("-", 1)[0]
+        seen[tag] = seen.get(tag, 0) + 1
+    assert all(count == 3 for count in seen.values()), {t: c for t, c in seen.items() if c != 3}
+    assert set(acknowledged) <= set(seen)
+    assert len(seen) <= len(acknowledged) + 1  # at most the batch in flight when the server died
+
+    memory = project.memory("limited", key="conv:durable")  # the same project reconnects
+    assert memory.append(batch("after"))["total_count"] == 40
+    assert memory.stats()["message_count"] == 40
+
+
+# ------------------------------------------------------------------------------------------ corruption
+GARBAGE = [b"not json at all", b"42", b'{"role": "user"}', b"\xff\xfe\x00 binary"]
+
+
+def corrupted(server: RedisServer, garbage: bytes) -> tuple[Any, redis.Redis]:
+    """An instance holding two good messages followed by ``garbage`` pushed by another tool."""
+    project = open_project(server.url)
+    memory = project.memory("chat", key="conv:corrupt")
+    memory.append(batch("ok", 2))
+    direct = redis.Redis(port=server.port)
+    direct.rpush(memory.layout.base, garbage)  # another tool, a bug, a bad migration...
+    return memory, direct
+
+
+@pytest.mark.parametrize("garbage", GARBAGE)
+def test_corrupt_element_is_named_on_read(server: RedisServer, garbage: bytes) -> None:
+    memory, _ = corrupted(server, garbage)
+    for read in (memory.read, lambda: memory.read(last=1), lambda: memory.read(offset=2, limit=1)):
+        with pytest.raises(CorruptDataError) as caught:
+            read()
+        error = caught.value
+        assert error.code == "CORRUPT_DATA"
+        assert error.context["key"] == "conv:corrupt" and error.context["position"] == 2
+        assert "conv:corrupt" in str(error) and "position 2" in str(error)
+    assert [m["id"] for m in memory.read(limit=2)["messages"]] == ["ok-0", "ok-1"]  # the rest is readable
+    assert memory.stats()["message_count"] == 3
+
+
+@pytest.mark.parametrize("garbage", GARBAGE)
+def test_clear_then_append_work_after_a_corrupt_element(server: RedisServer, garbage: bytes) -> None:
+    memory, direct = corrupted(server, garbage)
+    cleared = memory.clear(confirm=True)
+    assert cleared["success"] and cleared["messages_cleared"] == 3
+    assert direct.llen(memory.layout.base) == 0
+    assert memory.append(batch("fresh", 2))["total_count"] == 2
+    assert [m["id"] for m in memory.read()["messages"]] == ["fresh-0", "fresh-1"]
+    items, meta, ids = stored_state(direct, memory.layout)
+    assert int(meta["message_count"]) == len(items) == 2 and ids == {"fresh-0", "fresh-1"}
+
+
+@pytest.mark.parametrize("pushed", [*GARBAGE, b'{"role":"user","content":"written by Compozy meanwhile"}'])
+def test_append_after_another_tool_pushed_keeps_counters_equal_to_the_list(server: RedisServer, pushed: bytes) -> None:
+    memory, direct = corrupted(server, pushed)
+    out = memory.append(batch("more", 1))
+    assert out["appended"] == 1 and out["total_count"] == 4
+    meta = direct.hgetall(memory.layout.metadata)
+    assert int(meta[b"message_count"]) == direct.llen(memory.layout.base) == 4
+    assert memory.stats()["message_count"] == 4
+
+
+# ------------------------------------------------------------------------------------------ idempotence
+def test_retried_batch_is_stored_once(server: RedisServer) -> None:
+    project = open_project(server.url)
+    memory = project.memory("chat", key="conv:retry")
+    first = memory.append(batch("r", 3))
+    retry = memory.append(batch("r", 3))
+    assert first["appended"] == 3 and first["duplicates"] == 0
+    assert retry["appended"] == 0 and retry["duplicates"] == 3
+    assert retry["total_count"] == 3 and retry["token_count"] == first["token_count"]
+    assert retry["ids"] == first["ids"]
+
+    generated = memory.append([{"role": "assistant", "content": "no id given"}])
+    (new_id,) = generated["ids"]
+    again = memory.append([{"id": new_id, "role": "assistant", "content": "no id given"}])
+    assert again["duplicates"] == 1 and again["total_count"] == 4
+
+    partly = memory.append([*batch("r", 3)[1:], *batch("s", 1)])
+    assert partly["appended"] == 1 and partly["duplicates"] == 2 and partly["total_count"] == 5
+    items, meta, ids = stored_state(redis.Redis(port=server.port), memory.layout)
+    assert [m["id"] for m in items] == ["r-0", "r-1", "r-2", new_id, "s-0"]
+    assert int(meta["message_count"]) == 5 and ids == {m["id"] for m in items}
+
+
+def test_append_retried_after_a_timeout_is_stored_once(server: RedisServer, proxy: FaultyProxy) -> None:
+    project = open_project(proxy.url, ConnectOptions(connect_timeout=0.5, socket_timeout=0.3, retries=0))
+    memory = project.memory("chat", key="conv:timeout")
+    memory.append("warm up")
+    direct = redis.Redis(port=server.port)
+
+    proxy.lose_replies()  # Redis runs the append, the reply is lost: the client sees a timeout
+    with pytest.raises(BackendError):
+        memory.append(batch("t", 3))
+    assert direct.llen(memory.layout.base) == 4  # it did run
+
+    retry = memory.append(batch("t", 3))  # the caller retries the same batch
+    assert retry["appended"] == 0 and retry["duplicates"] == 3 and retry["total_count"] == 4
+    items, meta, ids = stored_state(direct, memory.layout)
+    assert [m["id"] for m in items][1:] == ["t-0", "t-1", "t-2"] and ids == {m["id"] for m in items}
+    assert int(meta["message_count"]) == 4 and int(meta["token_count"]) == sum(m["tokens"] for m in items)
