@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,6 +63,7 @@ class Project:
         self.workflow_docs: dict[str, Document] = {}
         self._runtimes: dict[str, MemoryRuntime] = {}
         self.llms = Registry()
+        self.load_warnings: list[str] = []
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -89,8 +91,14 @@ class Project:
         settings, _ = load_settings(root)
         project = cls(redis_url=redis_url, settings=settings, root=root)
         for path in autoload_files(root, settings.autoload):
-            for doc in load_file(path):
-                project.add_document(doc)
+            try:
+                for doc in load_file(path):
+                    project.add_document(doc)
+            except ConfigError as exc:
+                if settings.autoload.strict:
+                    raise
+                project.load_warnings.append(f"skipped {path}: {exc}")
+                print(f"compozy-nb: autoload.strict is false, skipped {path}: {exc}", file=sys.stderr)
         return project
 
     def validate(self) -> list[ConfigError]:

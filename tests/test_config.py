@@ -607,3 +607,33 @@ def test_add_yaml_is_all_or_nothing() -> None:
     assert set(project.resources) == {"existing", "good_one", "good_two"}
     project.add_yaml("resource: memory\nid: existing\nmax_tokens: 99\n", replace=True)
     assert project.resources["existing"].max_tokens == 99
+
+
+def test_compozy_resource_fields_are_accepted_and_validated(tmp_path: Path) -> None:
+    from compozy_nb import Project
+
+    project = Project()
+    project.add_yaml(
+        "resource: memory\nid: m\ntype: buffer\nprivacy_scope: user\nexpiration: 7d\n"
+        "persistence: {type: redis, ttl: 24h, circuit_breaker: {enabled: true, max_failures: 3}}\n"
+    )
+    assert project.resource("m").privacy_scope == "user"
+    with pytest.raises(ConfigError, match="privacy_scope"):
+        project.add_yaml("resource: memory\nid: n\ntype: buffer\nprivacy_scope: tenant\n")
+    with pytest.raises(ConfigError, match="expiration"):
+        project.add_yaml("resource: memory\nid: n\ntype: buffer\nexpiration: soon\n")
+
+
+def test_autoload_strict_false_skips_invalid_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from compozy_nb import Project
+
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "good.yaml").write_text("resource: memory\nid: good\ntype: buffer\n")
+    (tmp_path / "memory" / "bad.yaml").write_text("resource: memory\nid: bad\ntype: buffer\nmax_token: 3\n")
+    with pytest.raises(ConfigError, match="bad.yaml:4"):
+        Project.load(tmp_path)
+    (tmp_path / "compozy.yaml").write_text("name: lenient\nautoload: {strict: false}\n")
+    project = Project.load(tmp_path)
+    assert list(project.resources) == ["good"]
+    assert len(project.load_warnings) == 1 and "bad.yaml:4" in project.load_warnings[0]
+    assert "skipped" in capsys.readouterr().err

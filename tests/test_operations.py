@@ -21,6 +21,7 @@ import yaml
 
 from compozy_nb.backends import Backend, connect
 from compozy_nb.errors import (
+    BackendError,
     ConfigError,
     ConfirmRequiredError,
     CorruptDataError,
@@ -313,7 +314,8 @@ def test_seed_tasks_end_to_end(seed_project: Project) -> None:
 
     # health with health_config
     out = completed(
-        project.execute(seed_task("health", health_config={"include_stats": True})), HEALTH_KEYS | {"usage"}
+        project.execute(seed_task("health", health_config={"include_stats": True})),
+        HEALTH_KEYS | {"usage", "current_tokens"},
     )
     assert out["healthy"] is True and out["message_count"] == 3 and out["token_count"] == total
     assert set(out["redis"]) == {"ping_ms", "version", "maxmemory_policy"}
@@ -1015,7 +1017,7 @@ def test_health(backend: Backend) -> None:
     mem = make_memory(backend, max_messages=10)
     mem.append([user("a"), user("b")])
     out = mem.health()
-    assert set(out) == HEALTH_KEYS | {"usage"}
+    assert set(out) == HEALTH_KEYS | {"usage", "current_tokens"}
     assert out["healthy"] is True and out["message_count"] == 2
     assert out["token_count"] == sum(m["tokens"] for m in stored(mem))
     assert out["usage"] == 0.2 and out["actual_strategy"] == "simple_fifo" and out["last_flush"] is None
@@ -1244,3 +1246,91 @@ def test_flush_dry_run_predicts_the_real_flush(backend: Backend, strategy: str) 
     assert real["flushed_count"] == dry["would_remove"] > 0
     assert real["message_count"] == dry["would_remain"] == len(raw_list(mem))
     assert_counters(mem)
+
+
+# ---------------------------------------------------------------------------------- sharing Redis with Compozy
+def _compozy_append(mem: MemoryInstance, message: dict[str, str]) -> None:
+    """Compozy's append: RPUSH the plain JSON and HINCRBY its two counters."""
+    client = mem.backend.client
+    client.rpush(mem.layout.base, json.dumps(message))
+    client.hincrby(mem.layout.metadata, "message_count", 1)
+    client.hincrby(mem.layout.metadata, "token_count", cl100k(message["role"], message["content"]))
+
+
+def test_compozy_append_after_adoption_is_adopted_again(backend: Backend) -> None:
+    mem = make_memory(backend, max_messages=3)
+    mem.append([user("one"), user("two")])
+    _compozy_append(mem, {"role": "user", "content": "three from compozy"})
+    mem.append([user("four"), user("five"), user("six"), user("seven")])
+    assert contents(stored(mem)) == ["five", "six", "seven"]
+    assert_counters(mem)
+    assert mem.stats()["role_distribution"] == {"user": 3}
+
+
+def test_ids_of_messages_deleted_by_another_tool_are_forgotten(backend: Backend) -> None:
+    mem = make_memory(backend, max_messages=10)
+    mem.append(user("first", id="msg-1"))
+    backend.client.delete(mem.layout.base, mem.layout.metadata)  # what Compozy's clear/delete does
+    mem.append(user("other", id="msg-0"))
+    out = mem.append(user("first again", id="msg-1"))
+    assert out["duplicates"] == 0 and out["appended"] == 1
+    assert contents(stored(mem)) == ["other", "first again"]
+    assert_counters(mem)
+
+
+def test_summaries_are_redacted(backend: Backend) -> None:
+    project = Project(PROJECT)
+    project.use_backend(backend)
+    project.add_yaml(
+        """
+resource: memory
+id: mem
+type: message_count_based
+max_messages: 10
+flushing: {type: hybrid_summary, summary_tokens: 40, summarizer: {provider: python, model: leaky}}
+privacy_policy: {redact_patterns: ['\\b[\\w.+-]+@[\\w-]+\\.\\w+\\b']}
+"""
+    )
+    project.llm("leaky")(lambda messages: "User is bob@example.com")
+    mem = project.memory("mem", key="k")
+    mem.append([user(f"m{i}") for i in range(4)])
+    out = mem.flush(force=True)
+    assert out["summary_generated"] is True
+    assert stored(mem)[0]["content"] == "User is [REDACTED]"
+    assert all(b"bob@example.com" not in raw for raw in raw_list(mem))
+
+
+def test_health_warns_on_volatile_policy_with_ttl(redis_url: str) -> None:
+    import redis as redis_py
+
+    from compozy_nb import connect
+
+    admin = redis_py.Redis.from_url(redis_url)
+    admin.config_set("maxmemory-policy", "volatile-lru")
+    try:
+        backend = connect(redis_url)
+        with_ttl = make_memory(backend, max_messages=5, persistence={"type": "redis", "ttl": "1h"})
+        without = make_memory(backend, key="chat:2", max_messages=5)
+        assert any("volatile-lru" in w for w in with_ttl.health()["warnings"])
+        assert without.health()["warnings"] == []
+    finally:
+        admin.config_set("maxmemory-policy", "noeviction")
+
+
+def test_reads_work_when_redis_is_out_of_memory(redis_url: str) -> None:
+    import redis as redis_py
+
+    from compozy_nb import connect
+
+    mem = make_memory(connect(redis_url), max_messages=5)
+    mem.append([user("a"), user("b")])
+    admin = redis_py.Redis.from_url(redis_url)
+    admin.config_set("maxmemory", "1")
+    try:
+        assert contents(mem.read()["messages"]) == ["a", "b"]
+        assert contents(mem.read(last=1)["messages"]) == ["b"]
+        with pytest.raises(BackendError) as info:
+            mem.append(user("c"))
+        assert info.value.code == "BACKEND_OUT_OF_MEMORY"
+    finally:
+        admin.config_set("maxmemory", "0")

@@ -80,6 +80,9 @@ class PersistenceConfig(_Strict):
 
     type: Literal["redis", "in_memory"] = "redis"
     ttl: str | int | float = "0"
+    circuit_breaker: dict[str, Any] | None = Field(
+        None, description="Accepted for Compozy compatibility; Compozy has no consumer for it and neither do we."
+    )
 
     @field_validator("ttl")
     @classmethod
@@ -176,6 +179,12 @@ class MemoryResource(_Strict):
     token_provider: TokenProviderConfig | None = None
     privacy_policy: PrivacyPolicyConfig | None = None
     locking: LockingConfig | None = None
+    privacy_scope: Literal["global", "user", "session"] = Field(
+        "global", description="Accepted for Compozy compatibility (validated; isolation comes from the key)."
+    )
+    expiration: str | int | float | None = Field(
+        None, description="Accepted for Compozy compatibility (validated); the TTL is persistence.ttl."
+    )
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, gt=0)
     archive_max_messages: int = Field(DEFAULT_ARCHIVE_MAX, ge=0)
 
@@ -188,6 +197,13 @@ class MemoryResource(_Strict):
                 "default_key_template",
             )
         return data
+
+    @field_validator("expiration")
+    @classmethod
+    def _check_expiration(cls, value: str | int | float | None) -> str | int | float | None:
+        if value is not None:
+            parse_duration(value)
+        return value
 
     @field_validator("key")
     @classmethod

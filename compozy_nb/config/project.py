@@ -30,7 +30,7 @@ class AutoloadSettings(_Strict):
     """``autoload``: which files define resources."""
 
     enabled: bool = True
-    strict: bool = True
+    strict: bool = Field(True, description="false: an invalid file is skipped with a warning instead of failing")
     include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE))
     exclude: list[str] = Field(default_factory=list)
 

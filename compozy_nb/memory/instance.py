@@ -144,7 +144,8 @@ class MemoryInstance:
         return self.runtime.track
 
     def _store(self, mode: str, encoded: Sequence[Encoded], operation: str) -> list[int]:
-        args: list[Any] = [mode, *self.runtime.append_args, len(encoded)]
+        explicit = "".join("1" if item.explicit else "0" for item in encoded)
+        args: list[Any] = [mode, *self.runtime.append_args, len(encoded), explicit]
         for item in encoded:
             args.extend((item.raw, item.tokens, item.id, item.role))
         try:
@@ -162,11 +163,11 @@ class MemoryInstance:
         client = self.backend.client
         for _ in range(5):
             with redis_errors("adopt", self.key):
-                pipe = client.pipeline(transaction=True)
-                pipe.hmget(self.layout.metadata, "layout", "message_count")
+                pipe = client.pipeline(transaction=False)
+                pipe.hget(self.layout.metadata, "nb_count")
                 pipe.lrange(self.layout.base, 0, -1)
-                (layout, count), raws = pipe.execute()
-            if not raws or (layout == b"1" and count is not None and int(count) == len(raws)):
+                ours, raws = pipe.execute()
+            if not raws or (ours is not None and int(ours) == len(raws)):
                 return False
             args: list[Any] = [len(raws)]
             for position, raw in enumerate(raws):
@@ -305,7 +306,8 @@ class MemoryInstance:
             start, stop = offset, (-1 if limit is None else offset + limit - 1)
         empty = last == 0 or limit == 0
         with redis_errors("read", self.key):
-            pipe = self.backend.client.pipeline(transaction=True)
+            # not MULTI: Redis refuses queued commands when it is out of memory (noeviction), reads must work
+            pipe = self.backend.client.pipeline(transaction=False)
             pipe.llen(key)
             if not empty:
                 pipe.lrange(key, start, stop)
@@ -537,6 +539,11 @@ class MemoryInstance:
                 f"maxmemory-policy is {policy}: Redis may evict memories under memory pressure "
                 "(use noeviction or volatile-*)"
             )
+        elif isinstance(policy, str) and policy.startswith("volatile-") and self.runtime.ttl_ms > 0:
+            warnings.append(
+                f"maxmemory-policy is {policy} and this memory has a TTL: Redis may evict it under memory "
+                "pressure (use noeviction, or no TTL)"
+            )
         out = self._out(
             "health",
             healthy=True,
@@ -549,6 +556,7 @@ class MemoryInstance:
         )
         if include_stats:
             out["usage"] = round(flushing.usage(self.resource, count, tokens), 4)
+            out["current_tokens"] = tokens  # Compozy's name
         return out
 
     def stats(self, include_content: bool = False) -> Output:
@@ -638,7 +646,7 @@ class MemoryInstance:
             raise CompozyNbError(
                 "the summarizer returned no text", code="FLUSH_FAILED", operation="flush", key=self.key
             )
-        text = flushing.truncate_tokens(text, self.runtime.counter, budget)
+        text = flushing.truncate_tokens(self.runtime.privacy.redact(text), self.runtime.counter, budget)
         folded = sum(int(s.message.get("summarized_count", 0)) for s in plan.remove if s.is_summary)
         encoded = encode(
             {"role": "system", "content": text, "summary": True, "summarized_count": folded + len(originals)},

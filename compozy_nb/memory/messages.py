@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from compozy_nb.errors import CorruptDataError, InvalidPayloadError, LimitExceededError
@@ -30,11 +30,22 @@ class Encoded:
     tokens: int
     id: str
     role: str
+    explicit: bool = False
+
+
+_second: list[Any] = [-1, ""]
 
 
 def utc_now_iso() -> str:
-    """Now, as ISO-8601 UTC with milliseconds and a ``Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now, as ISO-8601 UTC with milliseconds and a ``Z`` (the date part is formatted once a second)."""
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second[1]}.{int((now - second) * 1000):03d}Z"
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def new_id() -> str:
@@ -141,13 +152,14 @@ def encode(
     role = str(message["role"])
     content = str(message["content"])
     tokens = counter.count_message(role, content)
-    mid = str(message.get("id") or new_id())
+    given = message.get("id")
+    mid = str(given) if given else new_id()
     stored: dict[str, Any] = {"tokens": tokens, "id": mid, "role": role, "content": content, "ts": now}
     for name, value in message.items():
         if name not in stored:
             stored[name] = value
     try:
-        raw = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
+        raw = _JSON.encode(stored)
         size = len(raw) if raw.isascii() else len(raw.encode("utf-8"))
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError: a lone surrogate elsewhere
         raise InvalidPayloadError(f"message {index}: not JSON-serialisable: {exc}", operation=operation) from None
@@ -161,7 +173,7 @@ def encode(
             f"message {index} has {tokens} tokens, more than the memory's token limit ({max_tokens})",
             operation=operation,
         )
-    return Encoded(raw, tokens, mid, role)
+    return Encoded(raw, tokens, mid, role, bool(given))
 
 
 def decode(raw: bytes | str, *, key: str, position: int) -> dict[str, Any]:

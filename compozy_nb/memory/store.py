@@ -87,6 +87,13 @@ def redis_errors(operation: str, key: str | None) -> Iterator[None]:
         text = str(exc)
         if text.startswith("FOREIGN_DATA") or "FOREIGN_DATA" in text[:40]:
             raise ForeignDataError(text, operation=operation, key=key) from None
+        if text.startswith("OOM") or "used memory > 'maxmemory'" in text:
+            raise BackendError(
+                f"Redis is out of memory (maxmemory reached) during {operation}: nothing was written",
+                code="BACKEND_OUT_OF_MEMORY",
+                operation=operation,
+                key=key,
+            ) from None
         if "LIMIT_EXCEEDED" in text:
             detail = text.split("LIMIT_EXCEEDED", 1)[1].strip()
             raise LimitExceededError(detail, operation=operation, key=key) from None

@@ -39,6 +39,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "PROVIDER_AUTH_ERROR": 502,
     "FLUSH_FAILED": 502,
     "BACKEND_UNAVAILABLE": 503,
+    "BACKEND_OUT_OF_MEMORY": 507,
     "PROVIDER_TIMEOUT": 504,
     # Stored data we cannot decode, a key holding another Redis type, bugs: the server's problem.
     "CORRUPT_DATA": 500,

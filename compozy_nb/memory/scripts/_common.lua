@@ -31,14 +31,25 @@ local function push_all(key, items, from_left)
   return len
 end
 
--- The counters of an instance written by this library (layout 1) and still matching the list. A list
--- written (or extended) by another tool (Compozy) has no such counters: the caller adopts it first
--- (FOREIGN_DATA), counting the tokens of its messages.
+local function clear_roles()
+  for _, f in ipairs(redis.call('HKEYS', META)) do
+    if string.sub(f, 1, 5) == 'role:' then redis.call('HDEL', META, f) end
+  end
+end
+
+-- The counters of an instance written by this library, trusted only while our own length ('nb_count', a
+-- field only our scripts write) equals the list's: a list written or extended by another tool (Compozy,
+-- which increments message_count itself) is adopted first by the caller (FOREIGN_DATA), which counts the
+-- tokens of its messages. An empty list starts afresh (ids of messages another tool deleted are dropped).
 local function load_counters()
-  local v = redis.call('HMGET', META, 'message_count', 'token_count', 'layout')
+  local v = redis.call('HMGET', META, 'token_count', 'nb_count')
   local len = redis.call('LLEN', LIST)
-  if v[3] == '1' and tonumber(v[1]) == len then return len, tonumber(v[2]) or 0 end
-  if len == 0 then return 0, 0 end
+  if len == 0 then  -- a fresh start: forget ids, access data and role counts of messages deleted elsewhere
+    redis.call('DEL', IDS, ACCESS)
+    clear_roles()
+    return 0, 0
+  end
+  if tonumber(v[2]) == len then return len, tonumber(v[1]) or 0 end
   return nil, nil
 end
 
@@ -75,12 +86,6 @@ end
 local function bump_roles(deltas)
   for role, n in pairs(deltas) do
     if n ~= 0 then redis.call('HINCRBY', META, 'role:' .. role, n) end
-  end
-end
-
-local function clear_roles()
-  for _, f in ipairs(redis.call('HKEYS', META)) do
-    if string.sub(f, 1, 5) == 'role:' then redis.call('HDEL', META, f) end
   end
 end
 

@@ -23,7 +23,7 @@ push_all(LIST, new, false)
 add_ids(ids)
 clear_roles()
 bump_roles(roles)
-redis.call('HSET', META, 'message_count', n, 'token_count', tokens, 'layout', '1')
+redis.call('HSET', META, 'message_count', n, 'token_count', tokens, 'nb_count', n)
 if ttl > 0 then
   redis.call('PEXPIRE', LIST, ttl)
   redis.call('PEXPIRE', META, ttl)

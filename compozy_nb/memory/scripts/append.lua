@@ -1,6 +1,7 @@
 -- Append (or, in mode 'replace', write) messages with exact token accounting, id de-duplication,
 -- limit enforcement (evicting the oldest non-system messages into the archive) and TTL, atomically.
--- ARGV: mode, ttl_ms, max_messages, max_tokens, archive_max, track_access, n, then n x (raw, tokens, id, role).
+-- ARGV: mode, ttl_ms, max_messages, max_tokens, archive_max, track_access, n, explicit (one '0'/'1' per message:
+-- whether the caller gave the id, so it may already be stored), then n x (raw, tokens, id, role).
 -- Returns {accepted, message_count, token_count, evicted, duplicates, evicted_tokens}.
 -- Nothing is written when the result cannot fit the limits (error LIMIT_EXCEEDED).
 local mode = ARGV[1]
@@ -10,7 +11,8 @@ local max_tokens = tonumber(ARGV[4])
 local archive_max = tonumber(ARGV[5])
 local track = ARGV[6] == '1'
 local n = tonumber(ARGV[7])
-local FIRST = 8
+local explicit = ARGV[8]
+local FIRST = 9
 
 local count, tokens = 0, 0
 if mode ~= 'replace' then
@@ -22,16 +24,23 @@ end
 local new = {}
 local seen = {}
 local duplicates = 0
-local stored_flags = {}
-if mode ~= 'replace' and count > 0 then
-  local ids = {}
-  for i = 0, n - 1 do ids[#ids + 1] = ARGV[FIRST + i * 4 + 2] end
-  stored_flags = redis.call('SMISMEMBER', IDS, unpack(ids))
+local stored = {}
+if mode ~= 'replace' and count > 0 and string.find(explicit, '1', 1, true) then
+  -- only ids the caller gave can already be stored (generated ids are fresh random 128-bit values)
+  local ids, at = {}, {}
+  for i = 0, n - 1 do
+    if string.byte(explicit, i + 1) == 49 then
+      ids[#ids + 1] = ARGV[FIRST + i * 4 + 2]
+      at[#ids] = i
+    end
+  end
+  local flags = redis.call('SMISMEMBER', IDS, unpack(ids))
+  for j, flag in ipairs(flags) do if flag == 1 then stored[at[j]] = true end end
 end
 for i = 0, n - 1 do
   local base = FIRST + i * 4
   local id = ARGV[base + 2]
-  if seen[id] or stored_flags[i + 1] == 1 then
+  if seen[id] or stored[i] then
     duplicates = duplicates + 1
   else
     seen[id] = true
@@ -110,26 +119,26 @@ if prefix_len > 0 then
   end
   push_all(LIST, back, true)
 end
-local stored, stored_ids = {}, {}
+local kept, stored_ids = {}, {}
 local stored_tokens = 0
 for i, m in ipairs(new) do
   if not drop_new[i] then
-    stored[#stored + 1] = m.raw
+    kept[#kept + 1] = m.raw
     stored_ids[#stored_ids + 1] = m.id
     stored_tokens = stored_tokens + m.tokens
     roles[m.role] = (roles[m.role] or 0) + 1
   end
 end
-push_all(LIST, stored, false)
+push_all(LIST, kept, false)
 add_ids(stored_ids)
 archive(evicted_raws, archive_max)
 forget_ids(evicted_ids, track)
 bump_roles(roles)
 
-local evicted_stored = removed_msgs - (#new - #stored)
-local new_count = count - evicted_stored + #stored
+local evicted_stored = removed_msgs - (#new - #kept)
+local new_count = count - evicted_stored + #kept
 local new_tokens = tokens - (removed_tokens - evicted_new_tokens) + stored_tokens
-redis.call('HSET', META, 'message_count', new_count, 'token_count', new_tokens, 'layout', '1')
+redis.call('HSET', META, 'message_count', new_count, 'token_count', new_tokens, 'nb_count', new_count)
 if removed_msgs > 0 then redis.call('HINCRBY', META, 'evicted_count', removed_msgs) end
 expire_all(ttl_ms, track)
 return {#new, new_count, new_tokens, removed_msgs, duplicates, removed_tokens}

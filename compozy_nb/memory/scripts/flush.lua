@@ -59,7 +59,7 @@ if summary_written == 1 then
   redis.call('HINCRBY', META, 'summary_count', 1)
 end
 bump_roles(roles)
-redis.call('HSET', META, 'message_count', count, 'token_count', tokens, 'last_flush', now_iso, 'layout', '1')
+redis.call('HSET', META, 'message_count', count, 'token_count', tokens, 'last_flush', now_iso, 'nb_count', count)
 redis.call('HINCRBY', META, 'flush_count', 1)
 expire_all(ttl_ms, track)
 return {#removed, count, tokens, summary_written}
