@@ -37,9 +37,11 @@ def main() -> int:
         times.append(float(value))
         heavy.update(m for m in mods.split(",") if m)
     median = statistics.median(times)
-    print(f"%load_ext compozy_nb: median {median * 1000:.0f} ms, min {min(times) * 1000:.0f} ms, "
-          f"max {max(times) * 1000:.0f} ms over {args.runs} fresh processes (target <= 500 ms): "
-          f"{'PASS' if median <= 0.5 else 'MISS'}")
+    print(
+        f"%load_ext compozy_nb: median {median * 1000:.0f} ms, min {min(times) * 1000:.0f} ms, "
+        f"max {max(times) * 1000:.0f} ms over {args.runs} fresh processes (target <= 500 ms): "
+        f"{'PASS' if median <= 0.5 else 'MISS'}"
+    )
     print(f"heavy modules imported by %load_ext: {sorted(heavy) or 'none'}")
     return 0
 

@@ -115,10 +115,7 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture(params=["redis", "embedded"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     """The engine suite runs on both: a real redis-server and the embedded fakeredis backend."""
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-    else:
-        url = f"embedded://{uuid.uuid4().hex}"
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else f"embedded://{uuid.uuid4().hex}"
     backend = connect(url)
     yield backend
     backend.close()

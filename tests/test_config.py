@@ -630,7 +630,7 @@ def test_autoload_strict_false_skips_invalid_files(tmp_path: Path, capsys: pytes
     (tmp_path / "memory").mkdir()
     (tmp_path / "memory" / "good.yaml").write_text("resource: memory\nid: good\ntype: buffer\n")
     (tmp_path / "memory" / "bad.yaml").write_text("resource: memory\nid: bad\ntype: buffer\nmax_token: 3\n")
-    with pytest.raises(ConfigError, match="bad.yaml:4"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:4"):
         Project.load(tmp_path)
     (tmp_path / "compozy.yaml").write_text("name: lenient\nautoload: {strict: false}\n")
     project = Project.load(tmp_path)

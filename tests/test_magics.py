@@ -178,7 +178,7 @@ def test_project_and_use(ip: object, backend: Backend) -> None:
     magic(ip, "use $other")
     magic(ip, "memory append notes --key k --payload '\"hi\"'")
     assert backend.client.llen("compozy:other:memory:k") == 1
-    with pytest.raises(UsageError, match="not a compozy_nb.Project"):
+    with pytest.raises(UsageError, match=r"not a compozy_nb\.Project"):
         ip.user_ns["x"] = 3  # type: ignore[attr-defined]
         magic(ip, "use $x")
 

@@ -89,7 +89,7 @@ def test_builders_round_trip_through_yaml() -> None:
 def test_builder_errors_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="at least one limit"):
         MemoryResource("m").token_based().build()
-    with pytest.raises(ConfigError, match="unsafe|catastrophic|nested"):
+    with pytest.raises(ConfigError, match=r"unsafe|catastrophic|nested"):
         MemoryResource("m").redact("(a+)+").build()
 
 
