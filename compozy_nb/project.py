@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel
 
-from compozy_nb.backends import Backend, connect
+from compozy_nb.backends import Backend, ConnectOptions, connect
 from compozy_nb.config._yaml import Document, load_documents, load_file, validate_document
 from compozy_nb.config.memory import MemoryResource
 from compozy_nb.config.project import (
@@ -204,7 +204,15 @@ class Project:
     def backend(self) -> Backend:
         """The backend, connected on first use."""
         if self._backend is None:
-            self._backend = connect(self._redis_url, project_url=self.settings.redis.url)
+            redis = self.settings.redis
+            options = ConnectOptions(
+                connect_timeout=redis.connect_timeout,
+                socket_timeout=redis.socket_timeout,
+                retries=redis.retries,
+                backoff_base=redis.backoff_base,
+                backoff_cap=redis.backoff_cap,
+            )
+            self._backend = connect(self._redis_url, project_url=redis.url, options=options)
         return self._backend
 
     def use_backend(self, backend: Backend) -> None:

@@ -482,3 +482,18 @@ def test_append_retried_after_a_timeout_is_stored_once(server: RedisServer, prox
     items, meta, ids = stored_state(direct, memory.layout)
     assert [m["id"] for m in items][1:] == ["t-0", "t-1", "t-2"] and ids == {m["id"] for m in items}
     assert int(meta["message_count"]) == 4 and int(meta["token_count"]) == sum(m["tokens"] for m in items)
+
+
+def test_project_file_sets_timeouts_and_retries(tmp_path: Path) -> None:
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    try:
+        (tmp_path / "compozy.yaml").write_text(
+            f"name: t\nredis: {{url: '{server.url}', connect_timeout: 0.7, socket_timeout: 1.5, retries: 0}}\n"
+        )
+        project = Project.load(tmp_path)
+        kwargs = project.backend.client.connection_pool.connection_kwargs
+        assert kwargs["socket_connect_timeout"] == 0.7 and kwargs["socket_timeout"] == 1.5
+        assert kwargs["retry"].get_retries() == 0
+    finally:
+        server.stop()

@@ -21,9 +21,16 @@ class _Strict(BaseModel):
 
 
 class RedisSettings(_Strict):
-    """``redis``: where memories live (overridden by ``COMPOZY_REDIS_URL`` and explicit URLs)."""
+    """``redis``: where memories live (the URL is overridden by ``COMPOZY_REDIS_URL`` and explicit URLs), and how
+    patient the client is: timeouts in seconds, retries with exponential backoff on connection errors only (a
+    command that timed out may have run, so it is never re-sent)."""
 
     url: str | None = None
+    connect_timeout: float = Field(5.0, gt=0)
+    socket_timeout: float = Field(5.0, gt=0)
+    retries: int = Field(3, ge=0, le=20)
+    backoff_base: float = Field(0.05, gt=0)
+    backoff_cap: float = Field(1.0, gt=0)
 
 
 class AutoloadSettings(_Strict):
