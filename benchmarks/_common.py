@@ -8,85 +8,24 @@ from __future__ import annotations
 
 import gc
 import math
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import redis
+from compozy_nb.testing import RedisServer as _Server
+from compozy_nb.testing import free_port, redis_server_binary
+
+__all__ = ["RedisServer", "free_port"]
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 below 55535 (cluster bus ports are port + 10000)."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port < 55535:
-            return port
-    raise RuntimeError("no free port below 55535")
-
-
-class RedisServer:
-    """A redis-server process of our own on a free loopback port, without persistence, stopped by pid."""
+class RedisServer(_Server):
+    """The throwaway redis-server of :mod:`compozy_nb.testing`, with a clear exit when there is none."""
 
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
+        if redis_server_binary() is None:
             raise SystemExit("redis-server is not installed: install it or pass --redis URL")
-        self.binary = binary
-        self.port = free_port()
-        self.workdir = Path(tempfile.mkdtemp(prefix="compozy-bench-redis-"))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        cmd = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-            "--daemonize",
-            "no",
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
-                return self
-            except redis.exceptions.ConnectionError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}") from None
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not start in 10 s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        super().__init__()
 
 
 def interleaved(

@@ -17,77 +17,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
+
+from compozy_nb.testing import RedisServer
 
 HERE = Path(__file__).resolve().parent
 EMBEDDED = {"01_quickstart.ipynb"}
 URL_VARIABLE = "COMPOZY_REDIS_URL"
 REQUIRE_REDIS = os.environ.get("COMPOZY_REQUIRE_REDIS") == "1"
 REDIS_SERVER = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 below 55535."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port < 55535:
-            return port
-    raise RuntimeError("no free port below 55535")
-
-
-class RedisServer:
-    """A redis-server process of our own, stopped by pid (same start logic as tests/conftest.py)."""
-
-    def __init__(self) -> None:
-        assert REDIS_SERVER is not None
-        self.port = free_port()
-        self.workdir = Path(tempfile.mkdtemp(prefix="compozy-nb-redis-"))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        cmd = [str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
-        cmd += ["--save", "", "--appendonly", "no", "--daemonize", "no"]  # no persistence, in the foreground
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
-                return
-            except redis.exceptions.ConnectionError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}") from None
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not start in 10 s")
-
-    def flush(self) -> None:
-        redis.Redis(port=self.port).flushall()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 _server: RedisServer | None = None
