@@ -50,6 +50,15 @@ class Backend:
     url: str
     client: Any = field(repr=False)
     kind: str
+    options: ConnectOptions = field(default_factory=lambda: ConnectOptions(), repr=False)
+    _async_client: Any = field(default=None, repr=False)
+
+    @property
+    def async_client(self) -> Any:
+        """A ``redis.asyncio`` client for the same server, made on first use (bind it to one event loop)."""
+        if self._async_client is None:
+            self._async_client = _async_client(self)
+        return self._async_client
 
     @property
     def cluster(self) -> bool:
@@ -104,7 +113,7 @@ def connect(
     if scheme == "embedded":
         if not asked:
             _announce_embedded()
-        return Backend(resolved, _embedded_client(resolved), "embedded")
+        return Backend(resolved, _embedded_client(resolved), "embedded", options or ConnectOptions())
     options = options or ConnectOptions()
     try:
         if scheme.endswith("+cluster"):
@@ -124,7 +133,7 @@ def connect(
     except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
         # RedisClusterException (no reachable node, cluster mode disabled ...) is not a RedisError
         raise BackendError(f"cannot reach Redis at {mask_url(resolved)}: {exc}", url=mask_url(resolved)) from None
-    return Backend(resolved, client, kind)
+    return Backend(resolved, client, kind, options)
 
 
 def _retry(options: ConnectOptions) -> Retry:
@@ -144,6 +153,36 @@ def _cluster_client(url: str, options: ConnectOptions) -> Any:
         socket_connect_timeout=options.connect_timeout,
         socket_timeout=options.socket_timeout,
         retry=_retry(options),
+    )
+
+
+def _async_client(backend: Backend) -> Any:
+    import redis.asyncio as aioredis
+
+    options = backend.options
+    if backend.kind == "embedded":
+        import fakeredis
+
+        server = backend.client.connection_pool.connection_kwargs["server"]
+        return fakeredis.FakeAsyncRedis(server=server)
+    if backend.kind == "cluster":
+        return aioredis.RedisCluster.from_url(
+            backend.url.replace("+cluster", "", 1),
+            socket_connect_timeout=options.connect_timeout,
+            socket_timeout=options.socket_timeout,
+        )
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    return aioredis.Redis.from_url(
+        backend.url,
+        socket_connect_timeout=options.connect_timeout,
+        socket_timeout=options.socket_timeout,
+        retry=AsyncRetry(
+            ExponentialBackoff(options.backoff_cap, options.backoff_base),
+            options.retries,
+            supported_errors=(redis.exceptions.ConnectionError,),
+        ),
+        retry_on_error=[redis.exceptions.ConnectionError],
     )
 
 

@@ -143,11 +143,15 @@ class MemoryInstance:
     def _track(self) -> str:
         return self.runtime.track
 
-    def _store(self, mode: str, encoded: Sequence[Encoded], operation: str) -> list[int]:
+    def _store_args(self, mode: str, encoded: Sequence[Encoded]) -> list[Any]:
         explicit = "".join("1" if item.explicit else "0" for item in encoded)
         args: list[Any] = [mode, *self.runtime.append_args, len(encoded), explicit]
         for item in encoded:
             args.extend((item.raw, item.tokens, item.id, item.role))
+        return args
+
+    def _store(self, mode: str, encoded: Sequence[Encoded], operation: str) -> list[int]:
+        args = self._store_args(mode, encoded)
         try:
             result = self._run("append", args, operation)
         except ForeignDataError:
@@ -201,20 +205,16 @@ class MemoryInstance:
         """
         encoded, skipped = self._encode(payload, "append")
         if not encoded:
-            meta = self._counters("append")
-            return self._out(
-                "append",
-                success=True,
-                appended=0,
-                total_count=meta[0],
-                token_count=meta[1],
-                evicted=0,
-                skipped=skipped,
-                duplicates=0,
-                ids=[],
-            )
-        accepted, total, tokens, evicted, duplicates, _ = self._store("append", encoded, "append")
-        out = self._out(
+            count, tokens, _ = self._counters("append")
+            return self._append_output(encoded, skipped, [0, count, tokens, 0, 0, 0])
+        out = self._append_output(encoded, skipped, self._store("append", encoded, "append"))
+        if self._summary_due(out):
+            self._summary_flush(out)
+        return out
+
+    def _append_output(self, encoded: Sequence[Encoded], skipped: int, result: Sequence[int]) -> Output:
+        accepted, total, tokens, evicted, duplicates, _ = result
+        return self._out(
             "append",
             success=True,
             appended=accepted,
@@ -225,16 +225,25 @@ class MemoryInstance:
             duplicates=duplicates,
             ids=[e.id for e in encoded],
         )
-        if self.resource.flushing.type == "hybrid_summary" and self._over_threshold(total, tokens, None):
-            # the messages are stored: a failing summary must not turn this append into an error
-            try:
-                summary = self.flush(strategy="hybrid_summary")
-            except CompozyNbError as exc:
-                out["summary_flush"] = {"flushed_count": 0, "summary_generated": False, "error": exc.to_dict()}
-            else:
-                out["summary_flush"] = {k: summary[k] for k in ("flushed_count", "summary_generated")}
-                out["total_count"], out["token_count"] = summary["message_count"], summary["token_count"]
-        return out
+
+    def _summary_due(self, out: Output) -> bool:
+        """Whether an append just brought a hybrid_summary memory to its threshold."""
+        return (
+            self.resource.flushing.type == "hybrid_summary"
+            and bool(out["appended"])
+            and self._over_threshold(out["total_count"], out["token_count"], None)
+        )
+
+    def _summary_flush(self, out: Output) -> None:
+        """The summary flush an append triggers, reported in the append's output."""
+        # the messages are stored: a failing summary must not turn this append into an error
+        try:
+            summary = self.flush(strategy="hybrid_summary")
+        except CompozyNbError as exc:
+            out["summary_flush"] = {"flushed_count": 0, "summary_generated": False, "error": exc.to_dict()}
+        else:
+            out["summary_flush"] = {k: summary[k] for k in ("flushed_count", "summary_generated")}
+            out["total_count"], out["token_count"] = summary["message_count"], summary["token_count"]
 
     def write(self, payload: Any) -> Output:
         """Replace the whole content atomically (limits and privacy apply as for append)."""
@@ -276,6 +285,19 @@ class MemoryInstance:
             total, raws = self._window(self.layout.base, offset, limit, last=last)
         else:
             total, raws = self._read_script(max_tokens, last, offset, limit)
+        return self._read_output(total, raws, offset, limit, last=last, max_tokens=max_tokens, archive=archive)
+
+    def _read_output(
+        self,
+        total: int,
+        raws: Sequence[Any],
+        offset: int,
+        limit: int | None,
+        *,
+        last: int | None,
+        max_tokens: int | None,
+        archive: bool,
+    ) -> Output:
         if archive or (max_tokens is None and last is None):
             start = offset
             has_more = offset + len(raws) < total
@@ -298,32 +320,39 @@ class MemoryInstance:
             out["max_tokens"] = max_tokens
         return out
 
-    def _window(self, key: str, offset: int, limit: int | None, *, last: int | None = None) -> tuple[int, list[Any]]:
-        """LLEN + LRANGE in one MULTI round trip (no script needed when no access is recorded)."""
+    @staticmethod
+    def _window_range(offset: int, limit: int | None, last: int | None) -> tuple[int, int] | None:
+        """The LRANGE bounds of a plain read (None: nothing to fetch)."""
+        if last == 0 or limit == 0:
+            return None
         if last is not None:
-            start, stop = -last, -1
-        else:
-            start, stop = offset, (-1 if limit is None else offset + limit - 1)
-        empty = last == 0 or limit == 0
+            return -last, -1
+        return offset, (-1 if limit is None else offset + limit - 1)
+
+    def _window(self, key: str, offset: int, limit: int | None, *, last: int | None = None) -> tuple[int, list[Any]]:
+        """LLEN + LRANGE in one round trip (no script needed when no access is recorded)."""
+        bounds = self._window_range(offset, limit, last)
         with redis_errors("read", self.key):
             # not MULTI: Redis refuses queued commands when it is out of memory (noeviction), reads must work
             pipe = self.backend.client.pipeline(transaction=False)
             pipe.llen(key)
-            if not empty:
-                pipe.lrange(key, start, stop)
+            if bounds is not None:
+                pipe.lrange(key, *bounds)
             results = pipe.execute()
-        return int(results[0]), ([] if empty else list(results[1]))
+        return int(results[0]), ([] if bounds is None else list(results[1]))
+
+    def _read_args(self, max_tokens: int | None, last: int | None, offset: int, limit: int | None) -> list[Any]:
+        now_ms = str(int(time.time() * 1000))
+        if max_tokens is not None:
+            return ["budget", max_tokens, 0, self._track, now_ms]
+        if last is not None:
+            return ["last", last, 0, self._track, now_ms]
+        return ["range", offset, -1 if limit is None else limit, self._track, now_ms]
 
     def _read_script(
         self, max_tokens: int | None, last: int | None, offset: int, limit: int | None
     ) -> tuple[int, list[Any]]:
-        now_ms = str(int(time.time() * 1000))
-        if max_tokens is not None:
-            args: list[Any] = ["budget", max_tokens, 0, self._track, now_ms]
-        elif last is not None:
-            args = ["last", last, 0, self._track, now_ms]
-        else:
-            args = ["range", offset, -1 if limit is None else limit, self._track, now_ms]
+        args = self._read_args(max_tokens, last, offset, limit)
         try:
             result = self._run("read", args, "read")
         except ForeignDataError:

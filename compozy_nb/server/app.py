@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask
 from compozy_nb.errors import BackendError, CompozyNbError, ConfigError
+from compozy_nb.memory.aio import AsyncMemory
 from compozy_nb.memory.instance import MemoryInstance, Output
 from compozy_nb.memory.keys import validate_key
 from compozy_nb.memory.store import redis_errors
@@ -591,15 +592,17 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
     tags: list[str | Enum] = ["memory"]
 
     @app.get(f"{base}/read", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
-    def read(
+    async def read(
         memory_ref: str,
         key: KeyQuery,
         limit: Annotated[int, Query(le=READ_LIMIT_MAX, description="≤ 0 means 50")] = READ_LIMIT_DEFAULT,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> JSONResponse:
-        """Messages, oldest first: ``{key, messages, total_count, has_more, limit, offset, count}``."""
+        """Messages, oldest first: ``{key, messages, total_count, has_more, limit, offset, count}``.
+
+        Runs on the event loop over redis.asyncio (the async path)."""
         limit = limit if limit > 0 else READ_LIMIT_DEFAULT
-        out = engine.memory(memory_ref, key).read(limit=limit, offset=offset)
+        out = await AsyncMemory(engine.memory(memory_ref, key)).read(limit=limit, offset=offset)
         return _ok("memory read successfully", {**out, "limit": limit, "offset": offset})
 
     @app.post(f"{base}/write", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
@@ -610,10 +613,15 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         return _ok("memory written successfully", out)
 
     @app.post(f"{base}/append", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
-    def append(memory_ref: str, body: MessagesRequest) -> JSONResponse:
-        """Append ``messages`` atomically: ``{success, appended, total_count, key, ...}``."""
+    async def append(memory_ref: str, body: MessagesRequest) -> JSONResponse:
+        """Append ``messages`` atomically: ``{success, appended, total_count, key, ...}``.
+
+        Runs on the event loop over redis.asyncio (the async path)."""
         mem = engine.memory(memory_ref, body.key)
-        out = _call(lambda: mem.append(body.payload()), "payload", "messages", "messages")
+        try:
+            out = await AsyncMemory(mem).append(body.payload())
+        except CompozyNbError as exc:
+            raise _renamed(exc, "payload", "messages", "messages") from None
         return _ok("memory appended successfully", out)
 
     @app.post(f"{base}/delete", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
