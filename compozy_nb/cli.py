@@ -148,23 +148,11 @@ def cmd_memory_show(args: argparse.Namespace) -> int:
     rows = [{"position": read["offset"] + i, **m} for i, m in enumerate(read["messages"])]
     print(_table(rows, ["position", "role", "content", "tokens", "ts"]))
     print()
-    print(
-        _table(
-            [stats],
-            [
-                "key",
-                "message_count",
-                "token_count",
-                "max_tokens",
-                "token_utilization",
-                "role_distribution",
-                "ttl_seconds",
-            ],
-        )
-    )
+    print(_table([stats], ["key", *STATS_COLUMNS]))
     return 0
 
 
+STATS_COLUMNS = ("message_count", "token_count", "max_tokens", "token_utilization", "role_distribution", "ttl_seconds")
 DEMO_TURNS = (
     "Hi! I'm Ann, my email is ann@example.com.",
     "Can you remember what my name is?",
@@ -194,19 +182,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nmemory {mem.key!r} (privacy redaction applied before storage):")
     print(_table(rows, ["position", "role", "content", "tokens"]))
     print("\nstats:")
-    print(
-        _table(
-            [mem.stats()],
-            [
-                "message_count",
-                "token_count",
-                "max_tokens",
-                "token_utilization",
-                "role_distribution",
-                "ttl_seconds",
-            ],
-        )
-    )
+    print(_table([mem.stats()], list(STATS_COLUMNS)))
     return 0
 
 
