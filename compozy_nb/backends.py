@@ -146,9 +146,18 @@ def _retry(options: ConnectOptions) -> Retry:
     )
 
 
+class _Cluster(redis.RedisCluster):
+    """RedisCluster that, like our standalone client, never re-sends a command that timed out (it may have run):
+    redis-py's cluster client retries TimeoutError whatever Retry it is given."""
+
+    ERRORS_ALLOW_RETRY = tuple(  # type: ignore[assignment]
+        e for e in redis.RedisCluster.ERRORS_ALLOW_RETRY if not issubclass(e, redis.exceptions.TimeoutError)
+    )
+
+
 def _cluster_client(url: str, options: ConnectOptions) -> Any:
     plain = url.replace("+cluster", "", 1)
-    return redis.RedisCluster.from_url(
+    return _Cluster.from_url(
         plain,
         socket_connect_timeout=options.connect_timeout,
         socket_timeout=options.socket_timeout,

@@ -483,3 +483,9 @@ def test_cluster_down_is_backend_unavailable_then_recovers(fragile_cluster: Redi
         expected = 2 if port != victim else 0
         assert memory.append(messages(1, prefix="back"))["total_count"] == expected + 1
         assert memory.health()["healthy"] is True
+
+
+def test_cluster_client_does_not_retry_timeouts(backend: Backend) -> None:
+    allowed = type(backend.client).ERRORS_ALLOW_RETRY
+    assert redis.exceptions.ConnectionError in allowed
+    assert not any(issubclass(e, redis.exceptions.TimeoutError) for e in allowed)
