@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -200,6 +200,3 @@ def truncate_tokens(text: str, counter: TokenCounter, max_tokens: int) -> str:
         else:
             hi = mid - 1
     return text[:lo].rstrip() + "..."
-
-
-SummarizerFactory = Callable[[MemoryResource, TokenCounter], Summarizer]

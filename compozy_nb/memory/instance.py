@@ -759,8 +759,3 @@ def run_operation(
             f"invalid operation '{operation}', must be one of: {', '.join(OPERATIONS)}", field="operation"
         )
     return handler()
-
-
-def dumps(output: Mapping[str, Any]) -> str:
-    """JSON for an output map."""
-    return json.dumps(output, ensure_ascii=False, indent=2, default=str)

@@ -18,8 +18,6 @@ from compozy_nb.errors import (
     MemoryOperationError,
 )
 
-SCRIPT_NAMES = ("append", "read", "flush", "clear", "delete", "adopt")
-
 
 class ForeignDataError(MemoryOperationError):
     """Internal: the list was written by another tool and must be adopted first (handled by the instance)."""
