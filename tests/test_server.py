@@ -22,17 +22,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+# fastapi, uvicorn and schemathesis come with the test extra: missing, these tests fail instead of skipping.
+import fastapi  # noqa: F401
 import httpx
 import pytest
 import redis
+import uvicorn  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
 from tests.conftest import RedisServer, free_port
-
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMORY = "/api/v0/memory/conversation_memory"
@@ -640,7 +640,7 @@ DERANDOMIZE = "COMPOZY_FUZZ_EXAMPLES" not in os.environ  # a longer exploratory 
 def test_openapi_fuzz_finds_no_server_error(api: httpx.Client, server: ServerProcess) -> None:
     """schemathesis generates valid (positive) and invalid (negative) requests for every operation of
     /openapi.json, with random path parameters and with the real memory/workflow/task ids."""
-    schemathesis = pytest.importorskip("schemathesis")
+    import schemathesis
     from schemathesis.generation import GenerationMode
 
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
