@@ -64,6 +64,37 @@ def test_async_append_and_read_match_sync(backend: Backend) -> None:
     assert json.loads(raw[-1])["content"] == "m6 ssn [REDACTED]"
 
 
+def test_async_write_clear_delete_match_sync(backend: Backend) -> None:
+    project = _project(backend)
+    sync_mem = project.memory("chat", key="s")
+    async_mem = AsyncMemory(project.memory("chat", key="a"))
+    messages = [{"role": "user", "content": f"w{i}", "id": f"w{i}"} for i in range(7)]
+
+    async def scenario() -> list[dict[str, Any]]:
+        outs = [await async_mem.write(messages), await async_mem.clear(confirm=True, backup=True)]
+        outs.append(await async_mem.write(messages[:2]))
+        outs.append(await async_mem.delete())
+        try:
+            await async_mem.clear()
+        except Exception as exc:
+            outs.append({"error": type(exc).__name__})
+        await async_mem.client.aclose()
+        return outs
+
+    got = asyncio.run(scenario())
+    want: list[dict[str, Any]] = [sync_mem.write(messages), sync_mem.clear(confirm=True, backup=True)]
+    want += [sync_mem.write(messages[:2]), sync_mem.delete()]
+    want.append({"error": "ConfirmRequiredError"})
+    for a, b in zip(got, want, strict=True):
+        a, b = dict(a), dict(b)
+        a.pop("key", None), b.pop("key", None)
+        for out in (a, b):
+            if out.get("backup_key"):
+                out["backup_key"] = out["backup_key"].rsplit(":backup:", 1)[0].rsplit(":", 1)[0]
+        assert a == b
+    assert backend.client.exists("compozy:aio:memory:a") == 0
+
+
 def test_async_appends_run_concurrently_without_loss(backend: Backend) -> None:
     project = _project(backend)
     project.add_yaml(RESOURCE.replace("id: chat", "id: big").replace("max_messages: 5", "max_messages: 1000"))

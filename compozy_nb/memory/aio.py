@@ -1,4 +1,5 @@
-"""The async path: append and read of a memory instance over ``redis.asyncio``, for servers.
+"""The async path: append, read, write, delete and clear of a memory instance over ``redis.asyncio``, for
+servers.
 
 The same instance prepares the arguments and builds the outputs (no operation is written twice); only the
 Redis round trip is awaited, so concurrent requests on one event loop do not wait for each other. The rare
@@ -60,6 +61,22 @@ class AsyncMemory:
         if mem._summary_due(out):
             await asyncio.to_thread(mem._summary_flush, out)
         return out
+
+    async def write(self, payload: Any) -> Output:
+        """Like :meth:`MemoryInstance.write`."""
+        mem = self.instance
+        encoded, skipped = mem._encode(payload, "write")
+        result = await self._script("append", mem._store_args("replace", encoded), "write")
+        return mem._write_output(skipped, [int(v) for v in result])
+
+    async def delete(self) -> Output:
+        """Like :meth:`MemoryInstance.delete`."""
+        return self.instance._delete_output(await self._script("delete", [], "delete"))
+
+    async def clear(self, confirm: bool = False, backup: bool = False) -> Output:
+        """Like :meth:`MemoryInstance.clear`."""
+        args = self.instance._clear_args(confirm, backup)
+        return self.instance._clear_output(args[0], await self._script("clear", args, "clear"))
 
     async def read(
         self,

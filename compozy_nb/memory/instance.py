@@ -248,7 +248,10 @@ class MemoryInstance:
     def write(self, payload: Any) -> Output:
         """Replace the whole content atomically (limits and privacy apply as for append)."""
         encoded, skipped = self._encode(payload, "write")
-        accepted, total, tokens, evicted, duplicates, _ = self._store("replace", encoded, "write")
+        return self._write_output(skipped, self._store("replace", encoded, "write"))
+
+    def _write_output(self, skipped: int, result: Sequence[int]) -> Output:
+        accepted, total, tokens, evicted, duplicates, _ = result
         return self._out(
             "write",
             success=True,
@@ -380,7 +383,10 @@ class MemoryInstance:
 
     def delete(self) -> Output:
         """Remove the instance: messages, metadata, archive, ids, access data and backups."""
-        count, deleted = (int(v) for v in self._run("delete", [], "delete"))
+        return self._delete_output(self._run("delete", [], "delete"))
+
+    def _delete_output(self, result: Sequence[Any]) -> Output:
+        count, deleted = (int(v) for v in result)
         return self._out("delete", success=True, deleted=deleted > 0, messages_deleted=count)
 
     def clear(self, confirm: bool = False, backup: bool = False) -> Output:
@@ -389,14 +395,20 @@ class MemoryInstance:
         Raises:
             ConfirmRequiredError: without ``confirm=True`` (nothing is removed).
         """
+        args = self._clear_args(confirm, backup)
+        return self._clear_output(args[0], self._run("clear", args, "clear"))
+
+    def _clear_args(self, confirm: bool, backup: bool) -> list[Any]:
         if confirm is not True:
             raise ConfirmRequiredError(
                 "clear operation requires clear_config.confirm to be true (nothing was removed)",
                 operation="clear",
                 key=self.key,
             )
-        backup_key = self.layout.backup(_stamp()) if backup else ""
-        cleared, created = (int(v) for v in self._run("clear", [backup_key, self.runtime.ttl_ms], "clear"))
+        return [self.layout.backup(_stamp()) if backup else "", self.runtime.ttl_ms]
+
+    def _clear_output(self, backup_key: str, result: Sequence[Any]) -> Output:
+        cleared, created = (int(v) for v in result)
         return self._out(
             "clear",
             success=True,

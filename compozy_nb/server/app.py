@@ -606,10 +606,13 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         return _ok("memory read successfully", {**out, "limit": limit, "offset": offset})
 
     @app.post(f"{base}/write", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
-    def write(memory_ref: str, body: MessagesRequest) -> JSONResponse:
-        """Replace the content with ``messages``: ``{success, count, key, ...}``."""
+    async def write(memory_ref: str, body: MessagesRequest) -> JSONResponse:
+        """Replace the content with ``messages``: ``{success, count, key, ...}`` (async path)."""
         mem = engine.memory(memory_ref, body.key)
-        out = _call(lambda: mem.write(body.payload()), "payload", "messages", "messages")
+        try:
+            out = await AsyncMemory(mem).write(body.payload())
+        except CompozyNbError as exc:
+            raise _renamed(exc, "payload", "messages", "messages") from None
         return _ok("memory written successfully", out)
 
     @app.post(f"{base}/append", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
@@ -625,9 +628,9 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         return _ok("memory appended successfully", out)
 
     @app.post(f"{base}/delete", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
-    def delete(memory_ref: str, body: KeyRequest) -> JSONResponse:
-        """Remove the instance (messages, metadata, archive, backups): ``{success, key, ...}``."""
-        return _ok("memory deleted successfully", engine.memory(memory_ref, body.key).delete())
+    async def delete(memory_ref: str, body: KeyRequest) -> JSONResponse:
+        """Remove the instance (messages, metadata, archive, backups): ``{success, key, ...}`` (async path)."""
+        return _ok("memory deleted successfully", await AsyncMemory(engine.memory(memory_ref, body.key)).delete())
 
     @app.post(f"{base}/flush", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
     def flush(memory_ref: str, body: FlushRequest) -> JSONResponse:
@@ -642,11 +645,14 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         return _ok("memory flushed successfully", out)
 
     @app.post(f"{base}/clear", tags=tags, response_model=Envelope, responses=_errors(400, 404, 409))
-    def clear(memory_ref: str, body: ClearRequest) -> JSONResponse:
+    async def clear(memory_ref: str, body: ClearRequest) -> JSONResponse:
         """Remove every message; needs ``confirm: true`` (409 otherwise): ``{success, key,
-        messages_cleared, backup_created, backup_key}``."""
+        messages_cleared, backup_created, backup_key}`` (async path)."""
         mem = engine.memory(memory_ref, body.key)
-        out = _call(lambda: mem.clear(confirm=body.confirm, backup=body.backup), "clear_config.", "", "confirm")
+        try:
+            out = await AsyncMemory(mem).clear(confirm=body.confirm, backup=body.backup)
+        except CompozyNbError as exc:
+            raise _renamed(exc, "clear_config.", "", "confirm") from None
         return _ok("memory cleared successfully", out)
 
     @app.get(f"{base}/health", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
