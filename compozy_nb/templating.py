@@ -465,7 +465,7 @@ def _parse_expression(content: str) -> tuple[tuple[Key, ...], tuple[str, ...]]:
 
 
 def _jinja_literal(key: Key) -> str:
-    """A Jinja literal for ``key``; every non-alphanumeric character is escaped as ``\\UXXXXXXXX``."""
+    """A Jinja literal for ``key``; every non-alphanumeric character is escaped as ``\\U`` and eight hex digits."""
     if isinstance(key, int):
         return str(key)
     escaped = "".join(c if c.isascii() and c.isalnum() else f"\\U{ord(c):08x}" for c in key)
