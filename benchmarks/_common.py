@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import math
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 from compozy_nb.testing import RedisServer as _Server
 from compozy_nb.testing import free_port, redis_server_binary
 
-__all__ = ["RedisServer", "free_port"]
+__all__ = ["VOCABULARY", "RedisServer", "free_port", "make_contents"]
 
 
 class RedisServer(_Server):
@@ -26,6 +27,27 @@ class RedisServer(_Server):
         if redis_server_binary() is None:
             raise SystemExit("redis-server is not installed: install it or pass --redis URL")
         super().__init__()
+
+
+VOCABULARY = (
+    "agent memory redis token budget message user assistant context window summary archive eviction "
+    "workflow notebook python latency request answer question prefers concise detailed explanation "
+    "example conversation history retrieval policy limit trim expire script atomic counter metadata "
+    "session tool result weather booking order invoice customer support ticket priority status "
+    "update schedule meeting"
+)
+
+
+def make_contents(encoding: Any, count: int, tokens: int, seed: int = 7) -> list[str]:
+    """``count`` different, deterministic ASCII texts of exactly ``tokens`` tokens of ``encoding``."""
+    rng = random.Random(seed)
+    words = VOCABULARY.split()
+    out = []
+    for i in range(count):
+        text = " ".join(rng.choice(words) for _ in range(tokens * 2))
+        ids = encoding.encode_ordinary(f"Turn {i}: {text}")[:tokens]
+        out.append(encoding.decode(ids).strip())
+    return out
 
 
 def interleaved(

@@ -17,7 +17,6 @@ import itertools
 import json
 import platform
 import pstats
-import random
 import sys
 import time
 import uuid
@@ -31,7 +30,7 @@ import tiktoken
 from redis.utils import HIREDIS_AVAILABLE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RedisServer, Row, interleaved, percentile, print_table
+from _common import RedisServer, Row, interleaved, make_contents, percentile, print_table
 
 from compozy_nb.config.memory import MemoryResource
 from compozy_nb.memory.instance import MemoryInstance
@@ -55,14 +54,6 @@ return n
 
 TARGETS = {"append": 1.3, "read_last": 1.3, "read_budget": 2.0, "budget_flat": 1.25, "stats_flat": 1.5}
 
-_VOCABULARY = (
-    "agent memory redis token budget message user assistant context window summary archive eviction "
-    "workflow notebook python latency request answer question prefers concise detailed explanation "
-    "example conversation history retrieval policy limit trim expire script atomic counter metadata "
-    "session tool result weather booking order invoice customer support ticket priority status "
-    "update schedule meeting"
-)
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -75,18 +66,6 @@ class Settings:
 
 FULL = Settings(iterations=2000, budget_iterations=1000, block=10, warmup=200, stats_big=100_000)
 QUICK = Settings(iterations=300, budget_iterations=200, block=10, warmup=50, stats_big=20_000)
-
-
-def make_contents(encoding: tiktoken.Encoding, count: int, tokens: int, seed: int = 7) -> list[str]:
-    """``count`` different ASCII texts of exactly ``tokens`` tokens (same encoder as the package)."""
-    rng = random.Random(seed)
-    words = _VOCABULARY.split()
-    out = []
-    for i in range(count):
-        text = " ".join(rng.choice(words) for _ in range(tokens * 2))
-        ids = encoding.encode_ordinary(f"Turn {i}: {text}")[:tokens]
-        out.append(encoding.decode(ids).strip())
-    return out
 
 
 class Bench:

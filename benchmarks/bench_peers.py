@@ -52,6 +52,7 @@ import redis
 from redis.utils import HIREDIS_AVAILABLE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common
 from _common import RedisServer, percentile
 
 from compozy_nb.project import Project
@@ -68,14 +69,6 @@ TTL_S = 24 * 3600
 FILL_BATCH = 1_000
 WRITERS = 8
 ENCODING = "cl100k_base"  # what this project, LlamaIndex's default (gpt-3.5-turbo) and our LangChain counter use
-
-_VOCABULARY = (
-    "agent memory redis token budget message user assistant context window summary archive eviction "
-    "workflow notebook python latency request answer question prefers concise detailed explanation "
-    "example conversation history retrieval policy limit trim expire script atomic counter metadata "
-    "session tool result weather booking order invoice customer support ticket priority status "
-    "update schedule meeting"
-)
 
 
 @dataclass(frozen=True)
@@ -98,21 +91,11 @@ QUICK = Settings(
 
 
 def make_contents(count: int = 64, tokens: int = MESSAGE_TOKENS, seed: int = 7) -> list[str]:
-    """``count`` different ASCII texts of exactly ``tokens`` cl100k tokens (as benchmarks/bench_memory.py)."""
-    import random
-
+    """``count`` different ASCII texts of exactly ``tokens`` cl100k tokens (the set benchmarks/bench_memory.py uses)."""
     import tiktoken
 
     ensure_offline_vocab()
-    encoding = tiktoken.get_encoding(ENCODING)
-    rng = random.Random(seed)
-    words = _VOCABULARY.split()
-    out = []
-    for i in range(count):
-        text = " ".join(rng.choice(words) for _ in range(tokens * 2))
-        ids = encoding.encode_ordinary(f"Turn {i}: {text}")[:tokens]
-        out.append(encoding.decode(ids).strip())
-    return out
+    return _common.make_contents(tiktoken.get_encoding(ENCODING), count, tokens, seed)
 
 
 def role_of(i: int) -> str:
