@@ -68,8 +68,9 @@ class OperationResult(dict[str, Any]):
         import pandas as pd
 
         if "messages" in self:
-            rows = message_rows(self)
-            return pd.DataFrame(rows, columns=message_columns(rows))
+            from compozy_nb.memory.frames import messages_frame
+
+            return messages_frame(self["messages"], int(self.get("offset", 0) or 0))
         return pd.DataFrame([{k: v for k, v in self.items() if k != "operation"}])
 
     def _repr_html_(self) -> str:
