@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -82,7 +83,9 @@ def _part_type(part: Any) -> Any:
 def _validated(message: dict[str, Any], where: str, operation: str) -> dict[str, Any]:
     role = message.get("role", "user")
     if role not in ROLES:
-        raise _fail(f"invalid message role, must be one of: {', '.join(ROLES)}", f"{where}.role", operation)
+        raise _fail(
+            f"invalid message role {_shown(role)}, must be one of: {', '.join(ROLES)}", f"{where}.role", operation
+        )
     message["role"] = role
     _check_field_names(message, where, operation)
     _check_content(message, where, operation)
@@ -94,6 +97,13 @@ def _validated(message: dict[str, Any], where: str, operation: str) -> dict[str,
     if "refusal" in message and role != "assistant":
         raise _fail("only an assistant message has a refusal", f"{where}.refusal", operation)
     return message
+
+
+def _shown(value: Any) -> str:
+    """A payload value safe to echo in an error: a short word, else only its type (never content)."""
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", value):
+        return repr(value)
+    return f"(a {type(value).__name__})"
 
 
 def _check_field_names(message: Mapping[str, Any], where: str, operation: str) -> None:
@@ -263,7 +273,7 @@ def from_anthropic(item: Mapping[str, Any], where: str, operation: str) -> list[
         messages = _anthropic_user(blocks, extras, where, operation)
     else:
         raise _fail(
-            "tool_use, tool_result and image blocks belong to assistant or user messages", f"{where}.content", operation
+            "tool_use, tool_result and image blocks belong to assistant or user messages", f"{where}.role", operation
         )
     if "id" in item:
         for index, message in enumerate(messages):
@@ -477,3 +487,59 @@ def message_time(message: Mapping[str, Any]) -> datetime | None:
         return datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(UTC)
     except ValueError:
         return None
+
+
+class Selection:
+    """Read filters: roles, and a time window on ``ts`` (``since`` inclusive, ``until`` exclusive).
+
+    Messages without a ``ts`` (written by another tool) match only when no time bound is given.
+
+    Raises:
+        InvalidPayloadError: a role that is not a string, or a bound that is not a date/time.
+    """
+
+    def __init__(self, roles: Sequence[str] | str | None = None, since: Any = None, until: Any = None) -> None:
+        if isinstance(roles, str):
+            roles = [roles]
+        if roles is not None and not all(isinstance(role, str) for role in roles):
+            raise _fail("must be a list of role names", "read_config.roles", "read")
+        self.roles = frozenset(roles) if roles is not None else None
+        self.since = parse_time(since, "read_config.since") if since is not None else None
+        self.until = parse_time(until, "read_config.until") if until is not None else None
+
+    @property
+    def active(self) -> bool:
+        """Whether any filter is set."""
+        return self.roles is not None or self.since is not None or self.until is not None
+
+    def matches(self, message: Mapping[str, Any]) -> bool:
+        """Whether ``message`` passes every filter."""
+        if self.roles is not None and message.get("role") not in self.roles:
+            return False
+        if self.since is None and self.until is None:
+            return True
+        written = message_time(message)
+        if written is None:
+            return False
+        return (self.since is None or written >= self.since) and (self.until is None or written < self.until)
+
+
+def page(
+    messages: Sequence[dict[str, Any]],
+    *,
+    offset: int = 0,
+    limit: int | None = None,
+    last: int | None = None,
+    max_tokens: int | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """The page of ``messages`` a read returns, and the position of its first message.
+
+    ``last`` and ``max_tokens`` keep the newest whole tool-call groups; ``offset``/``limit`` cut plainly.
+    """
+    if last is not None or max_tokens is not None:
+        roles = [str(m.get("role")) for m in messages]
+        tokens = [int(m.get("tokens") or 0) for m in messages]
+        start = newest_whole_groups(tokens, roles, max_tokens, last)
+        return list(messages[start:]), start
+    end = None if limit is None else offset + limit
+    return list(messages[offset:end]), offset
