@@ -16,7 +16,7 @@ ROLES = ("user", "assistant", "system", "tool")
 
 NON_SYSTEM_ROLES = ("user", "assistant", "tool")
 
-BAD_ROLES = ("bot", "User", "SYSTEM", "human", "function", "", " user", "developer")
+BAD_ROLES = ("bot", "User", "SYSTEM", "human", "function", "", " user")  # "developer" is a valid role (OpenAI)
 """Roles outside the accepted list (case matters)."""
 
 ID_POOL = ("m1", "m2", "m3", "m4", "m5", "m6", 7, 8, 'q"9', "b\\10", "ü11")

@@ -30,8 +30,8 @@ HELP = """\
 %compozy show ID               one resource or workflow (summary and YAML)
 %compozy run WORKFLOW [--input JSON|$var] [-o VAR]
 %compozy memory OP REF (--key K | --var NAME=VALUE ...) [--limit N] [--offset N] [--last N]
-        [--max-tokens N] [--archive] [--payload JSON|$var] [--strategy S] [--dry-run] [--force]
-        [--confirm] [--backup] [--include-content] [--pattern GLOB] [-o VAR]
+        [--max-tokens N] [--archive] [--role R ...] [--since T] [--until T] [--payload JSON|$var]
+        [--strategy S] [--dry-run] [--force] [--confirm] [--backup] [--include-content] [--pattern GLOB] [-o VAR]
         OP: read write append delete flush health clear stats
 %compozy help                  this text
 Settings: %config Compozy.redis_url / Compozy.display_limit / Compozy.progress (or COMPOZY_* variables)."""
@@ -76,6 +76,9 @@ def _parser() -> _Parser:
     p.add_argument("--last", type=int, default=None)
     p.add_argument("--max-tokens", dest="max_tokens", type=int, default=None)
     p.add_argument("--archive", action="store_true")
+    p.add_argument("--role", dest="roles", action="append", default=None)
+    p.add_argument("--since", default=None)
+    p.add_argument("--until", default=None)
     p.add_argument("--payload", default=None)
     p.add_argument("--strategy", default=None)
     p.add_argument("--threshold", type=float, default=None)
@@ -280,7 +283,16 @@ class Compozy(Magics):
         if args.payload is not None:
             raise UsageError(f"%compozy memory {args.op}: --payload is only for write and append")
         if args.op == "read":
-            return mem.read(args.limit, args.offset, last=args.last, max_tokens=args.max_tokens, archive=args.archive)
+            return mem.read(
+                args.limit,
+                args.offset,
+                last=args.last,
+                max_tokens=args.max_tokens,
+                archive=args.archive,
+                roles=args.roles,
+                since=args.since,
+                until=args.until,
+            )
         if args.op == "flush":
             return mem.flush(args.strategy, dry_run=args.dry_run, force=args.force, threshold=args.threshold)
         if args.op == "clear":
