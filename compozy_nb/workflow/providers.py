@@ -47,11 +47,15 @@ class ChatResponse:
     completion_tokens: int
     finish_reason: str = "stop"
     role: str = "assistant"
+    tool_calls: list[dict[str, Any]] | None = None
+    """The tool calls of the reply (OpenAI shape), when the model asked for tools."""
 
 
 def _count_prompt(messages: Sequence[Mapping[str, Any]]) -> int:
     counter = get_counter(None)
-    return sum(counter.count_message(str(m.get("role", "")), str(m.get("content", ""))) for m in messages)
+    from compozy_nb.memory.transcript import count_tokens
+
+    return sum(count_tokens(counter, m) for m in messages)
 
 
 class Registry:
@@ -59,6 +63,7 @@ class Registry:
 
     def __init__(self) -> None:
         self.functions: dict[str, PythonLLM] = {}
+        self.tools: dict[str, Callable[..., Any]] = {}
         self._turns: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -67,6 +72,17 @@ class Registry:
 
         def decorate(fn: PythonLLM) -> PythonLLM:
             self.functions[name] = fn
+            return fn
+
+        return decorate(func) if func is not None else decorate
+
+    def register_tool(self, name: str, func: Callable[..., Any] | None = None) -> Any:
+        """Register a Python tool that a workflow runs when the model calls ``name`` (its JSON arguments as
+        keyword arguments; the result, JSON-encoded unless a string, is the tool message). Usable as a
+        decorator: ``@registry.register_tool("get_weather")``."""
+
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.tools[name] = fn
             return fn
 
         return decorate(func) if func is not None else decorate
@@ -124,21 +140,26 @@ def call_python(request: ChatRequest, registry: Registry) -> ChatResponse:
         raise ProviderError(f"python LLM '{name}' raised {type(exc).__name__}: {exc}") from exc
     if isinstance(result, str):
         reply: dict[str, Any] = {"content": result}
-    elif isinstance(result, Mapping) and isinstance(result.get("content"), str):
+    elif isinstance(result, Mapping) and (
+        isinstance(result.get("content"), str) or (result.get("content") is None and result.get("tool_calls"))
+    ):
         reply = dict(result)
     else:
         raise ProviderError(
-            f"python LLM '{name}' must return a string or a dict with 'content', got {type(result).__name__}"
+            f"python LLM '{name}' must return a string or a dict with 'content' (or 'tool_calls'), "
+            f"got {type(result).__name__}"
         )
     usage = reply.get("usage") or {}
-    content = str(reply["content"])
+    content = str(reply.get("content") or "")
+    calls = reply.get("tool_calls")
     return ChatResponse(
         content,
         str(reply.get("model") or name),
         "python",
         int(usage.get("prompt_tokens", _count_prompt(request.messages))),
         int(usage.get("completion_tokens", get_counter(None).count(content))),
-        str(reply.get("finish_reason", "stop")),
+        str(reply.get("finish_reason", "tool_calls" if calls else "stop")),
+        tool_calls=list(calls) if isinstance(calls, list) and calls else None,
     )
 
 
@@ -164,6 +185,9 @@ def call_openai(request: ChatRequest, *, retries: int = 3, backoff: float = 0.5)
         body["temperature"] = request.temperature
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
+    for name in ("tools", "tool_choice"):
+        if request.options.get(name) is not None:
+            body[name] = request.options[name]
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -216,6 +240,7 @@ def _parse_openai(data: Any, request: ChatRequest) -> ChatResponse:
     try:
         choice = data["choices"][0]
         content = choice["message"].get("content") or ""
+        calls = choice["message"].get("tool_calls") or None
     except (KeyError, IndexError, TypeError, AttributeError):
         raise ProviderError(f"openai: unexpected reply shape: {str(data)[:200]}") from None
     usage = data.get("usage") or {}
@@ -226,6 +251,7 @@ def _parse_openai(data: Any, request: ChatRequest) -> ChatResponse:
         int(usage.get("prompt_tokens") or _count_prompt(request.messages)),
         int(usage.get("completion_tokens") or get_counter(None).count(str(content))),
         str(choice.get("finish_reason") or "stop"),
+        tool_calls=list(calls) if isinstance(calls, list) else None,
     )
 
 
