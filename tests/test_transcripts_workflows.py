@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fake_openai import FakeOpenAI, Reply
 
 from compozy_nb.backends import Backend
 from compozy_nb.project import Project
-from fake_openai import FakeOpenAI, Reply
 
 MEMORY = """
 resource: memory
