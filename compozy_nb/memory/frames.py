@@ -34,8 +34,9 @@ def messages_frame(messages: Sequence[Mapping[str, Any]], start: int = 0) -> Any
     for row in rows:
         columns.extend(name for name in row if name not in columns)
     frame = pd.DataFrame(rows, columns=columns)
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True, errors="coerce", format="ISO8601")
-    frame["tool_calls"] = frame["tool_calls"].astype(object).where(frame["tool_calls"].notna(), None)
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True, errors="coerce", format="ISO8601").astype("datetime64[ns, UTC]")
+    for name in ("content", "tool_calls"):  # as written: a string, a list or None (not NaN)
+        frame[name] = pd.Series([row.get(name) for row in rows], index=frame.index, dtype=object)
     return frame
 
 

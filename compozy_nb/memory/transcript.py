@@ -26,7 +26,7 @@ from typing import Any
 from compozy_nb.errors import InvalidPayloadError
 from compozy_nb.tokens import TokenCounter
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
+ROLES = ("user", "assistant", "system", "tool", "developer")
 """Accepted roles: OpenAI's five (Compozy's four plus ``developer``)."""
 
 PARTS_FIELD = "content_parts"
