@@ -318,6 +318,9 @@ class MemoryInstance:
             start = total - len(raws)
             has_more = start > 0
         messages = self._decode_all(raws, start)
+        if last is not None and not archive and start > 0:  # the oldest group is cut: none of it (whole groups)
+            cut = transcript.leading_tool_run(messages)
+            messages, start, has_more = messages[cut:], start + cut, True
         out = self._out(
             "read",
             messages=messages,
@@ -419,17 +422,10 @@ class MemoryInstance:
         nothing."""
         with redis_errors("read", self.key):
             raws = self.backend.client.lrange(self.layout.base, 0, -1)
-        picked: list[Any] = []
-        used = 0
-        for position in range(len(raws) - 1, -1, -1):
-            message = decode(raws[position], key=self.key, position=position)
-            tokens = count_decoded(self.runtime.counter, message)
-            if used + tokens > budget:
-                break
-            used += tokens
-            picked.append(raws[position])
-        picked.reverse()
-        return len(raws), picked
+        messages = self._decode_all(raws, 0)
+        tokens = [count_decoded(self.runtime.counter, m) for m in messages]
+        start = transcript.newest_whole_groups(tokens, [str(m.get("role")) for m in messages], budget, None)
+        return len(raws), list(raws[start:])
 
     def delete(self) -> Output:
         """Remove the instance: messages, metadata, archive, ids, access data and backups."""

@@ -436,6 +436,14 @@ def group_starts(roles: Sequence[str | None]) -> list[int]:
     return [i for i, role in enumerate(roles) if i == 0 or role != "tool"]
 
 
+def leading_tool_run(messages: Sequence[Mapping[str, Any]]) -> int:
+    """How many ``tool`` messages open ``messages`` (the tail of a group that started before them)."""
+    count = 0
+    while count < len(messages) and messages[count].get("role") == "tool":
+        count += 1
+    return count
+
+
 def groups(roles: Sequence[str | None]) -> Iterator[tuple[int, int]]:
     """The ``(start, end)`` (end exclusive) of each group, oldest first."""
     starts = group_starts(roles)
