@@ -193,3 +193,59 @@ def test_cli_exec_accepts_transcripts(tmp_path: Path) -> None:
     proc = cli("exec", str(path), "--project", str(ROOT / "examples" / "memory-workflow"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert '"appended": 4' in proc.stdout
+
+
+def _hostile_bodies() -> list[tuple[str, str]]:
+    """The transcript corpus of test_transcripts as raw HTTP bodies, plus numbers only JSON text can carry."""
+    from test_transcripts import BAD
+
+    bodies = [(case, json.dumps({"key": "h", "messages": [payload]})) for case, payload, _ in BAD if "NaN" not in case]
+    bodies += [
+        ("NaN in a tool call id", '{"key": "h", "messages": [{"role": "tool", "tool_call_id": NaN, "content": "x"}]}'),
+        (
+            "1e999 in parts",
+            '{"key": "h", "messages": [{"role": "user", "content": [{"type": "text", "text": 1e999}]}]}',
+        ),
+        (
+            "-Infinity in metadata",
+            '{"key": "h", "messages": [{"role": "user", "content": "x", "m": {"a": -Infinity}}]}',
+        ),
+        ("Content shadowing", '{"key": "h", "messages": [{"role": "user", "content": "x", "Content": {"a": 1}}]}'),
+        ("deep parts", '{"key": "h", "messages": [{"role": "user", "content": [' + "[" * 50 + "]" * 50 + "]}]}"),
+    ]
+    return bodies
+
+
+@pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient.")
+def test_hostile_transcripts_over_http_are_400_and_store_nothing() -> None:
+    from fastapi.testclient import TestClient
+
+    from compozy_nb.server import create_app
+
+    project = Project.load(ROOT, redis_url=f"embedded://{uuid.uuid4().hex}")
+    with TestClient(create_app(project, api_key=""), raise_server_exceptions=False) as client:
+        for case, body in _hostile_bodies():
+            for op in ("append", "write"):
+                response = client.post(f"{MEMORY}/{op}", content=body, headers={"Content-Type": "application/json"})
+                assert response.status_code == 400, (case, response.text)
+                error = response.json()["error"]
+                assert error["code"] in ("INVALID_PAYLOAD", "INVALID_REQUEST"), (case, error)
+        assert client.get(f"{MEMORY}/read", params={"key": "h"}).json()["data"]["total_count"] == 0
+
+
+def test_hostile_transcripts_through_cli_exec_are_one_line_errors(tmp_path: Path) -> None:
+    from test_transcripts import BAD
+
+    requests = [
+        {"memory_ref": "conversation_memory", "key_template": "conv:h:1", "operation": "append", "payload": payload}
+        for case, payload, _ in BAD[:6]
+    ]
+    example = str(ROOT / "examples" / "memory-workflow")
+    for request in requests:
+        path = tmp_path / "req.json"
+        path.write_text(json.dumps(request), encoding="utf-8")
+        proc = cli("exec", str(path), "--project", example, cwd=tmp_path)
+        assert proc.returncode == 1, proc.stdout
+        out = json.loads(proc.stdout)
+        assert out["status"] == "failed" and out["error"]["code"] == "INVALID_PAYLOAD", out
+        assert out["error"]["field"].startswith("payload"), out
