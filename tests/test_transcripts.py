@@ -305,6 +305,7 @@ def test_errors_never_echo_content(backend: Backend) -> None:
         {"role": "user", "content": 12345678, "x": secret},
         {"role": "user", "content": "   ", "x": secret},
         {"role": "user", "content": "x", "metadata": {"v": math.nan, "s": secret}},
+        {"role": "user", "content": "x", "metadata": {"dave@example.com": math.inf}},
     ]
     for payload in payloads:
         with pytest.raises(CompozyNbError) as info:

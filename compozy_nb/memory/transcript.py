@@ -106,6 +106,12 @@ def _shown(value: Any) -> str:
     return f"(a {type(value).__name__})"
 
 
+def _key_label(key: Any) -> str:
+    """A mapping key as errors show it: a plain name, else ``<key>`` (a key may be personal data)."""
+    text = str(key)
+    return text if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,63}", text) else "<key>"
+
+
 def _check_field_names(message: Mapping[str, Any], where: str, operation: str) -> None:
     """Compozy's decoder matches names case-insensitively (last wins): ``Content``/``ROLE`` would shadow ours."""
     for name in message:
@@ -246,7 +252,7 @@ def check_finite(value: Any, where: str, operation: str) -> None:
         if isinstance(current, float) and not math.isfinite(current):
             raise _fail("NaN and Infinity are not valid JSON numbers", path, operation)
         if isinstance(current, Mapping):
-            stack.extend((item, f"{path}.{key}") for key, item in current.items())
+            stack.extend((item, f"{path}.{_key_label(key)}") for key, item in current.items())
         elif isinstance(current, list | tuple):
             stack.extend((item, f"{path}[{index}]") for index, item in enumerate(current))
 

@@ -14,6 +14,7 @@ from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask, Workflow, WorkflowMemoryTask
 from compozy_nb.errors import CompozyNbError, ConfigError, MemoryNotFoundError, TemplateError
 from compozy_nb.memory.instance import MemoryInstance, run_operation
+from compozy_nb.memory.transcript import text_projection
 from compozy_nb.results import RunResult
 from compozy_nb.templating import format_value, referenced_paths, render, render_value
 from compozy_nb.workflow.providers import ChatRequest, ChatResponse, complete
@@ -29,7 +30,7 @@ def transcript(value: Any) -> str:
     """Format a value for a text field: a read output or a message list becomes ``role: content`` lines."""
     messages = value.get("messages") if isinstance(value, Mapping) and "messages" in value else value
     if isinstance(messages, list) and all(isinstance(m, Mapping) and "content" in m for m in messages):
-        return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)
+        return "\n".join(f"{m.get('role', 'user')}: {text_projection(m.get('content'))}" for m in messages)
     return format_value(value)
 
 
