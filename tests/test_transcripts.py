@@ -120,7 +120,9 @@ def test_compozy_decoder_reads_every_stored_element(backend: Backend) -> None:
     assert decoded[-2] == ("assistant", "No\nnope")
     assert len(decoded) == len(SHAPES) + 1
     # and the list stays ours: the Compozy element was adopted with the rest intact
-    assert [without_ours(m) for m in mem.read()["messages"]][5:] == SHAPES[4:]
+    after = [without_ours(m) for m in mem.read()["messages"]]
+    assert after == [*SHAPES[:4], {"role": "user", "content": "a <b> & c"}, *SHAPES[4:]]
+    assert [go_decode(raw) for raw in backend.client.lrange(mem.layout.base, 0, -1)] == decoded
 
 
 def test_the_go_decoder_emulation_fails_like_compozy() -> None:
