@@ -173,3 +173,15 @@ def test_compozy_written_tool_messages_budget_in_python(backend: Backend) -> Non
     out = mem.read(max_tokens=30)
     assert out["messages"] == [] or out["messages"][0]["role"] != "tool"
     assert len(everything) == 5
+
+
+def test_a_summary_flush_replans_when_tool_results_arrived_after_the_plan(backend: Backend) -> None:
+    """A summary covers exactly what it summarised: a tool result appended after the plan makes it re-plan."""
+    mem = make_memory(backend)
+    mem.append(turn(0, 1)[:2])
+    raws = backend.client.lrange(mem.layout.base, 0, -1)
+    mem.append({"role": "tool", "tool_call_id": "c0.0", "content": "late result"})
+    summary = '{"tokens":3,"id":"s1","role":"system","content":"Summary","summary":true,"summarized_count":2}'
+    args = [0, 100, "2026-01-01T00:00:00.000Z", summary, 3, "s1", "0", 2, *raws]
+    assert [int(v) for v in mem._run("flush", args, "flush")][3] == -1
+    assert roles(mem.read()["messages"]) == ["user", "assistant", "tool"]

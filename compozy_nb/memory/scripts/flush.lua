@@ -53,7 +53,7 @@ for _, raw in ipairs(all) do
     in_removed = false
   end
 end
-if summary_raw ~= '' and #removed - extra < n then
+if summary_raw ~= '' and (#removed - extra < n or extra > 0) then  -- the summary would not cover them: re-plan
   return {0, count, tokens, -1}
 end
 if #removed == 0 then return {0, count, tokens, 0} end
