@@ -81,6 +81,7 @@ def serve_main(
         return 1
     from compozy_nb.errors import CompozyNbError
     from compozy_nb.project import Project
+    from compozy_nb.server.guards import allowed_hosts_from_env
 
     api_key = os.environ.get(API_KEY_ENV, "")
     refused = check_bind(host, api_key)
@@ -93,7 +94,7 @@ def serve_main(
     except CompozyNbError as exc:
         print(f"error [{exc.code}]: {exc}", file=sys.stderr)
         return 1
-    app = create_app(project, api_key)
+    app = create_app(project, api_key, allowed_hosts=[*allowed_hosts_from_env(), host])
     shown = f"[{host}]" if ":" in host else host
     print(
         f"compozy-nb: serving project '{project.name}' ({len(project.resources)} memory resource(s), "
