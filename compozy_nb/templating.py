@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ __all__ = [
     "has_template",
     "referenced_paths",
     "render",
+    "render_key",
     "render_value",
     "validate",
 ]
@@ -666,6 +668,58 @@ def render(
         return template
     compiled = _compile(template)
     return _join(compiled, _run(compiled, context), formatter)
+
+
+def _unusable_key_part(value: Any) -> str | None:
+    """Why ``value`` cannot be part of a memory key (None, empty, NaN/infinite), or None when it can."""
+    if value is None:
+        return "null (None)"
+    if isinstance(value, str) and not value.strip():
+        return "empty" if not value else "blank"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"not a finite number ({value})"
+    return None
+
+
+def render_key(template: str, context: Mapping[str, Any], field: str = "key_template") -> str:
+    """Render a memory key template: the one function every shell (Python API, workflows, HTTP, magics)
+    renders keys with.
+
+    Unlike :func:`render`, a variable that is ``None``, empty, blank or a NaN/infinite number is an error
+    (``chat:{{.user}}`` with ``user=None`` would otherwise give ``chat:``, the same key as ``user=""``, and
+    merge two users' memories). Integers and other numbers are rendered as text (``user=7`` -> ``chat:7``).
+
+    Args:
+        template: The key template, e.g. ``"conv:{{.user_id}}:{{.session_id}}"``; text without ``{{`` is
+            returned as is.
+        context: The values the paths are looked up in.
+        field: The name of the template in error messages (``key_template``, ``memory[0].key``, ``key``).
+
+    Returns:
+        The rendered key (not yet checked against the key rules; see ``memory.keys.validate_key``).
+
+    Raises:
+        TemplateError: The template is invalid, or a variable is missing, None, empty, blank or NaN; the
+            message names the variable (also in the error's ``variable`` context).
+    """
+    if "{{" not in template:
+        return template
+    try:
+        compiled = _compile(template)
+        values = _run(compiled, context)
+    except TemplateError as exc:
+        raise TemplateError(f"{field}: {exc.message}", **{**exc.context, "field": field}) from None
+    for value, expr in zip(values, compiled.exprs, strict=True):
+        problem = _unusable_key_part(value)
+        if problem is not None:
+            raise TemplateError(
+                f"{field}: variable {expr.display!r} is {problem} in key template {_quote(template)}; every "
+                "variable of a memory key needs a value, or different users would share one key",
+                template=template,
+                variable=expr.display,
+                field=field,
+            )
+    return _join(compiled, values, None)
 
 
 def evaluate(template: str, context: Mapping[str, Any]) -> Any:

@@ -41,7 +41,6 @@ from compozy_nb.memory.instance import MemoryInstance, Output
 from compozy_nb.memory.keys import validate_key
 from compozy_nb.memory.store import redis_errors
 from compozy_nb.project import Project
-from compozy_nb.server.guards import DEFAULT_BODY_TIMEOUT, HostCheck, RequestGuard, allowed_hosts_from_env
 from compozy_nb.server.errors import (
     envelope,
     error_envelope,
@@ -49,6 +48,7 @@ from compozy_nb.server.errors import (
     http_status,
     validation_error,
 )
+from compozy_nb.server.guards import DEFAULT_BODY_TIMEOUT, HostCheck, RequestGuard, allowed_hosts_from_env
 from compozy_nb.workflow.runner import run_workflow, validate_input
 
 log = logging.getLogger("compozy_nb.server")

@@ -105,7 +105,7 @@ class HostCheck:
         await _respond(403, "HOST_NOT_ALLOWED", message)(scope, receive, send)
 
 
-class _Refused(Exception):
+class _RefusedError(Exception):
     def __init__(self, response: JSONResponse) -> None:
         super().__init__(response.status_code)
         self.response = response
@@ -143,8 +143,8 @@ class RequestGuard:
             body = await self._read_body(receive)
             if await anyio.to_thread.run_sync(self._too_deep, body):
                 message = f"request body: JSON nested deeper than {self.max_depth} levels (maps and lists)"
-                raise _Refused(_respond(400, "INVALID_PAYLOAD", message))
-        except _Refused as refused:
+                raise _RefusedError(_respond(400, "INVALID_PAYLOAD", message))
+        except _RefusedError as refused:
             await refused.response(scope, receive, send)
             return
         await self.app(scope, _replay(body, receive), send)
@@ -153,7 +153,7 @@ class RequestGuard:
         declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             message = f"request body is {int(declared)} bytes, more than {self.max_bytes}"
-            raise _Refused(_respond(413, "REQUEST_TOO_LARGE", message, close=True))
+            raise _RefusedError(_respond(413, "REQUEST_TOO_LARGE", message, close=True))
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
@@ -162,18 +162,18 @@ class RequestGuard:
             while True:
                 message = await receive()
                 if message["type"] != "http.request":  # the client went away
-                    raise _Refused(_respond(400, "INVALID_REQUEST", "client disconnected", close=True))
+                    raise _RefusedError(_respond(400, "INVALID_REQUEST", "client disconnected", close=True))
                 chunk = message.get("body", b"")
                 received += len(chunk)
                 if received > self.max_bytes:
                     message_text = f"request body is more than {self.max_bytes} bytes"
-                    raise _Refused(_respond(413, "REQUEST_TOO_LARGE", message_text, close=True))
+                    raise _RefusedError(_respond(413, "REQUEST_TOO_LARGE", message_text, close=True))
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)
         assert scope.cancelled_caught
         message_text = f"request body not received within {self.body_timeout:g} s; closing the connection"
-        raise _Refused(_respond(408, "REQUEST_TIMEOUT", message_text, close=True))
+        raise _RefusedError(_respond(408, "REQUEST_TIMEOUT", message_text, close=True))
 
     def _too_deep(self, body: bytes) -> bool:
         """Whether ``body`` is JSON nested deeper than ``max_depth`` (not JSON: False, FastAPI reports it)."""
