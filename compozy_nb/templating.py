@@ -60,6 +60,12 @@ Key = str | int
 """One lookup step: a map key (``str``) or, from ``index``, an integer list index."""
 
 _MISSING: Any = object()
+MAX_TEMPLATE_CHARS = 64 * 1024
+"""Longest template accepted (checked before parsing; the default ``max_message_bytes`` is 64 KiB too)."""
+MAX_EXPRESSIONS = 256
+"""Most ``{{ }}`` blocks in one template."""
+_CACHE_SIZE = 256
+_PROGRAM_CHUNK = 32  # expressions per compiled Jinja program: compile time stays linear in their number
 _MAX_LISTED_KEYS = 10
 _MAX_QUOTED_TEMPLATE = 200
 
@@ -288,7 +294,7 @@ class _Compiled:
     literals: tuple[str, ...]
     exprs: tuple[_Expr, ...]
     single: bool
-    program: TemplateExpression | None
+    programs: tuple[TemplateExpression, ...]
 
 
 def _display(keys: tuple[Key, ...]) -> str:
@@ -479,9 +485,30 @@ def _jinja_source(expr: _Expr) -> str:
     return source + "".join(f"|{name}" for name in expr.filters)
 
 
-@functools.lru_cache(maxsize=1024)
+def _check_size(template: str) -> None:
+    """Refuse a template longer than :data:`MAX_TEMPLATE_CHARS` or with more than :data:`MAX_EXPRESSIONS`
+    blocks, before any parsing."""
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(
+            f"template is {len(template)} characters, more than {MAX_TEMPLATE_CHARS}",
+            template=template[:_MAX_QUOTED_TEMPLATE],
+        )
+    blocks = template.count("{{")
+    if blocks > MAX_EXPRESSIONS:
+        raise TemplateError(
+            f"template has {blocks} '{{{{' blocks, more than {MAX_EXPRESSIONS}",
+            template=template[:_MAX_QUOTED_TEMPLATE],
+        )
+
+
 def _compile(template: str) -> _Compiled:
-    """Split ``template`` into literal text and expressions and compile them (cached)."""
+    """Split ``template`` into literal text and expressions and compile them (cached, size checked first)."""
+    _check_size(template)
+    return _compile_cached(template)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _compile_cached(template: str) -> _Compiled:
     literals: list[str] = []
     exprs: list[_Expr] = []
     raw_literals: list[str] = []
@@ -517,11 +544,12 @@ def _compile(template: str) -> _Compiled:
         exprs.append(_Expr(source=template[start : end + 2], keys=keys, filters=filters))
         pos = end + 2
 
-    program: TemplateExpression | None = None
-    if exprs:
-        source = "(" + "".join(_jinja_source(expr) + ", " for expr in exprs) + ")"
+    programs: list[TemplateExpression] = []
+    for first in range(0, len(exprs), _PROGRAM_CHUNK):
+        chunk = exprs[first : first + _PROGRAM_CHUNK]
+        source = "(" + "".join(_jinja_source(expr) + ", " for expr in chunk) + ")"
         try:
-            program = _ENV.compile_expression(source, undefined_to_none=False)
+            programs.append(_ENV.compile_expression(source, undefined_to_none=False))
         except JinjaTemplateError as exc:  # pragma: no cover - the parser only emits valid Jinja
             raise TemplateError(f"cannot compile template {_quote(template)}: {exc}", template=template) from None
     single = len(exprs) == 1 and not any(text.strip() for text in raw_literals)
@@ -530,7 +558,7 @@ def _compile(template: str) -> _Compiled:
         literals=tuple(literals),
         exprs=tuple(exprs),
         single=single,
-        program=program,
+        programs=tuple(programs),
     )
 
 
@@ -575,10 +603,12 @@ def _missing_error(compiled: _Compiled, expr: _Expr, context: Mapping[str, Any])
 
 def _run(compiled: _Compiled, context: Mapping[str, Any]) -> tuple[Any, ...]:
     """Evaluate every expression of ``compiled`` against ``context``."""
-    if compiled.program is None:
+    if not compiled.programs:
         return ()
     try:
-        values: tuple[Any, ...] = tuple(compiled.program(ctx=context) or ())
+        values: tuple[Any, ...] = tuple(
+            value for program in compiled.programs for value in (program(ctx=context) or ())
+        )
     except _FilterError as exc:
         raise TemplateError(f"{exc} in template {_quote(compiled.template)}", template=compiled.template) from None
     except JinjaTemplateError as exc:
