@@ -67,10 +67,13 @@ def serve_main(
     *,
     log_level: str = "info",
     access_log: bool = True,
+    body_timeout: float | None = None,
 ) -> int:
     """Load the project in ``project_dir`` and serve it with uvicorn until interrupted.
 
-    The API key comes from ``COMPOZY_API_KEY``. Returns the exit status: 1 (with a message on stderr) when
+    The API key comes from ``COMPOZY_API_KEY``; without one, only loopback ``Host`` names, ``host`` and the
+    names in ``COMPOZY_ALLOWED_HOSTS`` are served. ``body_timeout`` (seconds, default 30) closes connections
+    whose request body does not arrive in time. Returns the exit status: 1 (with a message on stderr) when
     FastAPI/uvicorn are missing, the bind is refused, the project is invalid or Redis cannot be reached.
     """
     try:
@@ -94,7 +97,8 @@ def serve_main(
     except CompozyNbError as exc:
         print(f"error [{exc.code}]: {exc}", file=sys.stderr)
         return 1
-    app = create_app(project, api_key, allowed_hosts=[*allowed_hosts_from_env(), host])
+    options: dict[str, Any] = {} if body_timeout is None else {"body_timeout": body_timeout}
+    app = create_app(project, api_key, allowed_hosts=[*allowed_hosts_from_env(), host], **options)
     shown = f"[{host}]" if ":" in host else host
     print(
         f"compozy-nb: serving project '{project.name}' ({len(project.resources)} memory resource(s), "
