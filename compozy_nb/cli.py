@@ -230,7 +230,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the project's workflows and memory operations over HTTP (FastAPI + uvicorn)."""
     from compozy_nb.server import serve_main
 
-    return serve_main(args.project, args.host, args.port, args.redis)
+    return serve_main(args.project, args.host, args.port, args.redis, body_timeout=args.body_timeout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p_serve.add_argument("--redis", default=None, help="backend URL (default: COMPOZY_REDIS_URL, compozy.yaml)")
+    p_serve.add_argument(
+        "--body-timeout", type=float, default=None, help="seconds allowed to send a request body (default: 30)"
+    )
     p_serve.set_defaults(func=cmd_serve)
 
     p_schema = sub.add_parser("schema", help="JSON Schema of resource, workflow and project files")
