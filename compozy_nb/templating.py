@@ -738,14 +738,13 @@ def render_key(template: str, context: Mapping[str, Any], field: str = "key_temp
         compiled = _compile(template)
         values = _run(compiled, context)
     except TemplateError as exc:
-        raise TemplateError(f"{field}: {exc.message}", **{**exc.context, "field": field}) from None
+        raise TemplateError(f"{field}: {exc.message}", field=field) from None
     for value, expr in zip(values, compiled.exprs, strict=True):
         problem = _unusable_key_part(value)
         if problem is not None:
             raise TemplateError(
                 f"{field}: variable {expr.display!r} is {problem} in key template {_quote(template)}; every "
                 "variable of a memory key needs a value, or different users would share one key",
-                template=template,
                 variable=expr.display,
                 field=field,
             )
