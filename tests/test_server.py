@@ -1042,3 +1042,20 @@ def test_stalled_bodies_get_408_and_their_connections_are_closed(redis_server: R
         assert "Traceback" not in proc.stderr()
     finally:
         proc.stop()
+
+
+def test_connections_without_complete_headers_are_closed(redis_server: RedisServer) -> None:
+    """Issue 10 item 14: connections that send nothing, or half a request line, are closed after the timeout
+    (uvicorn alone keeps them open forever); a complete request on another connection is answered meanwhile."""
+    proc = TimeoutServer(redis_server.url, body_timeout=1.0).start()
+    try:
+        silent = [socket.create_connection(("127.0.0.1", proc.port), timeout=30) for _ in range(20)]
+        partial = [socket.create_connection(("127.0.0.1", proc.port), timeout=30) for _ in range(20)]
+        for sock in partial:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        assert httpx.get(f"{proc.url}/healthz", timeout=30).status_code == 200
+        for sock in silent + partial:
+            with sock:
+                assert _read_until_closed(sock) == b""  # closed without an answer
+    finally:
+        proc.stop()
