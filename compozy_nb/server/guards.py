@@ -141,7 +141,7 @@ class RequestGuard:
         try:
             self._check_declared_size(scope)
             body = await self._read_body(receive)
-            if await anyio.to_thread.run_sync(self._too_deep, body):
+            if self._may_be_too_deep(body) and await anyio.to_thread.run_sync(self._too_deep, body):
                 message = f"request body: JSON nested deeper than {self.max_depth} levels (maps and lists)"
                 raise _RefusedError(_respond(400, "INVALID_PAYLOAD", message))
         except _RefusedError as refused:
@@ -175,10 +175,13 @@ class RequestGuard:
         message_text = f"request body not received within {self.body_timeout:g} s; closing the connection"
         raise _RefusedError(_respond(408, "REQUEST_TIMEOUT", message_text, close=True))
 
+    def _may_be_too_deep(self, body: bytes) -> bool:
+        """Cheap test on the event loop: a body with at most ``max_depth`` brackets cannot nest deeper."""
+        return body.count(b"[") + body.count(b"{") > self.max_depth
+
     def _too_deep(self, body: bytes) -> bool:
-        """Whether ``body`` is JSON nested deeper than ``max_depth`` (not JSON: False, FastAPI reports it)."""
-        if body.count(b"[") + body.count(b"{") <= self.max_depth:
-            return False
+        """Whether ``body`` is JSON nested deeper than ``max_depth`` (not JSON: False, FastAPI reports it); parsed
+        in a worker thread."""
         try:
             value: Any = json.loads(body)
         except RecursionError:
