@@ -27,7 +27,8 @@ def _read_json(source: str, what: str) -> Any:
     """
     if source == "-":
         origin = "<stdin>"
-        text = _decode(sys.stdin.buffer.read(), what, origin)
+        raw = getattr(sys.stdin, "buffer", None)  # a replaced stdin (StringIO) is already text
+        text = _decode(raw.read(), what, origin) if raw is not None else sys.stdin.read()
     elif source.startswith("@") or (not source.lstrip().startswith(("{", "[")) and _is_file(source)):
         path = Path(source[1:] if source.startswith("@") else source)
         origin = str(path)
