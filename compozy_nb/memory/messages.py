@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compozy_nb.errors import CorruptDataError, InvalidPayloadError, LimitExceededError
+from compozy_nb.limits import check_depth
 from compozy_nb.memory import transcript
 from compozy_nb.memory.transcript import check_finite
 from compozy_nb.tokens import TokenCounter
@@ -70,8 +71,10 @@ def normalize_payload(payload: Any, *, operation: str) -> list[dict[str, Any]]:
     if isinstance(payload, str):
         items: list[Any] = [{"role": "user", "content": payload}]
     elif isinstance(payload, Mapping):
+        check_depth(payload)
         items = [payload]
     elif isinstance(payload, list | tuple):
+        check_depth(payload)
         items = list(payload)
     elif _is_dataframe(payload):
         from compozy_nb.memory.frames import frame_messages
@@ -151,6 +154,13 @@ def encode(
     """
     role = str(message["role"])
     content, structured = transcript.to_stored(message)
+    text = transcript.tokenized_size(message, content)
+    if text > max_bytes:  # before counting: tokenizing megabytes takes seconds
+        raise LimitExceededError(
+            f"message {index} is larger than max_message_bytes ({max_bytes}): the text it holds alone is "
+            f"{text} characters",
+            operation=operation,
+        )
     if len(message) == 2 and not structured:  # the common {role, content} message
         tokens = counter.count_message(role, content)
     else:

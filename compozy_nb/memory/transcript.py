@@ -402,6 +402,18 @@ def count_tokens(counter: TokenCounter, message: Mapping[str, Any]) -> int:
     return tokens
 
 
+def tokenized_size(message: Mapping[str, Any], projection: str) -> int:
+    """Characters :func:`count_tokens` would tokenize (checked against the size bound before counting)."""
+    size = len(projection)
+    for name in ("name", "refusal"):
+        value = message.get(name)
+        size += len(value) if isinstance(value, str) else 0
+    for call in message.get("tool_calls") or ():
+        function = call.get("function", {}) if isinstance(call, Mapping) else {}
+        size += len(str(function.get("name", ""))) + len(str(function.get("arguments", "")))
+    return size
+
+
 # ---------------------------------------------------------------------------------------------- stored form
 
 
