@@ -86,7 +86,9 @@ def test_http_read_filters_and_transcript_bodies() -> None:
     from compozy_nb.server import create_app
 
     project = Project.load(ROOT, redis_url=f"embedded://{uuid.uuid4().hex}")
-    with TestClient(create_app(project, api_key=""), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(project, api_key=""), base_url="http://localhost", raise_server_exceptions=False
+    ) as client:
         response = client.post(f"{MEMORY}/append", json={"key": "k", "messages": TURN})
         assert response.status_code == 200, response.text
         response = client.get(f"{MEMORY}/read", params=[("key", "k"), ("role", "tool"), ("role", "assistant")])
@@ -223,7 +225,9 @@ def test_hostile_transcripts_over_http_are_400_and_store_nothing() -> None:
     from compozy_nb.server import create_app
 
     project = Project.load(ROOT, redis_url=f"embedded://{uuid.uuid4().hex}")
-    with TestClient(create_app(project, api_key=""), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(project, api_key=""), base_url="http://localhost", raise_server_exceptions=False
+    ) as client:
         for case, body in _hostile_bodies():
             for op in ("append", "write"):
                 response = client.post(f"{MEMORY}/{op}", content=body, headers={"Content-Type": "application/json"})
