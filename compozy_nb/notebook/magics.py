@@ -196,7 +196,7 @@ class Compozy(Magics):
     def _define(self, line: str, cell: str) -> Any:
         from compozy_nb.notebook.display import DefinitionSummary
 
-        args = shlex.split(line)
+        args = shlex.split(line, comments=True)
         unknown = [a for a in args if a != "--replace"]
         if unknown:
             raise UsageError(f"%%compozy: unknown option {unknown[0]!r} (only --replace)")
