@@ -678,3 +678,36 @@ def test_compozy_nb_run_on_the_example_project() -> None:
     assert run["output"] == {"reply": "You said: Hi, I'm Ann (ann@example.com) (turn 1)", "history_count": 0}
     saved = run["tasks"]["save_interaction"]["output"]
     assert (saved["appended"], saved["total_count"], saved["key"]) == (2, 2, "conv:u1:s1")
+
+
+# ---------------------------------------------------------------------------- README, as pasted into a notebook
+def readme_cells() -> list[Block]:
+    """README's notebook code, in order: the ``python`` blocks and the ``%%compozy`` YAML cells. (Its ``bash``
+    blocks are the install and test commands: .ci/run runs the test command on a clean machine, test_cli runs
+    ``compozy-nb demo``, and the browser test starts ``jupyter lab`` like the notebook command.)"""
+    blocks = fenced_blocks(REPO / "README.md")
+    return [b for b in blocks if b.lang == "python" or (b.lang == "yaml" and b.text.startswith("%%compozy"))]
+
+
+def test_readme_code_runs_in_a_real_ipython_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every README code block runs as pasted into a notebook: one InteractiveShell with the extension loaded,
+    from the repository root, on a fresh embedded backend; no cell may raise."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    cells = readme_cells()
+    assert any("%load_ext compozy_nb" in c.text for c in cells)
+    monkeypatch.setenv("COMPOZY_REDIS_URL", f"embedded://readme-{uuid.uuid4().hex}")
+    monkeypatch.chdir(REPO)
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "compozy_nb")
+    magics = shell.magics_manager.registry["Compozy"]
+    saved, magics._project = magics._project, None
+    try:
+        for block in cells:
+            result = shell.run_cell(block.text, store_history=False)
+            assert result.success, f"{block.where}: {result.error_in_exec or result.error_before_exec!r}"
+        frame = shell.user_ns["frame"]
+        assert frame["content"].tolist() == ["I am [REDACTED]"]
+        assert str(frame["ts"].dt.tz) == "UTC"
+    finally:
+        magics._project = saved

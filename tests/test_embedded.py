@@ -14,7 +14,10 @@ from compozy_nb import BackendError, Project
 from compozy_nb.backends import connect
 
 REPO = Path(__file__).resolve().parent.parent
-RESOURCE = "resource: memory\nid: chat\nkey: 'chat:{{.u}}'\ntype: buffer\nmax_messages: 1\npersistence: {type: redis, ttl: 1h}\n"
+RESOURCE = (
+    "resource: memory\nid: chat\nkey: 'chat:{{.u}}'\ntype: buffer\nmax_messages: 1\n"
+    "persistence: {type: redis, ttl: 1h}\n"
+)
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
