@@ -34,6 +34,8 @@ _CSS = (
     ".cnb-bar{display:inline-block;width:80px;height:8px;background:#eee;border-radius:4px;vertical-align:middle}"
     ".cnb-bar>span{display:block;height:8px;border-radius:4px}"
     ".cnb-line{font-family:system-ui,sans-serif;font-size:13px}"
+    ".cnb-tbl{border-collapse:collapse}.cnb-tbl th,.cnb-tbl td{padding:3px 12px 3px 0;text-align:left;"
+    "border-bottom:1px solid #e0e0e0;white-space:nowrap}.cnb-tbl th{font-weight:600;color:#3c4043}"
     "</style>"
 )
 
@@ -227,8 +229,9 @@ def stats_card_html(result: Mapping[str, Any]) -> str:
             continue
         shown = bar(value) if name.endswith("_utilization") and value is not None else esc(value)
         rows.append(f"<tr><th style='text-align:left'>{esc(name)}</th><td style='text-align:left'>{shown}</td></tr>")
-    return f"{_CSS}<table class='cnb-line'><caption style='text-align:left'><b>stats · {esc(result.get('key'))}</b>" + (
-        f"</caption>{''.join(rows)}</table>"
+    return (
+        f"{_CSS}<table class='cnb-line cnb-tbl'><caption style='text-align:left'><b>stats · {esc(result.get('key'))}</b>"
+        + (f"</caption>{''.join(rows)}</table>")
     )
 
 
@@ -249,6 +252,6 @@ def stats_table_html(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], 
         else ""
     )
     return (
-        f"{_CSS}<table class='cnb-line'><caption style='text-align:left'><b>{esc(caption)}</b></caption>"
+        f"{_CSS}<table class='cnb-line cnb-tbl'><caption style='text-align:left'><b>{esc(caption)}</b></caption>"
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
     )
