@@ -229,10 +229,8 @@ def stats_card_html(result: Mapping[str, Any]) -> str:
             continue
         shown = bar(value) if name.endswith("_utilization") and value is not None else esc(value)
         rows.append(f"<tr><th style='text-align:left'>{esc(name)}</th><td style='text-align:left'>{shown}</td></tr>")
-    return (
-        f"{_CSS}<table class='cnb-line cnb-tbl'><caption style='text-align:left'><b>stats · {esc(result.get('key'))}</b>"
-        + (f"</caption>{''.join(rows)}</table>")
-    )
+    caption = f"<caption style='text-align:left'><b>stats · {esc(result.get('key'))}</b></caption>"
+    return f"{_CSS}<table class='cnb-line cnb-tbl'>{caption}{''.join(rows)}</table>"
 
 
 def stats_table_html(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, limit: int, caption: str) -> str:
