@@ -15,6 +15,8 @@ before a fenced block says what the block is.
 * ``cli``: a console block; every ``$ compozy-nb ...`` line is run (in-process, a fresh embedded backend per
   command, as separate processes would have) and its output compared with the lines that follow it.
 * ``python``: a Python block that must run without error (in the repository root).
+* ``notebook``: a notebook cell (magics allowed), run in a real IPython InteractiveShell with the extension loaded,
+  on a fresh embedded backend per page; it must not raise.
 * ``output`` / ``error``: the exact output map (or error dict) of the block before. ``"<...>"`` is a placeholder:
   as a whole string it matches any value, inside a string it matches any text.
 * ``ignore <reason>``: deliberately not checked (e.g. Compozy-only syntax).
@@ -74,6 +76,7 @@ KINDS = frozenset(
         "request",
         "cli",
         "python",
+        "notebook",
         "output",
         "error",
         "ignore",
@@ -349,6 +352,21 @@ class Page:
         self.problems: list[str] = []
         self.session = Project.load(EXAMPLE, redis_url=f"embedded://docs-{uuid.uuid4().hex}")
         self.last: tuple[Block, Any, CompozyNbError | None] | None = None
+        self.shell: Any = None
+
+    def notebook_cell(self, block: Block) -> None:
+        """Run a notebook cell in IPython (the page's magic project starts empty on its own embedded backend)."""
+        if self.shell is None:
+            from IPython.core.interactiveshell import InteractiveShell
+
+            self.shell = InteractiveShell.instance()
+            self.shell.run_line_magic("load_ext", "compozy_nb")
+            magics = self.shell.magics_manager.registry["Compozy"]
+            magics._project = Project(redis_url=f"embedded://docs-nb-{uuid.uuid4().hex}")
+        with _cwd(REPO):
+            result = self.shell.run_cell(block.text, store_history=False)
+        if not result.success:
+            self.fail(block, f"the cell raised {result.error_in_exec or result.error_before_exec!r}")
 
     def fail(self, block: Block, message: str) -> None:
         self.problems.append(f"{block.where}: [{block.marker}] {message}")
@@ -413,6 +431,8 @@ class Page:
                     problem = "the command failed" if failed else None
                 if problem:
                     self.fail(block, f"$ {command}\n{problem}\n--- actual output ---\n{actual}")
+        elif kind == "notebook":
+            self.notebook_cell(block)
         elif kind == "python":
             reset_embedded()
             with _cwd(REPO):
