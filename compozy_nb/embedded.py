@@ -123,7 +123,7 @@ class SnapshotStore:
         self._lock_file = _acquire(path)
         self._raw = fakeredis.FakeRedis(server=self.server)
         self.load()
-        atexit.register(self.save)
+        atexit.register(self._save_at_exit)
 
     def connection_class(self) -> type:
         """A fakeredis connection class whose socket saves after data-changing commands."""
@@ -163,6 +163,12 @@ class SnapshotStore:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise BackendError(f"cannot load the embedded snapshot {self.path}: {exc}", url=str(self.path)) from None
         self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def _save_at_exit(self) -> None:
+        try:
+            self.save()
+        except BackendError as exc:  # the directory may be gone: say so, never a traceback at exit
+            print(f"compozy-nb: {exc}", file=sys.stderr)
 
     def save(self) -> None:
         """Write the keyspace to the file when it changed (atomic replace)."""
