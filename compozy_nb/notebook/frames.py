@@ -119,13 +119,20 @@ def transcript_frame(rows: list[dict[str, Any]], columns: list[str], info: Mappi
 
 
 def stats_frame(
-    results: Sequence[Mapping[str, Any]], template: str | None = None, *, single: bool = False, caption: str = ""
+    results: Sequence[Mapping[str, Any]],
+    template: str | Sequence[str | None] | None = None,
+    *,
+    single: bool = False,
+    caption: str = "",
 ) -> StatsFrame:
-    """One row per stats output: ``key``, the key template's variables, then the other fields."""
+    """One row per stats output: ``key``, the variables of the key template (the first of several that matches),
+    then the other fields."""
+    templates = [template] if template is None or isinstance(template, str) else list(template)
     rows = []
     for result in results:
+        key = str(result.get("key", ""))
         row: dict[str, Any] = {"key": result.get("key")}
-        row.update(key_variables(template, str(result.get("key", ""))))
+        row.update(next((found for t in templates if (found := key_variables(t, key))), {}))
         row.update({k: v for k, v in result.items() if k not in ("operation", "key")})
         rows.append(row)
     frame = StatsFrame(rows)

@@ -333,7 +333,7 @@ class Compozy(Magics):
         project = self.project
         if args.op == "ls" or (args.op == "stats" and args.pattern):
             pattern = args.pattern or "*"
-            template = project.resource(args.ref).key if args.ref else None
+            template = project.resource(args.ref).key if args.ref else [r.key for r in project.resources.values()]
             rows = project.instances(pattern, memory_ref=args.ref)
             frame = stats_frame(rows, template, caption=f"{len(rows)} instances matching {pattern!r}")
             self._store(args.out, frame)

@@ -167,7 +167,9 @@ def _count(value: Any, limit: Any, what: str) -> str:
     if value is None:
         return ""
     text = f"{value:,}" if isinstance(value, int) else esc(value)
-    return f"{text}/{limit:,} {what}" if isinstance(limit, int) and limit else f"{text} {what}"
+    if isinstance(limit, int) and limit:
+        return f"{text}/{limit:,} {what}"
+    return f"{text} {what[:-1] if value == 1 else what}"
 
 
 def operation_line(result: Mapping[str, Any], max_tokens: int | None, max_messages: int | None) -> str:

@@ -199,6 +199,10 @@ def test_transcript_and_inspector_render_in_jupyterlab(jupyterlab: str, browser:
     assert redacted and redacted[0].text == "[REDACTED]"
     outputs = " ".join(o.text for o in browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea"))
     assert "ada@example.com" not in outputs  # only the input line has it
+    browser.execute_script(
+        "arguments[0].scrollIntoView({block: 'start'})", browser.find_element(By.CSS_SELECTOR, ".jp-Cell")
+    )
+    _screenshot(browser, tmp_path / "outputs.png")
     browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", bubbles[0])
     _screenshot(browser, tmp_path / "transcript.png")
 
