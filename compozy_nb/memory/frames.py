@@ -17,15 +17,17 @@ from typing import Any
 from compozy_nb.errors import ConfigError, InvalidPayloadError
 from compozy_nb.memory.transcript import text_projection
 
-FIRST_COLUMNS = ("position", "role", "content", "tokens", "id", "ts", "tool_calls")
+FIRST_COLUMNS = ("position", "role", "content", "tokens")
 _COMPUTED = ("position", "tokens", "ts")
 
 
 def messages_frame(messages: Sequence[Mapping[str, Any]], start: int = 0) -> Any:
-    """A DataFrame, one row per message: position, role, content, tokens, id, ts, tool_calls, then the rest.
+    """A DataFrame, one row per message: position, role, content, tokens, then every other field in first-seen
+    order (``id``, ``ts``, ``tool_calls`` ...).
 
-    ``ts`` is ``datetime64[ns, UTC]`` (``NaT`` for messages written by another tool), ``tool_calls`` holds the
-    list of calls or ``None``; ``content`` is a string, a list of parts or ``None`` as written.
+    ``ts`` is ``datetime64[ns, UTC]`` (``NaT`` for messages written by another tool), ``tool_calls`` (present when
+    a message has tool calls) holds the list of calls or ``None``; ``content`` is a string, a list of parts or
+    ``None`` as written.
     """
     import pandas as pd
 
@@ -34,9 +36,13 @@ def messages_frame(messages: Sequence[Mapping[str, Any]], start: int = 0) -> Any
     for row in rows:
         columns.extend(name for name in row if name not in columns)
     frame = pd.DataFrame(rows, columns=columns)
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True, errors="coerce", format="ISO8601").astype("datetime64[ns, UTC]")
+    if "ts" in frame.columns:
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True, errors="coerce", format="ISO8601").astype(
+            "datetime64[ns, UTC]"
+        )
     for name in ("content", "tool_calls"):  # as written: a string, a list or None (not NaN)
-        frame[name] = pd.Series([row.get(name) for row in rows], index=frame.index, dtype=object)
+        if name in frame.columns:
+            frame[name] = pd.Series([row.get(name) for row in rows], index=frame.index, dtype=object)
     return frame
 
 
