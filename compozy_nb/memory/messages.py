@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,7 +95,8 @@ def normalize_payload(payload: Any, *, operation: str) -> list[dict[str, Any]]:
 
 
 def _is_dataframe(value: Any) -> bool:
-    return type(value).__name__ == "DataFrame" and hasattr(value, "to_dict") and hasattr(value, "columns")
+    pandas = sys.modules.get("pandas")  # a DataFrame exists only once pandas is imported
+    return pandas is not None and isinstance(value, pandas.DataFrame)
 
 
 def _message(item: Any, index: int | None, operation: str) -> list[dict[str, Any]]:
