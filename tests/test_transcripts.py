@@ -495,3 +495,14 @@ def test_import_of_a_bad_file_names_file_and_line(tmp_path: Path) -> None:
 
 def roles_of(messages: Sequence[dict[str, Any]]) -> list[str]:
     return [str(m["role"]) for m in messages]
+
+
+def test_script_errors_name_no_sha_nor_script_line(backend: Backend) -> None:
+    """A Redis error inside a script reaches the user without the script's SHA or ``user_script:NNN``."""
+    mem = make_memory(backend)
+    mem.append({"role": "user", "content": "x"})
+    with pytest.raises(CompozyNbError) as info:  # a bad argument the script hands to PEXPIRE
+        mem._run("append", ["append", "notanumber", 0, 0, 0, "0", 1, "0", '{"role":"user"}', 1, "i", "user"], "append")
+    text = json.dumps(info.value.to_dict())
+    assert "user_script" not in text
+    assert not any(len(word) == 40 and all(c in "0123456789abcdef" for c in word) for word in text.split())
