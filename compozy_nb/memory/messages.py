@@ -159,7 +159,7 @@ def encode(
     text = transcript.tokenized_size(message, content)
     if text > max_bytes:  # before counting: tokenizing megabytes takes seconds
         raise LimitExceededError(
-            f"message {index} is larger than max_message_bytes ({max_bytes}): the text it holds alone is "
+            f"message {index} is larger than max_message_bytes ({max_bytes}): its content alone is "
             f"{text} characters",
             operation=operation,
         )
