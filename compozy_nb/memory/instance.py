@@ -26,7 +26,7 @@ from compozy_nb.errors import (
     MemoryOperationError,
 )
 from compozy_nb.memory import flush as flushing
-from compozy_nb.memory.keys import KeyLayout, validate_key
+from compozy_nb.memory.keys import KeyLayout, compozy_key_warning, validate_key
 from compozy_nb.memory.messages import Encoded, decode, encode, new_id, normalize_payload, utc_now_iso
 from compozy_nb.memory.store import ForeignDataError, Scripts, redis_errors
 from compozy_nb.privacy import PrivacyPolicy
@@ -286,13 +286,31 @@ class MemoryInstance:
             archive: Read the archive of flushed and evicted messages instead (newest first).
         """
         _check_nonneg(limit=limit, offset=offset, last=last, max_tokens=max_tokens)
+        warnings: list[str] = []
         if archive:
             total, raws = self._window(self.layout.archive, offset, limit)
         elif max_tokens is None and self._track == "0":
             total, raws = self._window(self.layout.base, offset, limit, last=last)
         else:
-            total, raws = self._read_script(max_tokens, last, offset, limit)
-        return self._read_output(total, raws, offset, limit, last=last, max_tokens=max_tokens, archive=archive)
+            try:
+                total, raws = self._read_script(max_tokens, last, offset, limit)
+            except BackendError as exc:
+                if not cannot_write(exc):
+                    raise
+                warnings.append(access_skipped_warning(exc))
+                total, raws = self._read_without_record(max_tokens, last, offset, limit)
+        out = self._read_output(total, raws, offset, limit, last=last, max_tokens=max_tokens, archive=archive)
+        if warnings:
+            out["warnings"] = warnings
+        return out
+
+    def _read_without_record(
+        self, max_tokens: int | None, last: int | None, offset: int, limit: int | None
+    ) -> tuple[int, list[Any]]:
+        """The read script's answer without its access record, for a Redis that refuses writes."""
+        if max_tokens is not None:
+            return self._budget_in_python(max_tokens)
+        return self._window(self.layout.base, offset, limit, last=last)
 
     def _read_output(
         self,
@@ -560,12 +578,22 @@ class MemoryInstance:
         """Check Redis and this instance. Unreachable Redis gives ``healthy: false``, not an exception."""
         client = self.backend.client
         warnings: list[str] = []
+        key_warning = compozy_key_warning(self.key)
+        if key_warning:
+            warnings.append(key_warning)
         try:
             with redis_errors("health", self.key):
                 started = time.perf_counter()
                 client.ping()
                 ping_ms = round((time.perf_counter() - started) * 1000, 3)
                 info = _server_info(client)
+            if info.pop("read_only_replica", False):
+                raise BackendError(
+                    "Redis is a read-only replica: every write fails with BACKEND_UNAVAILABLE (connect to the primary)",
+                    operation="health",
+                    key=self.key,
+                    reason="read_only_replica",
+                )
             count, tokens, last_flush = self._counters("health")
         except BackendError as exc:
             return self._out(
@@ -577,7 +605,7 @@ class MemoryInstance:
                 actual_strategy=self.resource.flushing.type,
                 last_flush=None,
                 redis=None,
-                warnings=["Redis is unreachable"],
+                warnings=[*warnings, _unhealthy_warning(exc)],
             )
         policy = info.get("maxmemory_policy")
         if isinstance(policy, str) and policy.startswith("allkeys-"):
@@ -748,6 +776,17 @@ def is_ours(fields: Sequence[Any], length: int, first: Any, last: Any) -> bool:
     return _end_id(first) == nb_first and _end_id(last) == nb_last
 
 
+def cannot_write(exc: BackendError) -> bool:
+    """Whether Redis refused a write it could serve as a read: out of memory, or a read-only replica."""
+    return exc.code == "BACKEND_OUT_OF_MEMORY" or exc.context.get("reason") == "read_only_replica"
+
+
+def access_skipped_warning(exc: BackendError) -> str:
+    """The warning of an LRU read whose access record Redis refused."""
+    why = "is out of memory" if exc.code == "BACKEND_OUT_OF_MEMORY" else "is a read-only replica"
+    return f"Redis {why}: the messages were read but their access times were not recorded (LRU order is stale)"
+
+
 def _check_nonneg(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and (
@@ -779,8 +818,23 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, UNAVAILABLE)
 
 
+def _unhealthy_warning(exc: BackendError) -> str:
+    if exc.context.get("reason") == "read_only_replica":
+        return "Redis is a read-only replica"
+    if exc.code == "BACKEND_OUT_OF_MEMORY":
+        return "Redis is out of memory"
+    return "Redis is unreachable"
+
+
 def _server_info(client: Any) -> dict[str, Any]:
     info: dict[str, Any] = {}
+    try:
+        replication = client.info("replication")
+        info["read_only_replica"] = replication.get("role") == "slave" and bool(replication.get("slave_read_only", 1))
+    except Exception as exc:
+        if _is_connection_error(exc):
+            raise
+        info["read_only_replica"] = False
     try:
         server = client.info("server")
         info["version"] = server.get("redis_version")
