@@ -85,7 +85,7 @@ def redis_errors(operation: str, key: str | None) -> Iterator[None]:
         text = str(exc)
         if text.startswith("FOREIGN_DATA") or "FOREIGN_DATA" in text[:40]:
             raise ForeignDataError(text, operation=operation, key=key) from None
-        if text.startswith("READONLY") or "READONLY You can't write" in text:
+        if isinstance(exc, redis.exceptions.ReadOnlyError) or "write against a read only replica" in text:
             raise BackendError(
                 f"Redis is a read-only replica: {operation} cannot write there (nothing was written); "
                 "connect to the primary",
