@@ -304,14 +304,21 @@ def test_a_read_only_replica_refuses_writes_as_backend_unavailable(redis_url: st
         assert caught.value.code == "BACKEND_UNAVAILABLE"
         assert "read-only replica" in str(caught.value) and caught.value.context["reason"] == "read_only_replica"
 
+    stats = memory.stats()  # a list another tool changed is adopted first: a write, refused here
+    client = redis.Redis.from_url(redis_url)
+    client.rpush(memory.layout.base, b'{"role":"user","content":"pushed by Compozy"}')
+    client.wait(1, 5000)
+    assert memory.stats()["message_count"] == stats["message_count"] + 1
+
     health = memory.health()
     assert health["healthy"] is False and "read-only replica" in health["error"]
     assert "Redis is a read-only replica" in health["warnings"]
 
     read = memory.read()  # an lru read records access times: a write the replica refuses
-    assert [m["content"] for m in read["messages"]] == ["one", "two"]
+    assert [m["content"] for m in read["messages"]] == ["one", "two", "pushed by Compozy"]
     assert any("access times were not recorded" in w for w in read["warnings"])
-    assert memory.read(max_tokens=1000)["count"] == 2 and memory.read(last=1)["messages"][0]["content"] == "two"
+    assert memory.read(max_tokens=1000)["count"] == 3
+    assert memory.read(last=1)["messages"][0]["content"] == "pushed by Compozy"
 
 
 @pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient.")

@@ -184,6 +184,15 @@ class MemoryInstance:
                 return True
         raise MemoryOperationError("the memory kept changing while being adopted; try again", key=self.key)
 
+    def _adopt_if_writable(self) -> bool:
+        """:meth:`adopt` for reads (stats, health): False, instead of an error, where Redis refuses writes."""
+        try:
+            return self.adopt()
+        except BackendError as exc:
+            if cannot_write(exc):
+                return False
+            raise
+
     def _canonical(self, raw: bytes, position: int) -> tuple[str, int, str, str]:
         try:
             message = decode(raw, key=self.key, position=position)
@@ -690,7 +699,7 @@ class MemoryInstance:
             meta = results[0]
             fields = [meta.get(f.encode()) for f in FINGERPRINT_FIELDS]
             length = int(results[2])
-            if not length or is_ours(fields, length, results[3], results[4]) or not self.adopt():
+            if not length or is_ours(fields, length, results[3], results[4]) or not self._adopt_if_writable():
                 break
         return [*results[:3], *results[5:]]
 
@@ -704,7 +713,7 @@ class MemoryInstance:
                 pipe.lindex(self.layout.base, 0)
                 pipe.lindex(self.layout.base, -1)
                 values, length, first, last = pipe.execute()
-            if not length or is_ours(values[:-1], int(length), first, last) or not self.adopt():
+            if not length or is_ours(values[:-1], int(length), first, last) or not self._adopt_if_writable():
                 break
         count = int(values[1]) if values[1] is not None else int(length)
         tokens = int(values[0] or 0) if length else 0
