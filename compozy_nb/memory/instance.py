@@ -681,27 +681,14 @@ class MemoryInstance:
 
     # ------------------------------------------------------------------ internals
     def _stats_round_trip(self, include_content: bool) -> list[Any]:
-        """HGETALL, PTTL, LLEN (and head/tail) in one round trip; a list another tool changed is adopted
-        first, so role counts and token totals describe the list as it is."""
-        client = self.backend.client
+        """Metadata, PTTL, LLEN (and head/tail) in one round trip (stats.lua); a list another tool changed is
+        adopted first, so role counts and token totals describe the list as it is."""
         for _ in range(2):
-            with redis_errors("stats", self.key):
-                pipe = client.pipeline(transaction=False)
-                pipe.hgetall(self.layout.metadata)
-                pipe.pttl(self.layout.base)
-                pipe.llen(self.layout.base)
-                pipe.lindex(self.layout.base, 0)
-                pipe.lindex(self.layout.base, -1)
-                if include_content:
-                    pipe.lrange(self.layout.base, 0, 2)
-                    pipe.lrange(self.layout.base, -3, -1)
-                results: list[Any] = pipe.execute()
-            meta = results[0]
-            fields = [meta.get(f.encode()) for f in FINGERPRINT_FIELDS]
-            length = int(results[2])
-            if not length or is_ours(fields, length, results[3], results[4]) or not self._adopt_if_writable():
+            result = self._run("stats", ["1" if include_content else "0"], "stats")
+            if int(result[3]) or not self._adopt_if_writable():
                 break
-        return [*results[:3], *results[5:]]
+        flat = result[0]
+        return [dict(zip(flat[::2], flat[1::2], strict=True)), result[1], result[2], *result[4:]]
 
     def _counters(self, operation: str) -> tuple[int, int, str | None]:
         """message_count, token_count and last_flush; a list another tool changed is adopted first."""

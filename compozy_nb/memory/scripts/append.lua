@@ -23,14 +23,14 @@ if not archive_max then return arg_error('archive_max') end
 if ARGV[7] ~= '0' and ARGV[7] ~= '1' then return arg_error('track_access') end
 if not n or #ARGV ~= FIRST - 1 + n * 4 then return arg_error('n') end
 
-local previous = replayed(op)
-if previous then return previous end
-
-local count, tokens, fresh = 0, 0, true
-if mode ~= 'replace' then
-  count, tokens, fresh = load_counters()
+local count, tokens, fresh, previous = 0, 0, true, nil
+if mode == 'replace' then
+  previous = replayed(op)
+else
+  count, tokens, fresh, previous = load_counters(op)
   if count == nil then return foreign_error() end
 end
+if previous then return previous end
 
 -- the batch, checked whole before anything is written
 local batch = {}
@@ -160,7 +160,8 @@ bump_roles(roles)
 local evicted_stored = removed_msgs - (#new - #kept)
 local new_count = count - evicted_stored + #kept
 local new_tokens = tokens - (removed_tokens - evicted_new_tokens) + stored_tokens
-save_counters(new_count, new_tokens)
+local result = save_counters(new_count, new_tokens, op,
+  {#new, new_count, new_tokens, removed_msgs, duplicates, removed_tokens})
 if removed_msgs > 0 then redis.call('HINCRBY', META, 'evicted_count', removed_msgs) end
 expire_all(ttl_ms, track)
-return remember(op, {#new, new_count, new_tokens, removed_msgs, duplicates, removed_tokens})
+return result
