@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -681,14 +682,26 @@ class MemoryInstance:
 
     # ------------------------------------------------------------------ internals
     def _stats_round_trip(self, include_content: bool) -> list[Any]:
-        """Metadata, PTTL, LLEN (and head/tail) in one round trip (stats.lua); a list another tool changed is
-        adopted first, so role counts and token totals describe the list as it is."""
+        """HGETALL, PTTL, LLEN (and head/tail) in one round trip; a list another tool changed is adopted
+        first, so role counts and token totals describe the list as it is."""
+        client = self.backend.client
         for _ in range(2):
-            result = self._run("stats", ["1" if include_content else "0"], "stats")
-            if int(result[3]) or not self._adopt_if_writable():
+            with redis_errors("stats", self.key):
+                pipe = client.pipeline(transaction=False)
+                pipe.hgetall(self.layout.metadata)
+                pipe.pttl(self.layout.base)
+                pipe.llen(self.layout.base)
+                pipe.lindex(self.layout.base, 0)
+                pipe.lindex(self.layout.base, -1)
+                if include_content:
+                    pipe.lrange(self.layout.base, 0, 2)
+                    pipe.lrange(self.layout.base, -3, -1)
+                results: list[Any] = pipe.execute()
+            meta, length = results[0], int(results[2])
+            fields = [meta.get(f.encode()) for f in FINGERPRINT_FIELDS]
+            if not length or is_ours(fields, length, results[3], results[4]) or not self._adopt_if_writable():
                 break
-        flat = result[0]
-        return [dict(zip(flat[::2], flat[1::2], strict=True)), result[1], result[2], *result[4:]]
+        return [*results[:3], *results[5:]]
 
     def _counters(self, operation: str) -> tuple[int, int, str | None]:
         """message_count, token_count and last_flush; a list another tool changed is adopted first."""
@@ -753,8 +766,14 @@ class MemoryInstance:
         return encoded.raw, encoded.tokens, encoded.id
 
 
+_OUR_HEAD = re.compile(rb'^\{"tokens":\d+,"id":"([^"\\]*)"')
+
+
 def _end_id(raw: Any) -> str:
     """The id of a list element ('' when it has none), as _common.lua's end_id reads it."""
+    ours = _OUR_HEAD.match(raw) if isinstance(raw, bytes) else None
+    if ours:
+        return ours.group(1).decode("utf-8", "replace")
     try:
         message = json.loads(raw)
     except ValueError:

@@ -74,9 +74,9 @@ end
 -- (FOREIGN_DATA), which counts the tokens of its messages.
 -- Retries: each write call carries an operation id (op) chosen before its first send. A re-send of a call
 -- that already ran (its reply was lost, the client retried) finds the id and the result recorded with it.
--- Returns count, tokens, fresh, replayed: fresh for an empty list (whose stale ids, access data and role
--- counts the caller drops with its first write); replayed is the recorded result of a re-sent call; count is
--- nil when the list is foreign. Writes nothing.
+-- Returns count, tokens, fresh, replayed, first: fresh for an empty list (whose stale ids, access data and
+-- role counts the caller drops with its first write); replayed is the recorded result of a re-sent call;
+-- first the id at the list's head; count is nil when the list is foreign. Writes nothing.
 local function load_counters(op)
   local v = redis.call('HMGET', META, 'token_count', 'message_count', 'nb_count', 'nb_tokens', 'nb_first', 'nb_last',
     'nb_op', 'nb_op_result')
@@ -84,8 +84,8 @@ local function load_counters(op)
   local len = redis.call('LLEN', LIST)
   if len == 0 then return 0, 0, true end
   if tonumber(v[3]) ~= len or v[2] ~= v[3] or not v[1] or v[1] ~= v[4] then return nil end
-  if end_id(0) ~= v[5] or end_id(-1) ~= v[6] then return nil end
-  return len, tonumber(v[1]) or 0, false
+  if end_id(-1) ~= v[6] or end_id(0) ~= v[5] then return nil end
+  return len, tonumber(v[1]) or 0, false, nil, v[5]
 end
 
 -- The recorded result of a re-sent call (see load_counters), for scripts that do not load the counters.
@@ -103,10 +103,11 @@ local function forget_all()
 end
 
 -- Record the counters and the fingerprint (see load_counters) after a write, and the call's result under
--- its operation id; returns the result.
-local function save_counters(count, tokens, op, result)
+-- its operation id; returns the result. first/last: the ids now at the ends when the caller knows them
+-- (nil: read them).
+local function save_counters(count, tokens, op, result, first, last)
   local fields = {'message_count', count, 'token_count', tokens, 'nb_count', count, 'nb_tokens', tokens,
-    'nb_first', end_id(0), 'nb_last', end_id(-1)}
+    'nb_first', first or end_id(0), 'nb_last', last or end_id(-1)}
   if op and op ~= '' then
     fields[#fields + 1] = 'nb_op'
     fields[#fields + 1] = op
