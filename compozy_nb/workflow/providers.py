@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import logging
 import os
 import threading
 import time
@@ -276,6 +277,21 @@ def _max_bytes(value: Any) -> int:
     return value
 
 
+class _MaskUrlsInLogs(logging.Filter):
+    """httpx logs every request's URL (at INFO): hide credentials in a ``?api_key=``-style query there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(mask_url(str(a)) if "://" in str(a)[:16] else a for a in record.args)
+        return True
+
+
+def _mask_httpx_logs() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _MaskUrlsInLogs) for f in logger.filters):
+        logger.addFilter(_MaskUrlsInLogs())
+
+
 @dataclass
 class _Reply:
     """One HTTP answer read within the bounds."""
@@ -303,6 +319,7 @@ def call_openai(request: ChatRequest, *, retries: int = 3, backoff: float = 0.5)
     import httpx
 
     target = _target(request)
+    _mask_httpx_logs()
     body: dict[str, Any] = {"model": request.model, "messages": request.messages}
     if request.temperature is not None:
         body["temperature"] = request.temperature
@@ -312,7 +329,9 @@ def call_openai(request: ChatRequest, *, retries: int = 3, backoff: float = 0.5)
     if target.api_key:
         headers["Authorization"] = f"Bearer {target.api_key}"
     deadline = time.monotonic() + request.timeout
-    with httpx.Client(auth=target.auth, follow_redirects=False, trust_env=False) as client:
+    # user:token@ in base_url becomes Basic auth (so it never appears in a logged URL); an API key wins
+    auth = None if target.api_key else target.auth
+    with httpx.Client(auth=auth, follow_redirects=False) as client:
         attempt = 0
         while True:
             try:
