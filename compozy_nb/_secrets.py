@@ -7,13 +7,15 @@ any text we echo (a provider's error body, an exception message).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlsplit
 
 MASK = "***"
 _SECRET_PARAMS = re.compile(r"(pass(word)?|pwd|secret|token|key|auth|credential|signature|sig)", re.IGNORECASE)
-_BEARER = re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=\-]{4,}")
+_AUTH_VALUE = re.compile(r"(?i)\b(bearer|basic)(\s+)([A-Za-z0-9._~+/\-]{6,}=*)")
 _SK_KEY = re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
 
@@ -23,6 +25,18 @@ class MaskedStr(str):
 
     def __repr__(self) -> str:
         return repr(mask_url(str(self)))
+
+
+class HiddenStr(str):
+    """A secret value (an API key in settings) whose ``repr`` is ``'***'``; the value itself is unchanged."""
+
+    def __repr__(self) -> str:
+        return repr(MASK)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a setting or query parameter named ``name`` holds a credential (``password``, ``api_key`` ...)."""
+    return bool(_SECRET_PARAMS.search(name))
 
 
 def mask_url(url: str) -> str:
@@ -68,9 +82,25 @@ def _mask_query(query: str) -> str:
 def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
     """``text`` without the given secrets, ``Bearer``/``Basic`` tokens, ``sk-…`` keys and URL credentials."""
     text = scrub_exact(text, secrets)
-    text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    text = _AUTH_VALUE.sub(_mask_auth_value, text)
     text = _SK_KEY.sub(f"sk-{MASK}", text)
     return _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
+
+
+def _mask_auth_value(match: re.Match[str]) -> str:
+    """``Bearer <token>`` always; ``Basic <value>`` only when the value is base64 of ``user:password`` (so
+    that "Basic authentication failed" stays readable)."""
+    scheme, space, value = match.group(1), match.group(2), match.group(3)
+    if scheme.lower() == "basic" and ":" not in _b64_text(value):
+        return match.group(0)
+    return f"{scheme}{space}{MASK}"
+
+
+def _b64_text(value: str) -> str:
+    try:
+        return base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("utf-8", "replace")
+    except (ValueError, binascii.Error):
+        return ""
 
 
 def excerpt(text: str, secrets: Iterable[str | None] = (), limit: int = 200) -> str:

@@ -172,7 +172,7 @@ def test_malformed_urls_name_the_wrong_part(url: str, code: str, part: str, caps
 def test_settings_repr_hides_the_password_and_tokens(tmp_path: Path, url_forms: list[str]) -> None:
     (tmp_path / "compozy.yaml").write_text(
         f"name: secretive\nredis:\n  url: {url_forms[1]}\n"
-        f"providers:\n  openai: {{base_url: 'https://bot:{TOKEN}@llm.example/v1'}}\n",
+        f"providers:\n  openai: {{base_url: 'https://bot:{TOKEN}@llm.example/v1', api_key: {API_KEY}}}\n",
         encoding="utf-8",
     )
     project = Project.load(tmp_path)
@@ -346,3 +346,16 @@ def test_basic_auth_from_base_url_reaches_the_server(fake_openai: FakeOpenAI, tm
     assert project.run("ask", {"q": "hi"})["status"] == "completed"
     sent = fake_openai.requests[0].headers["authorization"]
     assert base64.b64decode(sent.split()[1]).decode() == f"bot:{TOKEN}"
+
+
+def test_a_gateway_echoing_basic_auth_leaks_nothing(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    base_url = fake_openai.base_url.replace("http://", f"http://bot:{TOKEN}@")
+    fake_openai.queue(Reply(400, echo_auth=True))
+
+    run = provider_project(tmp_path, base_url).run("ask", {"q": "hi"})
+
+    encoded = base64.b64encode(f"bot:{TOKEN}".encode()).decode()
+    assert fake_openai.requests[0].headers["authorization"] == f"Basic {encoded}"
+    assert "Basic ***" in run["error"]["message"]
+    assert encoded not in json.dumps(run)
+    assert_clean(run)

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from compozy_nb._secrets import MaskedStr
+from compozy_nb._secrets import HiddenStr, MaskedStr, is_secret_name
 from compozy_nb.config._yaml import Document, load_file, validate_document
 from compozy_nb.config.memory import MemoryResource
 from compozy_nb.errors import ConfigError
@@ -81,11 +81,12 @@ class ProjectSettings(_Strict):
         return {name: _mask_strings(options) for name, options in value.items()}
 
 
-def _mask_strings(value: Any) -> Any:
+def _mask_strings(value: Any, name: str = "") -> Any:
+    """Strings that print masked: a credential-named value entirely, any other string as a URL."""
     if isinstance(value, str):
-        return MaskedStr(value)
+        return HiddenStr(value) if is_secret_name(name) and not name.endswith("_env") else MaskedStr(value)
     if isinstance(value, dict):
-        return {k: _mask_strings(v) for k, v in value.items()}
+        return {k: _mask_strings(v, str(k)) for k, v in value.items()}
     return value
 
 
