@@ -243,6 +243,16 @@ def test_retry_after_beyond_the_deadline_fails_at_once(fake_openai: FakeOpenAI, 
     assert len(fake_openai.requests) == 1
 
 
+def test_retries_and_their_waits_count_against_the_same_deadline(fake_openai: FakeOpenAI, key: str) -> None:
+    fake_openai.queue(*[Reply(503, {"error": {"message": "busy"}}, {"Retry-After": "0.6"})] * 5)
+    project = two_step_project(fake_openai.base_url, timeout=1)
+
+    error = failed_call(project.run("edges", {"q": "hi"}))
+
+    assert error["code"] == "PROVIDER_TIMEOUT"
+    assert len(fake_openai.requests) <= 2  # without the deadline: 4 requests (3 retries), then PROVIDER_ERROR
+
+
 def test_x_should_retry_false_forbids_a_retry(fake_openai: FakeOpenAI, key: str) -> None:
     fake_openai.queue(Reply(503, {"error": {"message": "no"}}, {"x-should-retry": "false", "Retry-After": "0"}))
     project = two_step_project(fake_openai.base_url)
