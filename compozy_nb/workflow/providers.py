@@ -340,12 +340,12 @@ def call_openai(request: ChatRequest, *, retries: int = 3, backoff: float = 0.5)
                 if attempt >= retries:
                     raise ProviderError(exc.message, **exc.context) from None
                 attempt += 1
-                _wait(backoff * 2 ** (attempt - 1), deadline, request.timeout, target, exc.message)
+                _wait(backoff * 2 ** (attempt - 1), deadline, request.timeout, exc.message.removeprefix("openai: "))
                 continue
             if _should_retry(reply) and attempt < retries:
                 attempt += 1
                 delay = _retry_after(reply.headers.get("retry-after"), backoff * 2 ** (attempt - 1))
-                _wait(delay, deadline, request.timeout, target, f"HTTP {reply.status}")
+                _wait(delay, deadline, request.timeout, f"HTTP {reply.status} from {target.shown}")
                 continue
             return _openai_response(reply, target, request)
 
@@ -392,9 +392,12 @@ def _send(
         # the request went out: the server may have processed it, so it is retried only when marked safe
         cls = _RetryableError if marked_safe else ProviderError
         cut = f"HTTP {status} reply cut short" if status is not None else "connection closed before any reply"
+        outcome = (
+            "the server marked it safe to retry" if marked_safe else "not sent again: the server may have processed it"
+        )
         raise cls(
             f"openai: {cut} from {target.shown} ({type(exc).__name__}: {scrub(str(exc), target.secrets)[:120]}); "
-            "not sent again: the server may have processed it",
+            f"{outcome}",
             provider="openai",
             url=target.shown,
             status=status,
@@ -408,13 +411,13 @@ def _should_retry(reply: _Reply) -> bool:
     return reply.status in RETRY_STATUSES
 
 
-def _wait(delay: float, deadline: float, total: float, target: _Target, after: str) -> None:
+def _wait(delay: float, deadline: float, total: float, after: str) -> None:
+    """Sleep before a retry, or fail at once when the retry could not start before the deadline."""
     if time.monotonic() + delay >= deadline:
         raise ProviderError(
-            f"openai: {after} from {target.shown}; a retry in {delay:g} s would pass the task's timeout of {total:g} s",
+            f"openai: {after}; a retry in {delay:g} s would pass the task's timeout of {total:g} s",
             code="PROVIDER_TIMEOUT",
             provider="openai",
-            url=target.shown,
         )
     time.sleep(delay)
 
