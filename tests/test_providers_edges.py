@@ -174,7 +174,9 @@ def test_http_answers_502_with_the_run_json(fake_openai: FakeOpenAI, key: str) -
 
     fake_openai.queue(Reply(200, raw=HTML_PAGE))
     project = two_step_project(fake_openai.base_url)
-    with TestClient(create_app(project, api_key=""), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(project, api_key=""), raise_server_exceptions=False, base_url="http://localhost"
+    ) as client:
         response = client.post("/workflows/edges/execute", json={"input": {"q": "hi"}})
 
     assert response.status_code == 502

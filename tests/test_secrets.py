@@ -201,13 +201,15 @@ def test_http_health_hides_the_password(url_forms: list[str]) -> None:
 
     for url in url_forms:
         project = Project("health", redis_url=url)
-        with TestClient(create_app(project, api_key=""), raise_server_exceptions=False) as client:
+        with TestClient(
+            create_app(project, api_key=""), raise_server_exceptions=False, base_url="http://localhost"
+        ) as client:
             response = client.get("/healthz")
         assert response.status_code == 200
         assert response.json()["data"]["redis"]["url"].count("***") == 1
         assert_clean(response.text)
     down = Project("health", redis_url=f"redis://:{PASSWORD}@127.0.0.1:1/0")
-    with TestClient(create_app(down, api_key=""), raise_server_exceptions=False) as client:
+    with TestClient(create_app(down, api_key=""), raise_server_exceptions=False, base_url="http://localhost") as client:
         response = client.get("/healthz")
     assert response.status_code == 503
     assert_clean(response.text)
@@ -304,7 +306,9 @@ def test_a_gateway_echoing_the_key_leaks_it_nowhere(
     assert main(["run", "ask", "--project", str(tmp_path), "--input", '{"q": "hi"}']) == 1  # the CLI
     assert_clean(*capsys.readouterr())
 
-    with TestClient(create_app(project, api_key=""), raise_server_exceptions=False) as client:  # HTTP
+    with TestClient(
+        create_app(project, api_key=""), raise_server_exceptions=False, base_url="http://localhost"
+    ) as client:  # HTTP
         response = client.post("/workflows/ask/execute", json={"input": {"q": "hi"}})
     assert response.status_code == 502
     assert_clean(response.text)
