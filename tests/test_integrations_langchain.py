@@ -59,7 +59,10 @@ def test_messages_come_back_in_order_and_clear_empties(project: Project) -> None
     h = history(project)
     h.add_ai_message("This is me, the AI")
     h.add_user_message("This is me, the human")
-    assert [(m.type, m.content) for m in h.messages] == [("ai", "This is me, the AI"), ("human", "This is me, the human")]
+    assert [(m.type, m.content) for m in h.messages] == [
+        ("ai", "This is me, the AI"),
+        ("human", "This is me, the human"),
+    ]
     assert [(m["role"], m["content"]) for m in stored(h.memory)] == [
         ("assistant", "This is me, the AI"),
         ("user", "This is me, the human"),

@@ -157,9 +157,7 @@ def _tool_calls_from_openai(calls: Sequence[Any]) -> tuple[list[Any], list[Any]]
         if isinstance(args, dict):
             valid.append({"name": name, "args": args, "id": call_id, "type": "tool_call"})
         else:
-            invalid.append(
-                {"name": name, "args": arguments, "id": call_id, "error": None, "type": "invalid_tool_call"}
-            )
+            invalid.append({"name": name, "args": arguments, "id": call_id, "error": None, "type": "invalid_tool_call"})
     return valid, invalid
 
 
@@ -254,12 +252,10 @@ class CompozyChatMessageHistory(BaseChatMessageHistory):
             )
 
         def get_session_history(*args: Any, **kwargs: Any) -> CompozyChatMessageHistory:
-            values = {**dict(zip(names, args)), **kwargs}
+            values = {**dict(zip(names, args, strict=False)), **kwargs}
             if template is None:
-                mem = project.memory(ref, str(values[names[0]]))
-            else:
-                mem = project.memory(ref, **values)
-            return cls(mem, max_tokens=max_tokens, last=last)
+                return cls(project.memory(ref, str(values[names[0]])), max_tokens=max_tokens, last=last)
+            return cls(project.memory(ref, **values), max_tokens=max_tokens, last=last)
 
         parameters = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
         get_session_history.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]

@@ -127,7 +127,8 @@ def from_openai(message: Mapping[str, Any]) -> ChatMessage:
             kwargs = arguments
         if not isinstance(kwargs, dict):
             kwargs = arguments
-        blocks.append(ToolCallBlock(tool_call_id=call.get("id"), tool_name=function.get("name") or "", tool_kwargs=kwargs))
+        name = function.get("name") or ""
+        blocks.append(ToolCallBlock(tool_call_id=call.get("id"), tool_name=name, tool_kwargs=kwargs))
     extra = {name: message[name] for name in ("tool_call_id", "name") if message.get(name)}
     role = str(message.get("role", "user"))
     known = role in MessageRole._value2member_map_
