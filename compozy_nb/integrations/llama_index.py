@@ -109,8 +109,20 @@ def _openai_call(call: Any) -> dict[str, Any]:
     }
 
 
+_ROLES = {role.value: role for role in MessageRole}
+_PLAIN_FIELDS = frozenset(("role", "content", "id", "tokens", "ts"))
+
+
 def from_openai(message: Mapping[str, Any]) -> ChatMessage:
     """A stored message (an OpenAI chat message dict, as ``read`` returns it) as a LlamaIndex ``ChatMessage``."""
+    content = message.get("content")
+    role = _ROLES.get(str(message.get("role", "user")), MessageRole.USER)
+    if isinstance(content, str) and _PLAIN_FIELDS.issuperset(message):  # a text message: the common case
+        return ChatMessage(role=role, blocks=[TextBlock(text=content)] if content else [])
+    return _from_openai_full(role, message)
+
+
+def _from_openai_full(role: MessageRole, message: Mapping[str, Any]) -> ChatMessage:
     blocks: list[Any] = []
     content = message.get("content")
     parts = content if isinstance(content, list) else message.get("content_parts")
@@ -130,9 +142,7 @@ def from_openai(message: Mapping[str, Any]) -> ChatMessage:
         name = function.get("name") or ""
         blocks.append(ToolCallBlock(tool_call_id=call.get("id"), tool_name=name, tool_kwargs=kwargs))
     extra = {name: message[name] for name in ("tool_call_id", "name") if message.get(name)}
-    role = str(message.get("role", "user"))
-    known = role in MessageRole._value2member_map_
-    return ChatMessage(role=MessageRole(role) if known else MessageRole.USER, blocks=blocks, additional_kwargs=extra)
+    return ChatMessage(role=role, blocks=blocks, additional_kwargs=extra)
 
 
 def _block(part: Any) -> Any:
