@@ -15,8 +15,8 @@ Subjects, each used through its documented API:
 - ``langchain``: langchain-community ``RedisChatMessageHistory(ttl=86400)`` + langchain-core
   ``trim_messages(history.messages, strategy="last", max_tokens=1000, token_counter=<tiktoken counter of the
   LangChain how-to guide>, start_on="human", include_system=True)``: ``add_message``, ``messages[-20:]``.
-- ``lc-adapter`` / ``li-adapter``: this project's LangChain and LlamaIndex adapters, the same operations through
-  the frameworks' interfaces (see benchmarks/peers_adapters.py).
+- ``lc-adapter`` / ``li-adapter`` / ``li-store``: this project's LangChain and LlamaIndex adapters, the same
+  operations through the frameworks' interfaces (see benchmarks/peers_adapters.py).
 
 Operations at 100 / 1,000 / 10,000 stored messages (the same deterministic ~50-token texts for every subject,
 roles alternating user/assistant): read last 20, read within a 1,000-token budget, append one message; then
@@ -637,7 +637,7 @@ class Bench:
                 cases.append(Case(operation, size, subject, lambda fn=fn, key=key: fn(key)))
         if method == "read_budget":
             for case in cases:
-                if case.subject.name not in ("raw", "compozy", "lc-adapter", "li-adapter"):
+                if case.subject.name not in ("raw", "compozy", *peers_adapters.ADAPTERS):
                     print(f"    probe {case.subject.label} @ {case.size:,} ...", flush=True)
                     probe(case, self.settings.probe_timeout_s)
         for case in cases:

@@ -5,6 +5,7 @@
 - ``li-adapter``: ``CompozyChatStore`` + ``ChatMemoryBuffer.from_defaults(token_limit=1000)`` (LlamaIndex):
   ``memory.put(ChatMessage)``, ``CompozyChatStore(..., last=20).get_messages(key)``, ``memory.get()`` over
   ``CompozyChatStore(..., max_tokens=1000)``.
+- ``li-store``: ``CompozyChatStore`` alone: ``add_message``, ``get_messages`` with ``last=20`` / ``max_tokens=1000``.
 
 Both store in the same ``buffer`` resource as the ``compozy_nb`` subject (no limit, ttl 24h), so the extra cost of
 an adapter over the engine's own call is its conversion to the framework's message objects; the report's
@@ -154,9 +155,24 @@ class LlamaIndexAdapter(_AdapterSubject):
         return self._pairs(self.memory(key).get())
 
 
+class LlamaIndexStore(LlamaIndexAdapter):
+    """``CompozyChatStore`` alone: the adapter's own reads, without ``ChatMemoryBuffer``'s re-tokenizing."""
+
+    name, label, prefix = "li-store", "LlamaIndex adapter (store only)", "listore"
+
+    def append(self, key: str, role: str, content: str) -> None:
+        self.all.add_message(key, self.ChatMessage(role=role, content=content))
+
+    def read_budget(self, key: str) -> list[tuple[str, str]]:
+        return self._pairs(self.budget.get_messages(key))
+
+
+ADAPTERS = ("lc-adapter", "li-adapter", "li-store")
+
+
 def subjects(project_name: str) -> list[Any]:
     """The adapter subjects, in report order."""
-    return [LangChainAdapter(project_name), LlamaIndexAdapter(project_name)]
+    return [LangChainAdapter(project_name), LlamaIndexAdapter(project_name), LlamaIndexStore(project_name)]
 
 
 def report_lines(
@@ -164,7 +180,7 @@ def report_lines(
 ) -> list[str]:
     """The "Adapters vs compozy_nb" section: each adapter's p50 ÷ the engine's own call, per operation and size."""
     by = {(c.operation, c.size, c.subject.name): c for c in cases}
-    operations = list(dict.fromkeys(c.operation for c in by.values() if c.subject.name in ("lc-adapter", "li-adapter")))
+    operations = list(dict.fromkeys(c.operation for c in by.values() if c.subject.name in ADAPTERS))
     if not operations:
         return []
     out = [
@@ -172,18 +188,20 @@ def report_lines(
         "## Adapters vs compozy_nb",
         "",
         "Each adapter's p50 ÷ compozy_nb's own call (same run, same resource): what the framework interface adds "
-        "on top of the engine (conversion to LangChain / LlamaIndex message objects; for the LlamaIndex budget read, "
-        "also `ChatMemoryBuffer.get()`'s own re-tokenizing of the window). Flat across sizes = flat in history size.",
+        "on top of the engine: the conversion to LangChain / LlamaIndex message objects, and for the LlamaIndex "
+        "adapter's budget read also `ChatMemoryBuffer.get()`, which re-tokenizes the window it is given with "
+        "LlamaIndex's tokenizer (the *store only* column leaves it out). Flat across sizes = flat in history size.",
         "",
-        "| operation | stored msgs | LangChain adapter | LlamaIndex adapter |",
-        "|---|---:|---:|---:|",
+        "| operation | stored msgs | LangChain adapter | LlamaIndex adapter (ChatMemoryBuffer) | LlamaIndex adapter "
+        "(store only) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for op in operations:
         for size in sizes:
             engine = by.get((op, size, "compozy"))
             base = p50(engine) if engine else None
             cells = []
-            for name in ("lc-adapter", "li-adapter"):
+            for name in ADAPTERS:
                 case = by.get((op, size, name))
                 value = p50(case) if case else None
                 cells.append(fmt_ratio(value / base) if value and base else "—")
