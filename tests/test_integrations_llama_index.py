@@ -93,6 +93,17 @@ def test_delete_message_by_position_and_the_last_one(project: Project) -> None:
     assert [m["content"] for m in mem.read(archive=True)["messages"]] == ["d", "a"]  # removed into the archive
 
 
+def test_delete_message_on_a_list_written_by_compozy(project: Project) -> None:
+    store = CompozyChatStore(project, "conv")
+    mem = store.memory("from-compozy")
+    raw = [json.dumps({"role": r, "content": c}) for r, c in (("user", "a"), ("assistant", "b"), ("user", "c"))]
+    project.backend.client.rpush(mem.layout.base, *raw)  # Compozy's bytes: no tokens, no ids
+    assert store.delete_message("from-compozy", 1) == assistant("b")  # adopted first, then removed
+    assert store.get_messages("from-compozy") == [user("a"), user("c")]
+    assert all(isinstance(m["tokens"], int) for m in stored(mem))
+    assert asyncio.run(store.adelete_last_message("from-compozy")) == user("c")
+
+
 def test_ttl_and_redaction_apply(project: Project) -> None:
     store = CompozyChatStore(project, "conv")
     store.add_message("k", user("mail bob@example.com"))

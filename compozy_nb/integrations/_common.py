@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from compozy_nb.memory.aio import AsyncMemory
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from compozy_nb.project import Project
 
 KEY_VARIABLE = "chat_store_key"
+MAX_CACHED = 1024  # memory instances kept per store; beyond, the cache starts over (an instance is cheap to make)
 
 
 def missing_extra(extra: str, module: str, exc: ImportError) -> ImportError:
@@ -47,6 +48,8 @@ class KeyMap:
         """The memory instance of one chat store key (made once, then reused)."""
         mem = self._instances.get(chat_key)
         if mem is None:
+            if len(self._instances) >= MAX_CACHED:
+                self._instances.clear()
             if self.templated:
                 mem = self.project.memory(self.ref, **{**self.key_vars, KEY_VARIABLE: chat_key})
             else:
@@ -136,8 +139,3 @@ async def atake(mem: MemoryInstance, start: int, stop: int, operation: str) -> l
             continue
         break
     return [decode(raw, key=mem.key, position=start + i) for i, raw in enumerate(raws)]
-
-
-def converted(items: Sequence[Any], convert: Callable[[Any, int], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Framework messages as engine payload dicts, each conversion told its index (for error fields)."""
-    return [convert(item, i) for i, item in enumerate(items)]
