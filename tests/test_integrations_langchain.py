@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import uuid
 import warnings
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -304,3 +307,38 @@ def test_import_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "langchain_core.chat_history", None)
     with pytest.raises(ImportError, match=r"extra 'langchain'.*compozy-nb\[langchain\]"):
         import compozy_nb.integrations.langchain  # noqa: F401
+
+
+texts = st.text(min_size=1, max_size=40).filter(lambda t: t.strip() != "")
+ids = st.one_of(st.none(), st.text(alphabet="abcdef0123456789-_", min_size=1, max_size=20))
+arguments = st.dictionaries(st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=8), st.booleans()))
+langchain_messages = st.one_of(
+    st.builds(lambda c, i: HumanMessage(c, id=i), texts, ids),
+    st.builds(lambda c, i: SystemMessage(c, id=i), texts, ids),
+    st.builds(lambda c, i: AIMessage(c, id=i), texts, ids),
+    st.builds(
+        lambda c, i, name, args, call: AIMessage(c, id=i, tool_calls=[{"name": name, "args": args, "id": call}]),
+        st.one_of(st.just(""), texts),
+        ids,
+        texts,
+        arguments,
+        texts,
+    ),
+    st.builds(lambda c, i, call: ToolMessage(c, id=i, tool_call_id=call), texts, ids, texts),
+)
+
+
+@given(langchain_messages)
+def test_conversion_round_trips_every_message(message: BaseMessage) -> None:
+    assert from_openai(json.loads(json.dumps(to_openai(message)))) == message
+
+
+@given(st.lists(st.tuples(st.sampled_from(["user", "assistant"]), texts), max_size=8))
+def test_text_histories_round_trip_through_the_engine(pairs: list[tuple[str, str]]) -> None:
+    classes = {"user": HumanMessage, "assistant": AIMessage}
+    project = Project("prop", redis_url=f"embedded://{uuid.uuid4().hex}")
+    project.add(MemoryResource("conv").buffer())
+    h = CompozyChatMessageHistory(project.memory("conv", "k"))
+    sent = [classes[role](text, id=f"m{i}") for i, (role, text) in enumerate(pairs)]
+    h.add_messages(sent)
+    assert h.messages == sent
