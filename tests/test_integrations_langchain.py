@@ -294,6 +294,20 @@ def test_content_blocks_become_openai_content_parts() -> None:
     assert from_openai({"role": "user", "content": parts}).content == parts
 
 
+def test_anthropic_style_assistant_content_keeps_text_and_tool_calls_once() -> None:
+    message = AIMessage(
+        content=[
+            {"type": "thinking", "thinking": "let me look"},
+            {"type": "text", "text": "Checking the weather."},
+            {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}},
+        ],
+        tool_calls=[{"name": "weather", "args": {"city": "Paris"}, "id": "toolu_1"}],
+    )
+    out = to_openai(message)
+    assert out["content"] == "Checking the weather."
+    assert [c["id"] for c in out["tool_calls"]] == ["toolu_1"]
+
+
 def test_developer_role_and_unknown_message_types() -> None:
     developer = from_openai({"role": "developer", "content": "rules"})
     assert isinstance(developer, SystemMessage)

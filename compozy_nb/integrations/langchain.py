@@ -51,7 +51,11 @@ def to_openai(message: BaseMessage, index: int = 0) -> dict[str, Any]:
     Raises:
         InvalidPayloadError: a message type with no OpenAI equivalent (naming ``payload[index]``).
     """
-    out: dict[str, Any] = {"role": _role(message, index), "content": _content_to_openai(message.content)}
+    role = _role(message, index)
+    content = _content_to_openai(message.content)
+    if role == "assistant" and isinstance(content, list):
+        content = _assistant_parts(content)
+    out: dict[str, Any] = {"role": role, "content": content}
     if isinstance(message, AIMessage):
         calls = [_tool_call_to_openai(c["id"], c["name"], c["args"]) for c in message.tool_calls]
         calls += [_tool_call_to_openai(c["id"], c["name"], c["args"]) for c in message.invalid_tool_calls]
@@ -92,6 +96,15 @@ def _content_to_openai(content: str | list[Any]) -> str | list[Any]:
     if isinstance(content, str):
         return content
     return [_part_to_openai(part) for part in content]
+
+
+def _assistant_parts(parts: list[Any]) -> str | list[Any]:
+    """An assistant's content keeps its text and refusal parts: tool-use blocks (Anthropic) are the message's
+    ``tool_calls`` already, reasoning blocks are not stored. A single text part becomes a string."""
+    kept = [p for p in parts if isinstance(p, Mapping) and p.get("type") in ("text", "refusal")]
+    if len(kept) == 1 and kept[0]["type"] == "text":
+        return str(kept[0]["text"])
+    return kept
 
 
 def _part_to_openai(part: Any) -> Any:
