@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "Workflow": "compozy_nb.sdk",
     "WorkflowConfig": "compozy_nb.config.workflow:Workflow",
     "connect": "compozy_nb.backends",
+    "inspect": "compozy_nb.notebook.inspector",
 }
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "WorkflowConfig",
     "__version__",
     "connect",
+    "inspect",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]
@@ -88,6 +90,7 @@ if TYPE_CHECKING:
         TemplateError,
     )
     from compozy_nb.memory.instance import OPERATIONS, MemoryInstance
+    from compozy_nb.notebook.inspector import inspect
     from compozy_nb.project import Project
     from compozy_nb.results import OperationResult, RunResult
     from compozy_nb.sdk import MemoryResource, Workflow
