@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from compozy_nb.memory.aio import AsyncMemory
-from compozy_nb.memory.messages import decode, utc_now_iso
-from compozy_nb.memory.store import ForeignDataError, redis_errors
+from compozy_nb.memory.messages import decode, new_id, utc_now_iso
+from compozy_nb.memory.store import ForeignDataError, redis_errors, script_source
 
 if TYPE_CHECKING:
     from compozy_nb.backends import Backend
@@ -97,7 +97,9 @@ def async_memory(mem: MemoryInstance) -> AsyncMemory:
 def _flush_args(mem: MemoryInstance, raws: Sequence[bytes]) -> list[Any]:
     """The arguments of the engine's flush script removing exactly ``raws`` (no summary)."""
     resource = mem.resource
-    return [mem.runtime.ttl_ms, resource.archive_max_messages, utc_now_iso(), "", 0, "", mem.runtime.track, len(raws)]
+    args = [mem.runtime.ttl_ms, resource.archive_max_messages, utc_now_iso(), "", 0, "", mem.runtime.track, len(raws)]
+    # the retry-safe engine takes an operation id first (a re-send after a lost reply returns the first result)
+    return [new_id(), *args] if "ARGV: op," in script_source("flush") else args
 
 
 def take(mem: MemoryInstance, start: int, stop: int, operation: str) -> list[dict[str, Any]]:
