@@ -500,9 +500,9 @@ def roles_of(messages: Sequence[dict[str, Any]]) -> list[str]:
 def test_script_errors_name_no_sha_nor_script_line(backend: Backend) -> None:
     """A Redis error inside a script reaches the user without the script's SHA or ``user_script:NNN``."""
     mem = make_memory(backend)
-    mem.append({"role": "user", "content": "x"})
-    with pytest.raises(CompozyNbError) as info:  # a bad argument the script hands to PEXPIRE
-        mem._run("append", ["append", "notanumber", 0, 0, 0, "0", 1, "0", '{"role":"user"}', 1, "i", "user"], "append")
+    backend.client.set(mem.layout.base, "not a list")  # the script's first list command fails: WRONGTYPE
+    with pytest.raises(CompozyNbError) as info:
+        mem.append({"role": "user", "content": "x"})
     text = json.dumps(info.value.to_dict())
     assert "user_script" not in text
     assert not any(len(word) == 40 and all(c in "0123456789abcdef" for c in word) for word in text.split())

@@ -155,7 +155,7 @@ def test_flush_takes_tool_results_appended_after_the_plan(backend: Backend) -> N
     raws = backend.client.lrange(mem.layout.base, 0, -1)
     mem.append({"role": "tool", "tool_call_id": "c0.0", "content": "late result"})
     mem.append({"role": "user", "content": "next"})
-    args = [0, 100, "2026-01-01T00:00:00.000Z", "", 0, "", "0", 2, *raws]
+    args = ["op-late-1", 0, 100, "2026-01-01T00:00:00.000Z", "", 0, "", "0", 2, *raws]
     removed, count, _, _ = (int(v) for v in mem._run("flush", args, "flush"))
     assert (removed, count) == (3, 1)
     assert roles(mem.read()["messages"]) == ["user"]
@@ -182,6 +182,6 @@ def test_a_summary_flush_replans_when_tool_results_arrived_after_the_plan(backen
     raws = backend.client.lrange(mem.layout.base, 0, -1)
     mem.append({"role": "tool", "tool_call_id": "c0.0", "content": "late result"})
     summary = '{"tokens":3,"id":"s1","role":"system","content":"Summary","summary":true,"summarized_count":2}'
-    args = [0, 100, "2026-01-01T00:00:00.000Z", summary, 3, "s1", "0", 2, *raws]
+    args = ["op-late-2", 0, 100, "2026-01-01T00:00:00.000Z", summary, 3, "s1", "0", 2, *raws]
     assert [int(v) for v in mem._run("flush", args, "flush")][3] == -1
     assert roles(mem.read()["messages"]) == ["user", "assistant", "tool"]

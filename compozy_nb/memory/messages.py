@@ -159,8 +159,7 @@ def encode(
     text = transcript.tokenized_size(message, content)
     if text > max_bytes:  # before counting: tokenizing megabytes takes seconds
         raise LimitExceededError(
-            f"message {index} is larger than max_message_bytes ({max_bytes}): its content alone is "
-            f"{text} characters",
+            f"message {index} is larger than max_message_bytes ({max_bytes}): its content alone is {text} characters",
             operation=operation,
         )
     if len(message) == 2 and not structured:  # the common {role, content} message
