@@ -200,7 +200,7 @@ def _python_reply(result: Any, request: ChatRequest, name: str) -> ChatResponse:
             raise ProviderError(
                 f"{where}: '{optional}' must be a string, got {_describe(reply[optional])}", provider="python"
             )
-    content = str(reply.get("content") or "")
+    content = reply["content"] if isinstance(reply.get("content"), str) else ""  # None with tool_calls
     calls = reply.get("tool_calls")
     prompt_tokens, completion_tokens = _usage(reply.get("usage"), request, content, where)
     return ChatResponse(
