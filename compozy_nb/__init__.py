@@ -32,10 +32,13 @@ _EXPORTS: dict[str, str] = {
     "PrivacyError": "compozy_nb.errors",
     "Project": "compozy_nb.project",
     "RunResult": "compozy_nb.results",
+    "Simulation": "compozy_nb.simulation",
     "TemplateError": "compozy_nb.errors",
     "Workflow": "compozy_nb.sdk",
     "WorkflowConfig": "compozy_nb.config.workflow:Workflow",
     "connect": "compozy_nb.backends",
+    "simulate": "compozy_nb.simulation",
+    "synthetic_conversations": "compozy_nb.simulation",
 }
 
 __all__ = [
@@ -59,12 +62,15 @@ __all__ = [
     "PrivacyError",
     "Project",
     "RunResult",
+    "Simulation",
     "TemplateError",
     "Workflow",
     "WorkflowConfig",
     "__version__",
     "connect",
     "load_ipython_extension",
+    "simulate",
+    "synthetic_conversations",
     "unload_ipython_extension",
 ]
 
@@ -91,6 +97,7 @@ if TYPE_CHECKING:
     from compozy_nb.project import Project
     from compozy_nb.results import OperationResult, RunResult
     from compozy_nb.sdk import MemoryResource, Workflow
+    from compozy_nb.simulation import Simulation, simulate, synthetic_conversations
 
 
 def __getattr__(name: str) -> Any:

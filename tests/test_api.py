@@ -36,6 +36,7 @@ def test_all_is_curated() -> None:
         "PrivacyError",
         "Project",
         "RunResult",
+        "Simulation",
         "TemplateError",
         "Workflow",
         "WorkflowConfig",
@@ -43,6 +44,8 @@ def test_all_is_curated() -> None:
         "connect",
         "load_ipython_extension",
         "unload_ipython_extension",
+        "simulate",
+        "synthetic_conversations",
     }
     assert set(compozy_nb.__all__) == expected
 

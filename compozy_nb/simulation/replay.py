@@ -62,14 +62,19 @@ def run_task(task: Task) -> Outcome:
     with _namespace(task.backend_url) as (backend, project):
         runtime = MemoryRuntime(task.resource)
         spans = _SpanCounter(runtime.privacy)
-        outcome = Outcome()
-        for number, conversation in enumerate(task.conversations):
+
+        def replay(number: int) -> Outcome:
             instance = MemoryInstance(runtime, f"sim:{number}", backend, project)
             try:
-                _replay(instance, conversation, task.read, spans, outcome)
+                return _replay(instance, task.conversations[number], task.read, spans)
             finally:
                 _delete(instance)
-        return outcome
+
+        parts = [replay(n) for n in range(len(task.conversations))]
+        return Outcome(
+            [row for part in parts for row in part.turns],
+            [row for part in parts for row in part.conversations],
+        )
 
 
 class _namespace:  # noqa: N801 - used like a function: ``with _namespace(url) as (backend, project)``
@@ -112,9 +117,7 @@ class _SpanCounter:
     """How many spans the resource's privacy policy redacts in a message (the same patterns, in order)."""
 
     def __init__(self, privacy: PrivacyPolicy) -> None:
-        self.policy = (
-            PrivacyPolicy(privacy.redact_patterns, redaction=_SPAN) if privacy.redact_patterns else None
-        )
+        self.policy = PrivacyPolicy(privacy.redact_patterns, redaction=_SPAN) if privacy.redact_patterns else None
         self.privacy = privacy
 
     def __call__(self, messages: Sequence[Mapping[str, Any]]) -> int:
@@ -133,8 +136,8 @@ def _replay(
     conversation: Conversation,
     read: Mapping[str, int],
     spans: _SpanCounter,
-    outcome: Outcome,
-) -> None:
+) -> Outcome:
+    outcome = Outcome()
     counters = _Counters()
     pending: list[dict[str, Any]] = []
     seen: list[str] = []
@@ -144,7 +147,7 @@ def _replay(
         if message["role"] == "assistant":
             _store(instance, pending, counters, spans)
             agent_turn += 1
-            context = instance.read(**read)["messages"]
+            context = _read(instance, read)
             outcome.turns.append(
                 _turn_row(conversation.conversation_id, agent_turn, context, seen, first_user, counters)
             )
@@ -165,6 +168,14 @@ def _replay(
             "redacted_spans": counters.redacted_spans,
         }
     )
+    return outcome
+
+
+def _read(instance: MemoryInstance, read: Mapping[str, int]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = instance.read(
+        limit=read.get("limit"), last=read.get("last"), max_tokens=read.get("max_tokens")
+    )["messages"]
+    return messages
 
 
 def _store(instance: MemoryInstance, pending: list[dict[str, Any]], counters: _Counters, spans: _SpanCounter) -> None:
@@ -220,7 +231,7 @@ def conversations_from_frame(frame: Any) -> list[Conversation]:
     A message keeps an ``id`` the frame gives; otherwise its id is ``<conversation number>-<position>``, so a
     replay is the same every time.
     """
-    from compozy_nb.simulate.frames import check_frame
+    from compozy_nb.simulation.frames import check_frame
 
     frame = check_frame(frame)
     conversations = []

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from compozy_nb.config.memory import MemoryResource
-from compozy_nb.simulate.replay import Outcome, Task
+from compozy_nb.simulation.replay import Outcome, Task
 
 TURN_COLUMNS = (
     "resource",
@@ -119,9 +119,7 @@ class Simulation:
                 "tokens_sent_p95": float(sent.quantile(0.95, interpolation="nearest")) if len(sent) else 0.0,
                 "tokens_sent_total": total,
                 "cost": (
-                    round(total / 1000 * self.price_per_1k_tokens, 6)
-                    if self.price_per_1k_tokens is not None
-                    else None
+                    round(total / 1000 * self.price_per_1k_tokens, 6) if self.price_per_1k_tokens is not None else None
                 ),
                 "recall_mean": round(float(turns["recall"].mean()), 4) if len(turns) else 1.0,
                 "lost_first_user_turns": int((~turns["first_user_kept"]).sum()),
@@ -156,11 +154,19 @@ class Simulation:
             per_turn.plot(mean.index, mean.values, marker=".", label=resource)
             row = self.summary.loc[resource]
             trade.scatter(row["tokens_sent_mean"], row["recall_mean"], s=60)
-            trade.annotate(resource, (row["tokens_sent_mean"], row["recall_mean"]), xytext=(5, 5),
-                           textcoords="offset points")
-        per_turn.set(xlabel="agent turn", ylabel="tokens sent (mean over conversations)",
-                     title="Tokens the agent is sent, per turn")
+            trade.annotate(
+                resource, (row["tokens_sent_mean"], row["recall_mean"]), xytext=(5, 5), textcoords="offset points"
+            )
+        per_turn.set(
+            xlabel="agent turn",
+            ylabel="tokens sent (mean over conversations)",
+            title="Tokens the agent is sent, per turn",
+        )
         per_turn.legend()
-        trade.set(xlabel="tokens sent per turn (mean)", ylabel="recall (mean)", title="Cost / recall trade-off",
-                  ylim=(0, 1.05))
+        trade.set(
+            xlabel="tokens sent per turn (mean)",
+            ylabel="recall (mean)",
+            title="Cost / recall trade-off",
+            ylim=(0, 1.05),
+        )
         return axes

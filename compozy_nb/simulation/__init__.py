@@ -15,10 +15,10 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 from compozy_nb.backends import EMBEDDED_URL, connect
-from compozy_nb.simulate.datasets import synthetic_conversations
-from compozy_nb.simulate.frames import to_read_options, to_resources
-from compozy_nb.simulate.replay import Conversation, Outcome, Task, conversations_from_frame, run_task
-from compozy_nb.simulate.result import Simulation
+from compozy_nb.simulation.datasets import synthetic_conversations
+from compozy_nb.simulation.frames import to_read_options, to_resources
+from compozy_nb.simulation.replay import Conversation, Outcome, Task, conversations_from_frame, run_task
+from compozy_nb.simulation.result import Simulation
 
 __all__ = ["Simulation", "simulate", "synthetic_conversations"]
 
@@ -118,15 +118,24 @@ def _run(tasks: Sequence[Task], workers: int, progress: bool) -> list[Outcome]:
             return outcomes
         import multiprocessing
 
-        context = multiprocessing.get_context("spawn")  # fork is unsafe in a kernel with threads
+        # fork starts in milliseconds; workers open their own connections and touch no inherited client
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = [pool.submit(run_task, task) for task in tasks]
             for future, task in zip(futures, tasks, strict=True):
-                future.add_done_callback(lambda _f, t=task: _advance(bar, t))
+                future.add_done_callback(_advancer(bar, task))
             return [_result(f) for f in futures]
     finally:
         if bar is not None:
             bar.close()
+
+
+def _advancer(bar: Any, task: Task) -> Any:
+    def advance(_future: Future[Outcome]) -> None:
+        _advance(bar, task)
+
+    return advance
 
 
 def _result(future: Future[Outcome]) -> Outcome:
