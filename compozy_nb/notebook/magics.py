@@ -33,6 +33,8 @@ HELP = """\
         [--max-tokens N] [--archive] [--payload JSON|$var] [--strategy S] [--dry-run] [--force]
         [--confirm] [--backup] [--include-content] [--pattern GLOB] [-o VAR]
         OP: read write append delete flush health clear stats
+%compozy simulate DF --resource A --resource B [--max-tokens N | --last N] [--price P] [--workers N] [-o VAR]
+        replay the conversations in DataFrame DF under each resource (what-if simulator)
 %compozy help                  this text
 Settings: %config Compozy.redis_url / Compozy.display_limit / Compozy.progress (or COMPOZY_* variables)."""
 
@@ -86,7 +88,21 @@ def _parser() -> _Parser:
     p.add_argument("--include-content", dest="include_content", action="store_true")
     p.add_argument("--pattern", default=None)
     p.add_argument("-o", "--output", dest="out", default=None)
+    _simulate_parser(sub)
     return parser
+
+
+def _simulate_parser(sub: Any) -> None:
+    p = sub.add_parser("simulate", add_help=False)
+    p.add_argument("frame")
+    p.add_argument("--resource", action="append", default=[], required=True)
+    read = p.add_mutually_exclusive_group()
+    read.add_argument("--max-tokens", dest="max_tokens", type=int, default=None)
+    read.add_argument("--last", type=int, default=None)
+    p.add_argument("--price", type=float, default=None)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--backend", default="embedded://")
+    p.add_argument("-o", "--output", dest="out", default=None)
 
 
 @magics_class
@@ -290,6 +306,23 @@ class Compozy(Magics):
         if args.op == "health":
             return mem.health()
         return mem.delete()
+
+    def _cmd_simulate(self, args: argparse.Namespace) -> Any:
+        from compozy_nb.simulation import simulate
+
+        frame = self._value(args.frame if args.frame.startswith("$") else "$" + args.frame, "simulate")
+        read = {"max_tokens": args.max_tokens, "last": args.last}
+        result = simulate(
+            frame,
+            [self.project.resource(ref) for ref in args.resource],
+            read={k: v for k, v in read.items() if v is not None} or None,
+            price_per_1k_tokens=args.price,
+            backend=args.backend,
+            max_workers=args.workers,
+            progress=bool(self.progress),
+        )
+        self._store(args.out, result)
+        return result
 
 
 def load_ipython_extension(ipython: Any) -> None:
