@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from compozy_nb.errors import CompozyNbError, ConfigError
+from compozy_nb.memory.log import attributed
 
 
 def _read_json(source: str, what: str) -> Any:
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@attributed("cli")
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = build_parser()

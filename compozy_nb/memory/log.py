@@ -12,12 +12,13 @@ Read side: :func:`read_log` (``mem.log()``), :func:`why` (``mem.why(message_id)`
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from compozy_nb.errors import InvalidPayloadError
 from compozy_nb.results import OperationResult, html_table
@@ -43,6 +44,7 @@ EVENT_COLUMNS = (
     "summary_id",
     "backup_key",
 )
+F = TypeVar("F", bound=Callable[..., Any])
 _SPAN = "\ue000"  # a private-use character: counts the spans a policy replaces
 
 _source: ContextVar[str] = ContextVar("compozy_nb_log_source", default="python")
@@ -59,6 +61,32 @@ def log_source(source: str) -> Iterator[None]:
         yield
     finally:
         _source.reset(token)
+
+
+def attributed(source: str) -> Callable[[F], F]:
+    """Decorator: the operations a shell's entry point runs are attributed to ``source``."""
+
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with log_source(source):
+                return function(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorate
+
+
+class LogSourceMiddleware:
+    """Pure ASGI middleware: the memory operations of every request are attributed to ``source``."""
+
+    def __init__(self, app: Any, source: str = "http") -> None:
+        self.app = app
+        self.source = source
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        with log_source(self.source):
+            await self.app(scope, receive, send)
 
 
 def current_source() -> str:
@@ -86,9 +114,7 @@ def note_redactions(count: int) -> None:
     _redacted.set(count)
 
 
-def log_argument(
-    enabled: bool, max_events: int, ttl_ms: int, operation: str, strategy: str | None = None
-) -> str:
+def log_argument(enabled: bool, max_events: int, ttl_ms: int, operation: str, strategy: str | None = None) -> str:
     """The JSON object the scripts' ``log_event`` reads from their last argument."""
     redacted = _redacted.get()
     if redacted:
@@ -179,7 +205,9 @@ def read_log(instance: MemoryInstance, since: Any = None, limit: int | None = No
 
     start = _stream_bound(since)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise InvalidPayloadError(f"limit must be a non-negative integer, got {limit!r}", operation="log", field="limit")
+        raise InvalidPayloadError(
+            f"limit must be a non-negative integer, got {limit!r}", operation="log", field="limit"
+        )
     if limit == 0:
         return LogResult([], instance.key)
     with redis_errors("log", instance.key):
@@ -229,7 +257,12 @@ def _change(event: Mapping[str, Any], message_id: str) -> dict[str, Any] | None:
         return {"fate": "evicted", "at": at, "by": "limit", "operation": operation}
     if message_id in event.get("flushed_ids", ()):
         if event.get("summary_id"):
-            return {"fate": "summarized", "at": at, "summary_id": event["summary_id"], "strategy": event.get("strategy")}
+            return {
+                "fate": "summarized",
+                "at": at,
+                "summary_id": event["summary_id"],
+                "strategy": event.get("strategy"),
+            }
         return {"fate": "flushed", "at": at, "strategy": event.get("strategy")}
     if operation == "clear":
         return {"fate": "cleared", "at": at, "backup_key": event.get("backup_key") or None}

@@ -18,6 +18,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 from traitlets import Bool, Int, Unicode
 
 from compozy_nb.errors import CompozyNbError
+from compozy_nb.memory.log import log_source
 from compozy_nb.results import DISPLAY
 
 HELP = """\
@@ -32,7 +33,8 @@ HELP = """\
 %compozy memory OP REF (--key K | --var NAME=VALUE ...) [--limit N] [--offset N] [--last N]
         [--max-tokens N] [--archive] [--payload JSON|$var] [--strategy S] [--dry-run] [--force]
         [--confirm] [--backup] [--include-content] [--pattern GLOB] [-o VAR]
-        OP: read write append delete flush health clear stats
+        [--since MS|ID]
+        OP: read write append delete flush health clear stats log (the operation log: a timeline DataFrame)
 %compozy simulate DF --resource A --resource B [--max-tokens N | --last N] [--price P] [--workers N] [-o VAR]
         replay the conversations in DataFrame DF under each resource (what-if simulator)
 %compozy help                  this text
@@ -69,7 +71,7 @@ def _parser() -> _Parser:
     p.add_argument("--input", default=None)
     p.add_argument("-o", "--output", dest="var", default=None)
     p = sub.add_parser("memory", add_help=False)
-    p.add_argument("op", choices=["read", "write", "append", "delete", "flush", "health", "clear", "stats"])
+    p.add_argument("op", choices=["read", "write", "append", "delete", "flush", "health", "clear", "stats", "log"])
     p.add_argument("ref")
     p.add_argument("--key", default=None)
     p.add_argument("--var", action="append", default=[])
@@ -87,6 +89,7 @@ def _parser() -> _Parser:
     p.add_argument("--backup", action="store_true")
     p.add_argument("--include-content", dest="include_content", action="store_true")
     p.add_argument("--pattern", default=None)
+    p.add_argument("--since", default=None)
     p.add_argument("-o", "--output", dest="out", default=None)
     _simulate_parser(sub)
     return parser
@@ -150,9 +153,10 @@ class Compozy(Magics):
     def compozy(self, line: str, cell: str | None = None) -> Any:
         """Define resources (cell) or run a subcommand (line). ``%compozy help`` lists them."""
         try:
-            if cell is not None:
-                return self._define(line, cell)
-            return self._command(line)
+            with log_source("magic"):
+                if cell is not None:
+                    return self._define(line, cell)
+                return self._command(line)
         except CompozyNbError as exc:
             raise UsageError(f"[{exc.code}] {exc}") from None
 
@@ -283,7 +287,7 @@ class Compozy(Magics):
                 raise UsageError("%compozy memory: give --key K or --var NAME=VALUE for the key template")
         mem = project.memory(args.ref, key=args.key, **variables)
         result = self._operate(mem, args)
-        value = result.to_pandas() if args.op in ("read", "stats") else result
+        value = result.to_pandas() if args.op in ("read", "stats", "log") else result
         self._store(args.out, value)
         return value
 
@@ -295,6 +299,9 @@ class Compozy(Magics):
             return mem.write(payload) if args.op == "write" else mem.append(payload)
         if args.payload is not None:
             raise UsageError(f"%compozy memory {args.op}: --payload is only for write and append")
+        if args.op == "log":
+            since = int(args.since) if args.since and args.since.isdigit() else args.since
+            return mem.log(since=since, limit=args.limit)
         if args.op == "read":
             return mem.read(args.limit, args.offset, last=args.last, max_tokens=args.max_tokens, archive=args.archive)
         if args.op == "flush":

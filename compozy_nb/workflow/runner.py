@@ -13,6 +13,7 @@ from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask, Workflow, WorkflowMemoryTask
 from compozy_nb.errors import CompozyNbError, ConfigError, MemoryNotFoundError, TemplateError
 from compozy_nb.memory.instance import MemoryInstance, run_operation
+from compozy_nb.memory.log import attributed
 from compozy_nb.results import RunResult
 from compozy_nb.templating import format_value, referenced_paths, render, render_value
 from compozy_nb.workflow.providers import ChatRequest, complete
@@ -323,6 +324,7 @@ def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any]
     }
 
 
+@attributed("workflow")
 def run_workflow(
     project: Project, workflow: Workflow, data: Mapping[str, Any] | None = None, exec_id: str | None = None
 ) -> dict[str, Any]:
