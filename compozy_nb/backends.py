@@ -155,6 +155,21 @@ class _Cluster(redis.RedisCluster):
     )
 
 
+def _without_timeouts(errors: tuple[type[Exception], ...]) -> tuple[type[Exception], ...]:
+    return tuple(e for e in errors if not issubclass(e, redis.exceptions.TimeoutError))
+
+
+def _async_cluster_class() -> type[Any]:
+    """redis.asyncio's RedisCluster without retries on timeouts (as :class:`_Cluster`), made on first use."""
+    import redis.asyncio as aioredis
+
+    return type(
+        "_AsyncCluster",
+        (aioredis.RedisCluster,),
+        {"ERRORS_ALLOW_RETRY": _without_timeouts(aioredis.RedisCluster.ERRORS_ALLOW_RETRY)},
+    )
+
+
 def _cluster_client(url: str, options: ConnectOptions) -> Any:
     plain = url.replace("+cluster", "", 1)
     return _Cluster.from_url(
@@ -175,7 +190,7 @@ def _async_client(backend: Backend) -> Any:
         server = backend.client.connection_pool.connection_kwargs["server"]
         return fakeredis.FakeAsyncRedis(server=server)
     if backend.kind == "cluster":
-        return aioredis.RedisCluster.from_url(
+        return _async_cluster_class().from_url(
             backend.url.replace("+cluster", "", 1),
             socket_connect_timeout=options.connect_timeout,
             socket_timeout=options.socket_timeout,

@@ -84,6 +84,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     problems = project.validate()
     for problem in problems:
         print(f"error [{problem.code}]: {problem}", file=sys.stderr)
+    from compozy_nb.memory.keys import project_key_warnings
+
+    for warning in project_key_warnings(project):
+        print(f"warning: {warning}", file=sys.stderr)
     if problems:
         print(f"{len(problems)} problem(s) found", file=sys.stderr)
         return 1

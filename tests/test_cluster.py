@@ -489,3 +489,44 @@ def test_cluster_client_does_not_retry_timeouts(backend: Backend) -> None:
     allowed = type(backend.client).ERRORS_ALLOW_RETRY
     assert redis.exceptions.ConnectionError in allowed
     assert not any(issubclass(e, redis.exceptions.TimeoutError) for e in allowed)
+
+
+# ------------------------------------------------------------------------------------------ retry safety
+def test_a_resent_script_changes_nothing_on_the_cluster(project: Project, cluster: RedisCluster) -> None:
+    """What redis-py's cluster client re-sends after a connection error (the same arguments) is a no-op."""
+    memory = project.memory("conv", key="conv:resend")
+    memory.append(messages(8))
+    encoded, _ = memory._encode([{"role": "user", "content": "no id given"}, {"content": "nor here"}], "append")
+    args = memory._store_args("append", encoded)
+    first = memory._run("append", args, "append")
+    resent = memory._run("append", args, "append")
+    assert resent == first and [int(v) for v in first][:2] == [2, 10]
+    stored = assert_consistent(cluster, memory.layout)
+    assert [m["content"] for m in stored][-2:] == ["no id given", "nor here"] and len(stored) == 10
+
+    write_args = memory._store_args("replace", memory._encode([{"content": "only"}], "write")[0])
+    assert memory._run("append", write_args, "write") == memory._run("append", write_args, "write")
+    assert [m["content"] for m in assert_consistent(cluster, memory.layout)] == ["only"]
+
+    clear_args = memory._clear_args(True, True)
+    first_clear = memory._run("clear", clear_args, "clear")
+    assert memory._run("clear", clear_args, "clear") == first_clear and [int(v) for v in first_clear] == [1, 1]
+    assert memory.backups() == [clear_args[0]]
+
+
+def test_the_async_cluster_client_does_not_retry_timeouts(project: Project, cluster: RedisCluster) -> None:
+    import asyncio
+
+    from compozy_nb.memory.aio import AsyncMemory
+
+    memory = project.memory("conv", key="conv:async")
+    client_class = type(memory.backend.async_client)
+    assert not any(issubclass(e, redis.exceptions.TimeoutError) for e in client_class.ERRORS_ALLOW_RETRY)
+
+    async def scenario() -> dict[str, Any]:
+        out = await AsyncMemory(memory).append(messages(3))
+        await memory.backend.async_client.aclose()
+        return out
+
+    assert asyncio.run(scenario())["total_count"] == 3
+    assert len(assert_consistent(cluster, memory.layout)) == 3

@@ -106,12 +106,18 @@ class FaultyProxy:
     reach the client, so it times out on a command that did run; connections opened later work normally
     (a client that re-sends the command on a new connection gets an answer). ``drop_connections(n)``: the
     next ``n`` connections are closed as soon as they are accepted (a connection error before any command).
+    ``cut_script_replies(n)``: the replies to the next ``n`` scripts (EVALSHA/EVAL) are dropped after Redis ran
+    them, and their connection closed (the client sees a connection error on a command that did run, and
+    retries it on a new connection).
     """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.accepted = 0
         self._drop = 0
+        self._cut = 0
+        self.cut = 0  # replies dropped so far by cut_script_replies
+        self._scripts_sent: set[int] = set()  # connections whose last request was a script
         self._deaf: set[int] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -131,6 +137,18 @@ class FaultyProxy:
     def drop_connections(self, count: int) -> None:
         with self._lock:
             self._drop = count
+
+    def cut_script_replies(self, count: int) -> None:
+        with self._lock:
+            self._cut = count
+
+    def _cutting(self, connection: int) -> bool:
+        with self._lock:
+            if self._cut <= 0 or connection not in self._scripts_sent:
+                return False
+            self._cut -= 1
+            self.cut += 1
+            return True
 
     def lose_replies(self) -> None:
         with self._lock:
@@ -153,17 +171,25 @@ class FaultyProxy:
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, None, number), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, number), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, replies_of: int | None) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, replies_of: int | None, requests_of: int = -1) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
+                if requests_of >= 0:
+                    with self._lock:
+                        if b"EVAL" in data.upper()[:64]:
+                            self._scripts_sent.add(requests_of)
+                        else:
+                            self._scripts_sent.discard(requests_of)
                 if replies_of is not None and replies_of in self._deaf:
                     continue
+                if replies_of is not None and self._cutting(replies_of):
+                    break  # the reply is dropped and the connection closed (finally)
                 sink.sendall(data)
         except OSError:
             pass
@@ -497,3 +523,126 @@ def test_project_file_sets_timeouts_and_retries(tmp_path: Path) -> None:
         assert kwargs["retry"].get_retries() == 0
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------------------ retry safety
+# The connection drops after Redis ran a write and before its reply arrives: redis-py retries on a new
+# connection (connection errors are retried), so the same script runs twice. Every write must then leave
+# Redis exactly as one run does and answer as one run does.
+RETRYING = ConnectOptions(connect_timeout=0.5, socket_timeout=2.0, retries=3, backoff_base=0.01, backoff_cap=0.05)
+
+
+def retried(proxy: FaultyProxy, direct: redis.Redis, call: Any) -> Any:
+    """Run ``call`` while the reply of its write script is dropped; check the script ran twice."""
+    before, cut = evalsha_calls(direct), proxy.cut
+    proxy.cut_script_replies(1)
+    out = call()
+    assert proxy.cut == cut + 1, "the fault was not injected"
+    assert evalsha_calls(direct) - before == 2, "the script was not re-sent"
+    return out
+
+
+@pytest.fixture
+def retrying(server: RedisServer, proxy: FaultyProxy) -> tuple[Any, redis.Redis]:
+    """A memory behind the faulty proxy, its scripts loaded, and a direct client to check Redis."""
+    project = open_project(proxy.url, RETRYING)
+    memory = project.memory("limited", key="conv:resend")
+    memory.append("warm up")
+    memory.flush(force=True)
+    memory.clear(confirm=True)
+    memory.read(max_tokens=10)
+    return memory, redis.Redis(port=server.port)
+
+
+def test_resent_append_with_generated_ids_is_stored_once(retrying: tuple[Any, redis.Redis], proxy: FaultyProxy) -> None:
+    memory, direct = retrying
+    memory.append([{"role": "user", "content": "first"}])
+    payload = [{"role": "user", "content": "no id"}, {"content": "second, no id"}]
+    out = retried(proxy, direct, lambda: memory.append(payload))
+    assert (out["appended"], out["total_count"], out["duplicates"]) == (2, 3, 0)  # the first run's answer
+    items, meta, ids = stored_state(direct, memory.layout)
+    assert [m["content"] for m in items] == ["first", "no id", "second, no id"]
+    assert ids == {m["id"] for m in items} and [m["id"] for m in items][1:] == out["ids"]
+    assert int(meta["message_count"]) == 3 and int(meta["token_count"]) == sum(m["tokens"] for m in items)
+    assert memory.stats()["role_distribution"] == {"user": 3}
+
+
+def test_resent_append_that_evicted_evicts_once(retrying: tuple[Any, redis.Redis], proxy: FaultyProxy) -> None:
+    memory, direct = retrying
+    memory.append(batch("old", 40))  # max_messages 40
+    out = retried(proxy, direct, lambda: memory.append(batch("new", 5)))
+    assert (out["appended"], out["evicted"], out["total_count"]) == (5, 5, 40)
+    items, meta, _ = stored_state(direct, memory.layout)
+    assert [m["id"] for m in items] == [f"old-{i}" for i in range(5, 40)] + [f"new-{i}" for i in range(5)]
+    assert direct.llen(memory.layout.archive) == 5 and int(meta["evicted_count"]) == 5
+
+
+def test_resent_write_is_applied_once(retrying: tuple[Any, redis.Redis], proxy: FaultyProxy) -> None:
+    memory, direct = retrying
+    memory.append(batch("before", 3))
+    out = retried(proxy, direct, lambda: memory.write([{"role": "system", "content": "fresh"}, {"content": "hello"}]))
+    assert (out["count"], out["total_count"], out["duplicates"]) == (2, 2, 0)
+    items, _, ids = stored_state(direct, memory.layout)
+    assert [m["content"] for m in items] == ["fresh", "hello"] and ids == {m["id"] for m in items}
+    assert memory.stats()["role_distribution"] == {"system": 1, "user": 1}
+
+
+def test_resent_clear_with_backup_keeps_the_backup(retrying: tuple[Any, redis.Redis], proxy: FaultyProxy) -> None:
+    memory, direct = retrying
+    memory.append(batch("keep", 4))
+    out = retried(proxy, direct, lambda: memory.clear(confirm=True, backup=True))
+    assert (out["messages_cleared"], out["backup_created"]) == (4, True)
+    assert memory.backups() == [out["backup_key"]] and direct.llen(memory.layout.base) == 0
+    assert [json.loads(raw)["id"] for raw in direct.lrange(out["backup_key"], 0, -1)] == [f"keep-{i}" for i in range(4)]
+
+    restored = retried(proxy, direct, lambda: memory.restore(out["backup_key"]))
+    assert (restored["restored"], restored["total_count"]) == (4, 4)
+    items, _, ids = stored_state(direct, memory.layout)
+    assert [m["id"] for m in items] == [f"keep-{i}" for i in range(4)] and ids == {m["id"] for m in items}
+
+
+def test_resent_flush_archives_once(retrying: tuple[Any, redis.Redis], proxy: FaultyProxy) -> None:
+    memory, direct = retrying
+    memory.append(batch("f", 36))
+    out = retried(proxy, direct, lambda: memory.flush(force=True))
+    assert out["flushed_count"] > 0
+    items, meta, _ = stored_state(direct, memory.layout)
+    assert len(items) == 36 - out["flushed_count"] == out["message_count"]
+    assert direct.llen(memory.layout.archive) == out["flushed_count"]
+    assert int(meta["flush_count"]) == 1 and int(meta["token_count"]) == sum(m["tokens"] for m in items)
+
+
+def test_resent_async_append_is_stored_once(server: RedisServer, proxy: FaultyProxy) -> None:
+    from compozy_nb.memory.aio import AsyncMemory
+
+    project = open_project(proxy.url, RETRYING)
+    memory = project.memory("chat", key="conv:async-resend")
+    direct = redis.Redis(port=server.port)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        aio = AsyncMemory(memory)
+        await aio.append("warm up")
+        before = evalsha_calls(direct)
+        proxy.cut_script_replies(1)
+        out = await aio.append([{"role": "user", "content": "async, no id"}])
+        assert proxy.cut == 1 and evalsha_calls(direct) - before == 2
+        proxy.cut_script_replies(1)
+        written = await aio.write([{"content": "one"}, {"content": "two"}])
+        await aio.client.aclose()
+        return out, written
+
+    import asyncio
+
+    out, written = asyncio.run(scenario())
+    assert (out["appended"], out["total_count"]) == (1, 2)
+    assert (written["count"], written["total_count"]) == (2, 2)
+    items, _, ids = stored_state(direct, memory.layout)
+    assert [m["content"] for m in items] == ["one", "two"] and ids == {m["id"] for m in items}
+
+
+def test_async_cluster_client_does_not_retry_timeouts() -> None:
+    from compozy_nb.backends import _async_cluster_class, _Cluster
+
+    for cls in (_async_cluster_class(), _Cluster):
+        assert redis.exceptions.ConnectionError in cls.ERRORS_ALLOW_RETRY
+        assert not any(issubclass(e, redis.exceptions.TimeoutError) for e in cls.ERRORS_ALLOW_RETRY)

@@ -16,6 +16,7 @@ DEFAULT_THRESHOLD = 0.8
 DEFAULT_SUMMARIZE_OLDEST = 0.3
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 DEFAULT_ARCHIVE_MAX = 1000
+MAX_COUNT = 2**53 - 1  # counts and limits stay exact integers in Lua, Redis replies and JSON
 
 
 MODEL_CONTEXT_WINDOWS: dict[str, int] = {
@@ -64,7 +65,7 @@ class FlushingConfig(_Strict):
 
     type: FlushType = "simple_fifo"
     summarize_threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1)
-    summary_tokens: int | None = Field(None, gt=0)
+    summary_tokens: int | None = Field(None, gt=0, le=MAX_COUNT)
     summarize_oldest_percent: float = Field(DEFAULT_SUMMARIZE_OLDEST, gt=0, le=1)
     summarizer: SummarizerConfig | None = None
 
@@ -84,7 +85,7 @@ class PersistenceConfig(_Strict):
         None, description="Accepted for Compozy compatibility; Compozy has no consumer for it and neither do we."
     )
 
-    @field_validator("ttl")
+    @field_validator("ttl", mode="before")
     @classmethod
     def _check_ttl(cls, value: str | int | float) -> str | int | float:
         parse_duration(value)
@@ -135,7 +136,7 @@ class LockingConfig(_Strict):
     clear_ttl: str = "10s"
     flush_ttl: str = "5m"
 
-    @field_validator("append_ttl", "clear_ttl", "flush_ttl")
+    @field_validator("append_ttl", "clear_ttl", "flush_ttl", mode="before")
     @classmethod
     def _check(cls, value: str) -> str:
         parse_duration(value)
@@ -170,8 +171,8 @@ class MemoryResource(_Strict):
     version: str | None = None
     key: str | None = Field(None, validation_alias=AliasChoices("key", "default_key_template"))
     type: MemoryType = "token_based"
-    max_tokens: int | None = Field(None, gt=0)
-    max_messages: int | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0, le=MAX_COUNT)
+    max_messages: int | None = Field(None, gt=0, le=MAX_COUNT)
     max_context_ratio: float | None = Field(None, gt=0, le=1)
     token_allocation: TokenAllocation | None = None
     flushing: FlushingConfig = Field(default_factory=FlushingConfig)
@@ -185,8 +186,8 @@ class MemoryResource(_Strict):
     expiration: str | int | float | None = Field(
         None, description="Accepted for Compozy compatibility (validated); the TTL is persistence.ttl."
     )
-    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, gt=0)
-    archive_max_messages: int = Field(DEFAULT_ARCHIVE_MAX, ge=0)
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, gt=0, le=MAX_COUNT)
+    archive_max_messages: int = Field(DEFAULT_ARCHIVE_MAX, ge=0, le=MAX_COUNT)
 
     @model_validator(mode="before")
     @classmethod
@@ -198,7 +199,7 @@ class MemoryResource(_Strict):
             )
         return data
 
-    @field_validator("expiration")
+    @field_validator("expiration", mode="before")
     @classmethod
     def _check_expiration(cls, value: str | int | float | None) -> str | int | float | None:
         if value is not None:

@@ -17,7 +17,8 @@ from typing import Any
 import redis
 
 from compozy_nb.backends import Backend
-from compozy_nb.memory.instance import MemoryInstance, Output, _check_nonneg
+from compozy_nb.errors import BackendError
+from compozy_nb.memory.instance import MemoryInstance, Output, _check_nonneg, cannot_write
 from compozy_nb.memory.store import ForeignDataError, redis_errors, script_sha, script_source
 
 MAX_IN_FLIGHT = 64  # below the async client's 100 connections: more requests wait instead of failing
@@ -107,4 +108,8 @@ class AsyncMemory:
                 total, raws = int(result[0]), list(result[1:])
             except ForeignDataError:
                 total, raws = await asyncio.to_thread(mem._budget_in_python, int(max_tokens or 0))
+            except BackendError as exc:
+                if not cannot_write(exc):
+                    raise
+                return await asyncio.to_thread(mem.read, limit, offset, last=last, max_tokens=max_tokens)
         return mem._read_output(total, raws, offset, limit, last=last, max_tokens=max_tokens, archive=archive)

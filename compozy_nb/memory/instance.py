@@ -7,6 +7,7 @@ the output map documented in docs/features/memory-tasks.md; every map carries ``
 from __future__ import annotations
 
 import json
+import math
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +26,7 @@ from compozy_nb.errors import (
     MemoryOperationError,
 )
 from compozy_nb.memory import flush as flushing
-from compozy_nb.memory.keys import KeyLayout, validate_key
+from compozy_nb.memory.keys import KeyLayout, compozy_key_warning, validate_key
 from compozy_nb.memory.messages import Encoded, decode, encode, new_id, normalize_payload, utc_now_iso
 from compozy_nb.memory.store import ForeignDataError, Scripts, redis_errors
 from compozy_nb.privacy import PrivacyPolicy
@@ -33,6 +34,8 @@ from compozy_nb.results import OperationResult
 from compozy_nb.tokens import TokenCounter, get_counter
 
 MAX_INT = 2**53 - 1  # the largest count Redis and JSON clients agree on
+# the metadata fields of the fingerprint our scripts check before trusting their counters (_common.lua)
+FINGERPRINT_FIELDS = ("token_count", "message_count", "nb_count", "nb_tokens", "nb_first", "nb_last")
 OPERATIONS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats")
 Output = dict[str, Any]
 
@@ -54,7 +57,7 @@ class MemoryRuntime:
             redaction=policy.default_redaction_string if policy else "[REDACTED]",
         )
         self.summarizer: flushing.Summarizer = summarizer or flushing.RuleBasedSummarizer(self.counter)
-        self.ttl_ms = int(resource.persistence.ttl_seconds * 1000)
+        self.ttl_ms = math.ceil(resource.persistence.ttl_seconds * 1000)
         self.token_limit = resource.token_limit
         self.track = "1" if resource.uses_access_tracking else "0"
         # the fixed leading arguments of append.lua after the mode
@@ -144,8 +147,9 @@ class MemoryInstance:
         return self.runtime.track
 
     def _store_args(self, mode: str, encoded: Sequence[Encoded]) -> list[Any]:
-        explicit = "".join("1" if item.explicit else "0" for item in encoded)
-        args: list[Any] = [mode, *self.runtime.append_args, len(encoded), explicit]
+        """append.lua's arguments. The operation id and every message id are fixed here, before the first
+        send, so a re-send of the same arguments (a retry after a lost reply) writes nothing twice."""
+        args: list[Any] = [new_id(), mode, *self.runtime.append_args, len(encoded)]
         for item in encoded:
             args.extend((item.raw, item.tokens, item.id, item.role))
         return args
@@ -168,10 +172,10 @@ class MemoryInstance:
         for _ in range(5):
             with redis_errors("adopt", self.key):
                 pipe = client.pipeline(transaction=False)
-                pipe.hget(self.layout.metadata, "nb_count")
+                pipe.hmget(self.layout.metadata, *FINGERPRINT_FIELDS)
                 pipe.lrange(self.layout.base, 0, -1)
-                ours, raws = pipe.execute()
-            if not raws or (ours is not None and int(ours) == len(raws)):
+                meta, raws = pipe.execute()
+            if not raws or is_ours(meta, len(raws), raws[0], raws[-1]):
                 return False
             args: list[Any] = [len(raws)]
             for position, raw in enumerate(raws):
@@ -179,6 +183,15 @@ class MemoryInstance:
             if int(self._run("adopt", args, "adopt")):
                 return True
         raise MemoryOperationError("the memory kept changing while being adopted; try again", key=self.key)
+
+    def _adopt_if_writable(self) -> bool:
+        """:meth:`adopt` for reads (stats, health): False, instead of an error, where Redis refuses writes."""
+        try:
+            return self.adopt()
+        except BackendError as exc:
+            if cannot_write(exc):
+                return False
+            raise
 
     def _canonical(self, raw: bytes, position: int) -> tuple[str, int, str, str]:
         try:
@@ -282,13 +295,31 @@ class MemoryInstance:
             archive: Read the archive of flushed and evicted messages instead (newest first).
         """
         _check_nonneg(limit=limit, offset=offset, last=last, max_tokens=max_tokens)
+        warnings: list[str] = []
         if archive:
             total, raws = self._window(self.layout.archive, offset, limit)
         elif max_tokens is None and self._track == "0":
             total, raws = self._window(self.layout.base, offset, limit, last=last)
         else:
-            total, raws = self._read_script(max_tokens, last, offset, limit)
-        return self._read_output(total, raws, offset, limit, last=last, max_tokens=max_tokens, archive=archive)
+            try:
+                total, raws = self._read_script(max_tokens, last, offset, limit)
+            except BackendError as exc:
+                if not cannot_write(exc):
+                    raise
+                warnings.append(access_skipped_warning(exc))
+                total, raws = self._read_without_record(max_tokens, last, offset, limit)
+        out = self._read_output(total, raws, offset, limit, last=last, max_tokens=max_tokens, archive=archive)
+        if warnings:
+            out["warnings"] = warnings
+        return out
+
+    def _read_without_record(
+        self, max_tokens: int | None, last: int | None, offset: int, limit: int | None
+    ) -> tuple[int, list[Any]]:
+        """The read script's answer without its access record, for a Redis that refuses writes."""
+        if max_tokens is not None:
+            return self._budget_in_python(max_tokens)
+        return self._window(self.layout.base, offset, limit, last=last)
 
     def _read_output(
         self,
@@ -524,6 +555,7 @@ class MemoryInstance:
         result = self._run(
             "flush",
             [
+                new_id(),  # the operation id: a re-send after a lost reply returns the first run's result
                 self.runtime.ttl_ms,
                 self.resource.archive_max_messages,
                 utc_now_iso(),
@@ -555,12 +587,22 @@ class MemoryInstance:
         """Check Redis and this instance. Unreachable Redis gives ``healthy: false``, not an exception."""
         client = self.backend.client
         warnings: list[str] = []
+        key_warning = compozy_key_warning(self.key)
+        if key_warning:
+            warnings.append(key_warning)
         try:
             with redis_errors("health", self.key):
                 started = time.perf_counter()
                 client.ping()
                 ping_ms = round((time.perf_counter() - started) * 1000, 3)
                 info = _server_info(client)
+            if info.pop("read_only_replica", False):
+                raise BackendError(
+                    "Redis is a read-only replica: every write fails with BACKEND_UNAVAILABLE (connect to the primary)",
+                    operation="health",
+                    key=self.key,
+                    reason="read_only_replica",
+                )
             count, tokens, last_flush = self._counters("health")
         except BackendError as exc:
             return self._out(
@@ -572,7 +614,7 @@ class MemoryInstance:
                 actual_strategy=self.resource.flushing.type,
                 last_flush=None,
                 redis=None,
-                warnings=["Redis is unreachable"],
+                warnings=[*warnings, _unhealthy_warning(exc)],
             )
         policy = info.get("maxmemory_policy")
         if isinstance(policy, str) and policy.startswith("allkeys-"):
@@ -602,16 +644,7 @@ class MemoryInstance:
 
     def stats(self, include_content: bool = False) -> Output:
         """Counters kept in the metadata hash: O(1) whatever the history size."""
-        client = self.backend.client
-        with redis_errors("stats", self.key):
-            pipe = client.pipeline(transaction=False)
-            pipe.hgetall(self.layout.metadata)
-            pipe.pttl(self.layout.base)
-            pipe.llen(self.layout.base)
-            if include_content:
-                pipe.lrange(self.layout.base, 0, 2)
-                pipe.lrange(self.layout.base, -3, -1)
-            results = pipe.execute()
+        results = self._stats_round_trip(include_content)
         meta = {_s(k): _s(v) for k, v in results[0].items()}
         length = int(results[2])
         count = int(meta.get("message_count", length))
@@ -647,12 +680,45 @@ class MemoryInstance:
         return out
 
     # ------------------------------------------------------------------ internals
+    def _stats_round_trip(self, include_content: bool) -> list[Any]:
+        """HGETALL, PTTL, LLEN (and head/tail) in one round trip; a list another tool changed is adopted
+        first, so role counts and token totals describe the list as it is."""
+        client = self.backend.client
+        for _ in range(2):
+            with redis_errors("stats", self.key):
+                pipe = client.pipeline(transaction=False)
+                pipe.hgetall(self.layout.metadata)
+                pipe.pttl(self.layout.base)
+                pipe.llen(self.layout.base)
+                pipe.lindex(self.layout.base, 0)
+                pipe.lindex(self.layout.base, -1)
+                if include_content:
+                    pipe.lrange(self.layout.base, 0, 2)
+                    pipe.lrange(self.layout.base, -3, -1)
+                results: list[Any] = pipe.execute()
+            meta = results[0]
+            fields = [meta.get(f.encode()) for f in FINGERPRINT_FIELDS]
+            length = int(results[2])
+            if not length or is_ours(fields, length, results[3], results[4]) or not self._adopt_if_writable():
+                break
+        return [*results[:3], *results[5:]]
+
     def _counters(self, operation: str) -> tuple[int, int, str | None]:
-        with redis_errors(operation, self.key):
-            values = self.backend.client.hmget(self.layout.metadata, "message_count", "token_count", "last_flush")
-            length = int(self.backend.client.llen(self.layout.base))
-        count = int(values[0]) if values[0] is not None else length
-        return (length if count != length else count), int(values[1] or 0), _s(values[2]) if values[2] else None
+        """message_count, token_count and last_flush; a list another tool changed is adopted first."""
+        for _ in range(2):
+            with redis_errors(operation, self.key):
+                pipe = self.backend.client.pipeline(transaction=False)
+                pipe.hmget(self.layout.metadata, *FINGERPRINT_FIELDS, "last_flush")
+                pipe.llen(self.layout.base)
+                pipe.lindex(self.layout.base, 0)
+                pipe.lindex(self.layout.base, -1)
+                values, length, first, last = pipe.execute()
+            if not length or is_ours(values[:-1], int(length), first, last) or not self._adopt_if_writable():
+                break
+        count = int(values[1]) if values[1] is not None else int(length)
+        tokens = int(values[0] or 0) if length else 0
+        last_flush = _s(values[-1]) if values[-1] else None
+        return (int(length) if count != length else count), tokens, last_flush
 
     def _over_threshold(self, count: int, tokens: int, threshold: float | None) -> bool:
         limit = self.resource.flushing.summarize_threshold if threshold is None else threshold
@@ -700,6 +766,36 @@ class MemoryInstance:
         return encoded.raw, encoded.tokens, encoded.id
 
 
+def _end_id(raw: Any) -> str:
+    """The id of a list element ('' when it has none), as _common.lua's end_id reads it."""
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return ""
+    mid = message.get("id") if isinstance(message, dict) else None
+    return mid if isinstance(mid, str) else ""
+
+
+def is_ours(fields: Sequence[Any], length: int, first: Any, last: Any) -> bool:
+    """Whether the counters of a non-empty list can be trusted (the fingerprint of _common.lua's
+    load_counters): ``fields`` are the values of FINGERPRINT_FIELDS, ``first``/``last`` the list's ends."""
+    tokens, count, nb_count, nb_tokens, nb_first, nb_last = (None if v is None else _s(v) for v in fields)
+    if nb_count is None or int(nb_count) != length or count != nb_count or tokens is None or tokens != nb_tokens:
+        return False
+    return _end_id(first) == nb_first and _end_id(last) == nb_last
+
+
+def cannot_write(exc: BackendError) -> bool:
+    """Whether Redis refused a write it could serve as a read: out of memory, or a read-only replica."""
+    return exc.code == "BACKEND_OUT_OF_MEMORY" or exc.context.get("reason") == "read_only_replica"
+
+
+def access_skipped_warning(exc: BackendError) -> str:
+    """The warning of an LRU read whose access record Redis refused."""
+    why = "is out of memory" if exc.code == "BACKEND_OUT_OF_MEMORY" else "is a read-only replica"
+    return f"Redis {why}: the messages were read but their access times were not recorded (LRU order is stale)"
+
+
 def _check_nonneg(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and (
@@ -731,8 +827,23 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, UNAVAILABLE)
 
 
+def _unhealthy_warning(exc: BackendError) -> str:
+    if exc.context.get("reason") == "read_only_replica":
+        return "Redis is a read-only replica"
+    if exc.code == "BACKEND_OUT_OF_MEMORY":
+        return "Redis is out of memory"
+    return "Redis is unreachable"
+
+
 def _server_info(client: Any) -> dict[str, Any]:
     info: dict[str, Any] = {}
+    try:
+        replication = client.info("replication")
+        info["read_only_replica"] = replication.get("role") == "slave" and bool(replication.get("slave_read_only", 1))
+    except Exception as exc:
+        if _is_connection_error(exc):
+            raise
+        info["read_only_replica"] = False
     try:
         server = client.info("server")
         info["version"] = server.get("redis_version")

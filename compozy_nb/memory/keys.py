@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from compozy_nb.errors import InvalidKeyError
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_:\-@.*]{1,255}$")
+# Compozy's own rule (its config resolver): ^[\w:\-@.]{1,256}$ with Go's ASCII \w, no leading/trailing "__".
+# Ours allows a literal '*' that Compozy refuses: such a key works here but not in a Compozy deployment.
+COMPOZY_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_:\-@.]{1,256}$")
+_TEMPLATE_ACTION = re.compile(r"\{\{.*?\}\}", re.DOTALL)
 _FORBIDDEN_CHAR = re.compile(r"[^A-Za-z0-9_:\-@.*]")
 RESERVED_SUFFIXES = frozenset({"metadata", "archive", "ids", "access", "backups"})
 
@@ -22,19 +27,20 @@ def validate_key(key: str) -> str:
     """
     if not isinstance(key, str):
         raise InvalidKeyError(f"memory key must be a string, got {type(key).__name__}", key=repr(key))
-    shown = key if len(key) <= 80 else key[:77] + "..."
+    # shown in errors, and encodable: a lone surrogate ("k\ud800") becomes the text \ud800
+    shown = (key if len(key) <= 80 else key[:77] + "...").encode("utf-8", "backslashreplace").decode("utf-8")
     if not key:
         raise InvalidKeyError("memory key is empty (did the key template render to nothing?)", key=key)
-    if len(key.encode("utf-8")) > 255:
-        raise InvalidKeyError(f"memory key too long: {len(key)} characters, at most 255 allowed", key=shown)
     bad = _FORBIDDEN_CHAR.search(key)
-    if bad:
+    if bad:  # before any encoding: a lone surrogate ("k\ud800") cannot be encoded as UTF-8
         char = bad.group(0)
         raise InvalidKeyError(
             f"invalid memory key {shown!r}: character {char!r} at position {bad.start()} is not allowed "
             "(allowed: letters, digits, '_', ':', '-', '@', '.', '*')",
             key=shown,
         )
+    if len(key) > 255:
+        raise InvalidKeyError(f"memory key too long: {len(key)} characters, at most 255 allowed", key=shown)
     if key.startswith("__") or key.endswith("__"):
         raise InvalidKeyError(f"invalid memory key {shown!r}: keys cannot start or end with '__'", key=shown)
     if key.rsplit(":", 1)[-1] in RESERVED_SUFFIXES or ":backup:" in key:
@@ -44,6 +50,42 @@ def validate_key(key: str) -> str:
             key=shown,
         )
     return key
+
+
+def compozy_key_warning(key: str) -> str | None:
+    """A warning when Compozy's key rule refuses a memory key that ours accepts (a literal ``*``), else None."""
+    if COMPOZY_KEY_PATTERN.match(key) and not (key.startswith("__") or key.endswith("__")):
+        return None
+    return (
+        f"memory key '{ascii(key)[1:-1]}' breaks Compozy's key rule ^[\\w:\\-@.]{{1,256}}$ (no '*'): "
+        "a Compozy deployment sharing this Redis cannot read or write this memory"
+    )
+
+
+def key_template_warning(template: str) -> str | None:
+    """A warning when the literal text of a key template (outside ``{{ }}``) has a character Compozy's key
+    rule refuses (``*``): every key it renders is then unusable from Compozy."""
+    literal = _TEMPLATE_ACTION.sub("", template)
+    if "*" not in literal:
+        return None
+    return (
+        f"key template '{ascii(template)[1:-1]}' contains '*', which Compozy's key rule ^[\\w:\\-@.]{{1,256}}$ "
+        "refuses: a Compozy deployment sharing this Redis cannot read or write these memories"
+    )
+
+
+def project_key_warnings(project: Any) -> list[str]:
+    """:func:`key_template_warning` for the default key of every memory resource and the key template of
+    every memory task of a project (``compozy-nb validate`` prints them)."""
+    found: list[tuple[str, str | None]] = [(f"memory '{r.id}'", r.key) for r in project.resources.values()]
+    for workflow in project.workflows.values():
+        found += [(f"workflow '{workflow.id}' task '{t.id}'", getattr(t, "key_template", None)) for t in workflow.tasks]
+    warnings = []
+    for where, template in found:
+        warning = key_template_warning(template) if template else None
+        if warning:
+            warnings.append(f"{where}: {warning}")
+    return warnings
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,14 @@ def redis_errors(operation: str, key: str | None) -> Iterator[None]:
         text = str(exc)
         if text.startswith("FOREIGN_DATA") or "FOREIGN_DATA" in text[:40]:
             raise ForeignDataError(text, operation=operation, key=key) from None
+        if isinstance(exc, redis.exceptions.ReadOnlyError) or "write against a read only replica" in text:
+            raise BackendError(
+                f"Redis is a read-only replica: {operation} cannot write there (nothing was written); "
+                "connect to the primary",
+                operation=operation,
+                key=key,
+                reason="read_only_replica",
+            ) from None
         if text.startswith("OOM") or "used memory > 'maxmemory'" in text:
             raise BackendError(
                 f"Redis is out of memory (maxmemory reached) during {operation}: nothing was written",
@@ -92,6 +100,9 @@ def redis_errors(operation: str, key: str | None) -> Iterator[None]:
                 operation=operation,
                 key=key,
             ) from None
+        if "INVALID_ARGUMENT" in text:
+            detail = text.split("INVALID_ARGUMENT", 1)[1].strip()
+            raise MemoryOperationError(f"{operation} failed: {detail}", operation=operation, key=key) from None
         if "LIMIT_EXCEEDED" in text:
             detail = text.split("LIMIT_EXCEEDED", 1)[1].strip()
             raise LimitExceededError(detail, operation=operation, key=key) from None

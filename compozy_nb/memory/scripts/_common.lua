@@ -1,6 +1,23 @@
 -- Shared helpers, prepended to every script by store.py.
 -- KEYS: 1 messages list, 2 metadata hash, 3 archive list, 4 ids set, 5 access zset, 6 backups set.
+-- Every script checks all of its arguments before its first write, and writes nothing when a check fails.
 local LIST, META, ARCHIVE, IDS, ACCESS, BACKUPS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local MAX_INT = 9007199254740991   -- 2^53 - 1: exact in Lua numbers, JSON and Redis replies
+local MAX_TTL_MS = 3153600000000   -- 100 years, as config/durations.py MAX_DURATION_SECONDS
+local CHUNK = 500                  -- values per variadic command (Lua's unpack() fails above ~8,000)
+
+-- A non-negative integer argument within [0, hi], or nil. Refuses '1e+17', '.5', '-1', 'nan' and friends
+-- (numbers Lua would print in exponent form, which PEXPIRE and friends refuse after earlier writes).
+local function int_arg(value, hi)
+  if type(value) ~= 'string' or #value > 16 or not string.match(value, '^%d+$') then return nil end
+  local v = tonumber(value)
+  if v > hi then return nil end
+  return v
+end
+
+local function arg_error(name)
+  return redis.error_reply('INVALID_ARGUMENT script argument ' .. name .. ' is not valid (nothing was written)')
+end
 
 -- tokens, id and role of a stored message. Our own messages start with {"tokens":N,"id":"..","role":".."
 -- and are read without decoding; anything else (e.g. written by Compozy) is decoded. tokens is nil when
@@ -18,17 +35,21 @@ local function msg_info(raw)
   return tokens, mid, r
 end
 
-local function push_all(key, items, from_left)
-  local cmd = from_left and 'LPUSH' or 'RPUSH'
-  local n = #items
+-- one command per CHUNK values: redis.call(cmd, key, values[i..j]) for every chunk; returns the last reply
+local function chunked(cmd, key, values)
+  local n = #values
   local i = 1
-  local len = 0
+  local reply = 0
   while i <= n do
-    local j = math.min(i + 499, n)
-    len = redis.call(cmd, key, unpack(items, i, j))
+    local j = math.min(i + CHUNK - 1, n)
+    reply = redis.call(cmd, key, unpack(values, i, j))
     i = j + 1
   end
-  return len
+  return reply
+end
+
+local function push_all(key, items, from_left)
+  return chunked(from_left and 'LPUSH' or 'RPUSH', key, items)
 end
 
 local function clear_roles()
@@ -37,24 +58,60 @@ local function clear_roles()
   end
 end
 
--- The counters of an instance written by this library, trusted only while our own length ('nb_count', a
--- field only our scripts write) equals the list's: a list written or extended by another tool (Compozy,
--- which increments message_count itself) is adopted first by the caller (FOREIGN_DATA), which counts the
--- tokens of its messages. An empty list starts afresh (ids of messages another tool deleted are dropped).
+-- The id at one end of the list ('' for an element without one, e.g. written by Compozy).
+local function end_id(index)
+  local raw = redis.call('LINDEX', LIST, index)
+  if not raw then return '' end
+  local _, id = msg_info(raw)
+  return id or ''
+end
+
+-- The counters of an instance written by this library, trusted only while its fingerprint holds: our own
+-- length and token total ('nb_count', 'nb_tokens', fields only our scripts write) equal the list's length
+-- and Compozy's 'message_count'/'token_count', and the ids at both ends of the list are the ones our last
+-- write left there. Compozy's elements carry no id, so any Compozy write, append or trim changes an end
+-- or a count, even one that keeps the list length. A foreign list is adopted first by the caller
+-- (FOREIGN_DATA), which counts the tokens of its messages.
+-- Returns count, tokens, fresh (fresh: an empty list, whose stale ids, access data and role counts the
+-- caller drops with its first write) or nil when foreign. Writes nothing.
 local function load_counters()
-  local v = redis.call('HMGET', META, 'token_count', 'nb_count')
   local len = redis.call('LLEN', LIST)
-  if len == 0 then  -- a fresh start: forget ids, access data and role counts of messages deleted elsewhere
-    redis.call('DEL', IDS, ACCESS)
-    clear_roles()
-    return 0, 0
-  end
-  if tonumber(v[2]) == len then return len, tonumber(v[1]) or 0 end
-  return nil, nil
+  if len == 0 then return 0, 0, true end
+  local v = redis.call('HMGET', META, 'token_count', 'message_count', 'nb_count', 'nb_tokens', 'nb_first', 'nb_last')
+  if tonumber(v[3]) ~= len or v[2] ~= v[3] or not v[1] or v[1] ~= v[4] then return nil end
+  if end_id(0) ~= v[5] or end_id(-1) ~= v[6] then return nil end
+  return len, tonumber(v[1]) or 0, false
+end
+
+-- Drop what an empty list left behind (ids, access data, role counts of messages deleted elsewhere).
+local function forget_all()
+  redis.call('DEL', IDS, ACCESS)
+  clear_roles()
+end
+
+-- Record the counters and the fingerprint (see load_counters) after a write.
+local function save_counters(count, tokens)
+  redis.call('HSET', META, 'message_count', count, 'token_count', tokens, 'nb_count', count, 'nb_tokens', tokens,
+    'nb_first', end_id(0), 'nb_last', end_id(-1))
 end
 
 local function foreign_error()
   return redis.error_reply('FOREIGN_DATA this memory was written by another tool and must be adopted first')
+end
+
+-- Retry safety: each write call carries an operation id chosen before its first send. A re-send of a call
+-- that already ran (its reply was lost, the client retried) finds the id and returns the recorded result
+-- without writing again.
+local function replayed(op)
+  if op == '' then return nil end
+  local v = redis.call('HMGET', META, 'nb_op', 'nb_op_result')
+  if v[1] == op and v[2] then return cjson.decode(v[2]) end
+  return nil
+end
+
+local function remember(op, result)
+  if op ~= '' then redis.call('HSET', META, 'nb_op', op, 'nb_op_result', cjson.encode(result)) end
+  return result
 end
 
 local function archive(raws, archive_max)
@@ -64,22 +121,12 @@ local function archive(raws, archive_max)
 end
 
 local function forget_ids(ids, track)
-  local i = 1
-  while i <= #ids do
-    local j = math.min(i + 499, #ids)
-    redis.call('SREM', IDS, unpack(ids, i, j))
-    if track then redis.call('ZREM', ACCESS, unpack(ids, i, j)) end
-    i = j + 1
-  end
+  chunked('SREM', IDS, ids)
+  if track then chunked('ZREM', ACCESS, ids) end
 end
 
 local function add_ids(ids)
-  local i = 1
-  while i <= #ids do
-    local j = math.min(i + 499, #ids)
-    redis.call('SADD', IDS, unpack(ids, i, j))
-    i = j + 1
-  end
+  chunked('SADD', IDS, ids)
 end
 
 -- apply role count changes: deltas = {role = n}

@@ -1,50 +1,70 @@
 -- Append (or, in mode 'replace', write) messages with exact token accounting, id de-duplication,
 -- limit enforcement (evicting the oldest non-system messages into the archive) and TTL, atomically.
--- ARGV: mode, ttl_ms, max_messages, max_tokens, archive_max, track_access, n, explicit (one '0'/'1' per message:
--- whether the caller gave the id, so it may already be stored), then n x (raw, tokens, id, role).
+-- ARGV: op, mode, ttl_ms, max_messages, max_tokens, archive_max, track_access, n, then n x (raw, tokens, id, role).
+-- op: the call's operation id (a re-send of a call that ran returns its recorded result, writing nothing).
+-- Every message id is assigned by the caller before the first send: an id already stored (a retried or
+-- repeated append) or repeated within the batch is skipped and counted in duplicates.
 -- Returns {accepted, message_count, token_count, evicted, duplicates, evicted_tokens}.
--- Nothing is written when the result cannot fit the limits (error LIMIT_EXCEEDED).
-local mode = ARGV[1]
-local ttl_ms = tonumber(ARGV[2])
-local max_messages = tonumber(ARGV[3])
-local max_tokens = tonumber(ARGV[4])
-local archive_max = tonumber(ARGV[5])
-local track = ARGV[6] == '1'
-local n = tonumber(ARGV[7])
-local explicit = ARGV[8]
+-- Nothing is written when an argument is invalid or the result cannot fit the limits (LIMIT_EXCEEDED).
+local op = ARGV[1]
+local mode = ARGV[2]
+local ttl_ms = int_arg(ARGV[3], MAX_TTL_MS)
+local max_messages = int_arg(ARGV[4], MAX_INT)
+local max_tokens = int_arg(ARGV[5], MAX_INT)
+local archive_max = int_arg(ARGV[6], MAX_INT)
+local track = ARGV[7] == '1'
+local n = int_arg(ARGV[8], MAX_INT)
 local FIRST = 9
+if mode ~= 'append' and mode ~= 'replace' then return arg_error('mode') end
+if not ttl_ms then return arg_error('ttl_ms') end
+if not max_messages then return arg_error('max_messages') end
+if not max_tokens then return arg_error('max_tokens') end
+if not archive_max then return arg_error('archive_max') end
+if ARGV[7] ~= '0' and ARGV[7] ~= '1' then return arg_error('track_access') end
+if not n or #ARGV ~= FIRST - 1 + n * 4 then return arg_error('n') end
 
-local count, tokens = 0, 0
+local previous = replayed(op)
+if previous then return previous end
+
+local count, tokens, fresh = 0, 0, true
 if mode ~= 'replace' then
-  count, tokens = load_counters()
+  count, tokens, fresh = load_counters()
   if count == nil then return foreign_error() end
 end
 
+-- the batch, checked whole before anything is written
+local batch = {}
+for i = 0, n - 1 do
+  local base = FIRST + i * 4
+  local t = int_arg(ARGV[base + 1], MAX_INT)
+  if not t then return arg_error('tokens of message ' .. i) end
+  if ARGV[base + 2] == '' then return arg_error('id of message ' .. i) end
+  if ARGV[base + 3] == '' then return arg_error('role of message ' .. i) end
+  batch[#batch + 1] = {raw = ARGV[base], tokens = t, id = ARGV[base + 2], role = ARGV[base + 3]}
+end
+
 -- new messages, without duplicates (ids already stored, or repeated within this batch)
+local stored = {}
+if count > 0 and n > 0 then
+  local ids = {}
+  for i, m in ipairs(batch) do ids[i] = m.id end
+  local i = 1
+  while i <= n do
+    local j = math.min(i + CHUNK - 1, n)
+    local flags = redis.call('SMISMEMBER', IDS, unpack(ids, i, j))
+    for k, flag in ipairs(flags) do if flag == 1 then stored[i + k - 1] = true end end
+    i = j + 1
+  end
+end
 local new = {}
 local seen = {}
 local duplicates = 0
-local stored = {}
-if mode ~= 'replace' and count > 0 and string.find(explicit, '1', 1, true) then
-  -- only ids the caller gave can already be stored (generated ids are fresh random 128-bit values)
-  local ids, at = {}, {}
-  for i = 0, n - 1 do
-    if string.byte(explicit, i + 1) == 49 then
-      ids[#ids + 1] = ARGV[FIRST + i * 4 + 2]
-      at[#ids] = i
-    end
-  end
-  local flags = redis.call('SMISMEMBER', IDS, unpack(ids))
-  for j, flag in ipairs(flags) do if flag == 1 then stored[at[j]] = true end end
-end
-for i = 0, n - 1 do
-  local base = FIRST + i * 4
-  local id = ARGV[base + 2]
-  if seen[id] or stored[i] then
+for i, m in ipairs(batch) do
+  if seen[m.id] or stored[i] then
     duplicates = duplicates + 1
   else
-    seen[id] = true
-    new[#new + 1] = {raw = ARGV[base], tokens = tonumber(ARGV[base + 1]), id = id, role = ARGV[base + 3]}
+    seen[m.id] = true
+    new[#new + 1] = m
   end
 end
 
@@ -106,10 +126,12 @@ if not satisfied() then
     .. 'every older non-system message (system messages are never evicted)')
 end
 
--- apply
+-- apply (every check is above: nothing was written so far)
 if mode == 'replace' then
   redis.call('DEL', LIST, IDS, ACCESS)
   clear_roles()
+elseif fresh then
+  forget_all()
 end
 if prefix_len > 0 then
   redis.call('LTRIM', LIST, prefix_len, -1)
@@ -138,7 +160,7 @@ bump_roles(roles)
 local evicted_stored = removed_msgs - (#new - #kept)
 local new_count = count - evicted_stored + #kept
 local new_tokens = tokens - (removed_tokens - evicted_new_tokens) + stored_tokens
-redis.call('HSET', META, 'message_count', new_count, 'token_count', new_tokens, 'nb_count', new_count)
+save_counters(new_count, new_tokens)
 if removed_msgs > 0 then redis.call('HINCRBY', META, 'evicted_count', removed_msgs) end
 expire_all(ttl_ms, track)
-return {#new, new_count, new_tokens, removed_msgs, duplicates, removed_tokens}
+return remember(op, {#new, new_count, new_tokens, removed_msgs, duplicates, removed_tokens})

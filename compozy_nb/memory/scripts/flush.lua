@@ -3,18 +3,29 @@
 -- and update the counters. Without a summary, a message already gone (a racing flush) is not counted.
 -- With a summary, the plan is applied only if every planned message is still there (else nothing
 -- changes and summary_written is -1: the caller re-plans), so a summary never covers a message twice.
--- ARGV: ttl_ms, archive_max, now_iso, summary_raw ('' = none), summary_tokens, summary_id, track, n, raw...
+-- ARGV: op, ttl_ms, archive_max, now_iso, summary_raw ('' = none), summary_tokens, summary_id, track, n, raw...
+-- op: the call's operation id (a re-send of a call that ran returns its recorded result, writing nothing).
 -- Returns {removed, message_count, token_count, summary_written}.
-local ttl_ms = tonumber(ARGV[1])
-local archive_max = tonumber(ARGV[2])
-local now_iso = ARGV[3]
-local summary_raw = ARGV[4]
-local summary_tokens = tonumber(ARGV[5])
-local summary_id = ARGV[6]
-local track = ARGV[7] == '1'
-local n = tonumber(ARGV[8])
-local FIRST = 9
+local op = ARGV[1]
+local ttl_ms = int_arg(ARGV[2], MAX_TTL_MS)
+local archive_max = int_arg(ARGV[3], MAX_INT)
+local now_iso = ARGV[4]
+local summary_raw = ARGV[5]
+local summary_tokens = int_arg(ARGV[6], MAX_INT)
+local summary_id = ARGV[7]
+local track = ARGV[8] == '1'
+local n = int_arg(ARGV[9], MAX_INT)
+local FIRST = 10
+if not ttl_ms then return arg_error('ttl_ms') end
+if not archive_max then return arg_error('archive_max') end
+if type(now_iso) ~= 'string' or now_iso == '' then return arg_error('now_iso') end
+if not summary_tokens then return arg_error('summary_tokens') end
+if summary_raw ~= '' and summary_id == '' then return arg_error('summary_id') end
+if ARGV[8] ~= '0' and ARGV[8] ~= '1' then return arg_error('track_access') end
+if not n or #ARGV ~= FIRST - 1 + n then return arg_error('n') end
 
+local previous = replayed(op)
+if previous then return previous end
 local count, tokens = load_counters()
 if count == nil then return foreign_error() end
 local wanted = {}
@@ -59,7 +70,8 @@ if summary_written == 1 then
   redis.call('HINCRBY', META, 'summary_count', 1)
 end
 bump_roles(roles)
-redis.call('HSET', META, 'message_count', count, 'token_count', tokens, 'last_flush', now_iso, 'nb_count', count)
+save_counters(count, tokens)
+redis.call('HSET', META, 'last_flush', now_iso)
 redis.call('HINCRBY', META, 'flush_count', 1)
 expire_all(ttl_ms, track)
-return {#removed, count, tokens, summary_written}
+return remember(op, {#removed, count, tokens, summary_written})

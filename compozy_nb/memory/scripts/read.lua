@@ -1,14 +1,20 @@
 -- Reads that need Lua: the newest messages within a token budget (one round trip, work proportional to
 -- the window, not the history) and reads that record access times (LRU strategies).
 -- ARGV: mode, a, b, track_access, now_ms.
---   mode 'range':  a = offset, b = limit (-1 = all)            -> the window, oldest first
+--   mode 'range':  a = offset, b = limit ('-1' = all)          -> the window, oldest first
 --   mode 'last':   a = n                                        -> the newest n, oldest first
 --   mode 'budget': a = max_tokens                               -> the newest messages that fit, oldest first
 -- Returns {total, raw...}; FOREIGN_DATA error when a budget read meets messages without token counts.
 local mode = ARGV[1]
-local a, b = tonumber(ARGV[2]), tonumber(ARGV[3])
+local a = int_arg(ARGV[2], MAX_INT)
+local b = ARGV[3] == '-1' and -1 or int_arg(ARGV[3], MAX_INT)
 local track = ARGV[4] == '1'
-local now_ms = ARGV[5]
+local now_ms = int_arg(ARGV[5], MAX_INT)
+if mode ~= 'range' and mode ~= 'last' and mode ~= 'budget' then return arg_error('mode') end
+if not a then return arg_error('a') end
+if not b then return arg_error('b') end
+if ARGV[4] ~= '0' and ARGV[4] ~= '1' then return arg_error('track_access') end
+if not now_ms then return arg_error('now_ms') end
 local out
 local total = redis.call('LLEN', LIST)
 if mode == 'range' then
@@ -45,13 +51,14 @@ else
   for i = #picked, 1, -1 do out[#out + 1] = picked[i] end
 end
 if track and #out > 0 then
+  -- the access record, in chunks of CHUNK/2 (score, id) pairs
   local args = {}
   for _, raw in ipairs(out) do
     local _, id = msg_info(raw)
-    if id then args[#args + 1] = now_ms; args[#args + 1] = id end
+    if id then args[#args + 1] = ARGV[5]; args[#args + 1] = id end
   end
   if #args > 0 then
-    redis.call('ZADD', ACCESS, unpack(args))
+    chunked('ZADD', ACCESS, args)
     local pttl = redis.call('PTTL', LIST)
     if pttl > 0 then redis.call('PEXPIRE', ACCESS, pttl) end
   end
