@@ -104,17 +104,17 @@ def test_summary_is_logged_with_its_id(backend: Backend) -> None:
     assert fate["fate"] == "summarized" and fate["summary_id"] == summary["id"]
 
 
-def test_clear_keeps_the_log_and_delete_is_logged(backend: Backend) -> None:
+def test_clear_keeps_the_log_and_delete_removes_it(backend: Backend) -> None:
     mem = make_memory(backend, type="buffer")
     mem.append(msg("hello", "m1"))
     mem.clear(confirm=True)
     assert ops(mem) == ["append", "clear"] and mem.log()[-1]["cleared"] == 1
     assert mem.why("m1")["fate"] == "cleared" and mem.why("m1")["backup_key"] is None
     mem.append(msg("again", "m2"))
-    mem.delete()
-    assert ops(mem) == ["append", "clear", "append", "delete"]
-    assert mem.why("m2")["fate"] == "deleted"
     assert mem.why("never-stored")["fate"] == "unknown"
+    mem.delete()  # removes the log with the memory: nothing of a deleted memory stays
+    assert mem.log() == [] and not mem.backend.client.exists(mem.layout.log)
+    assert mem.why("m2")["fate"] == "unknown"
 
 
 def test_adoption_of_a_compozy_list_is_logged(backend: Backend) -> None:
@@ -227,3 +227,93 @@ def test_plot_log(backend: Backend) -> None:
     ax = mem.plot_log()
     assert "operation log" in ax.get_title()
     assert "evicted" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_why_output_is_a_why(backend: Backend) -> None:
+    mem = make_memory(backend, type="buffer")
+    mem.append(msg("hello", "m1"))
+    out = mem.why("m1")
+    assert out["operation"] == "why" and out["fate"] == "kept" and out["stored"] is True
+    assert out["added_at"] == mem.log()[0]["ts"]
+
+
+# ---------------------------------------------------------------------------------------------- shells
+SHELL_MEMORY = {"resource": "memory", "id": "mem", "type": "buffer", "max_messages": 10}
+
+
+def test_source_magic_and_memory_log_subcommand(backend: Backend) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "compozy_nb")
+    magics = shell.magics_manager.registry["Compozy"]
+    magics._project = None
+    try:
+        magics.project.use_backend(backend)
+        shell.run_cell_magic("compozy", "", yaml.safe_dump(SHELL_MEMORY))
+        shell.run_line_magic("compozy", "memory append mem --key k --payload '\"hello\"'")
+        frame = shell.run_line_magic("compozy", "memory log mem --key k")
+        assert frame["operation"].tolist() == ["append"] and frame["source"].tolist() == ["magic"]
+        assert len(shell.run_line_magic("compozy", "memory log mem --key k --limit 0")) == 0
+    finally:
+        magics._project = None
+
+
+def test_source_cli(tmp_path: Any, redis_url: str) -> None:
+    from compozy_nb.cli import main
+
+    (tmp_path / "compozy.yaml").write_text("name: clilog\n")
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "mem.yaml").write_text(yaml.safe_dump(SHELL_MEMORY))
+    request = {"type": "memory", "operation": "append", "memory_ref": "mem", "key_template": "k", "payload": "hi"}
+    assert main(["exec", json.dumps(request), "--project", str(tmp_path), "--redis", redis_url]) == 0
+    project = Project.load(tmp_path, redis_url=redis_url)
+    assert [e["source"] for e in project.memory("mem", key="k").log()] == ["cli"]
+
+
+def test_source_http_and_log_endpoint(tmp_path: Any) -> None:
+    import uuid
+
+    from fastapi.testclient import TestClient
+
+    from compozy_nb.server import create_app
+
+    project = Project("httplog", redis_url=f"embedded://{uuid.uuid4().hex}")
+    project.add_yaml(yaml.safe_dump(SHELL_MEMORY))
+    base = "/api/v0/memory/mem"
+    with TestClient(create_app(project, api_key=""), raise_server_exceptions=False) as client:
+        messages = [{"role": "user", "content": f"message {i}"} for i in range(6)]
+        assert client.post(f"{base}/append", json={"key": "k", "messages": messages}).status_code == 200
+        assert client.post(f"{base}/flush", json={"key": "k", "force": True}).status_code == 200
+        response = client.get(f"{base}/log", params={"key": "k"})
+        assert response.status_code == 200, response.text
+        events = response.json()["data"]["events"]
+        assert [(e["operation"], e["source"]) for e in events] == [("append", "http"), ("flush", "http")]
+        assert events[0]["ts"].endswith("+00:00")
+        assert client.get(f"{base}/log", params={"key": "k", "since": "soon"}).status_code == 400
+        assert client.get(f"{base}/log", params={"key": "bad key"}).status_code == 400
+
+
+def test_source_workflow(backend: Backend) -> None:
+    project = Project(PROJECT)
+    project.use_backend(backend)
+    project.add_yaml(yaml.safe_dump(SHELL_MEMORY))
+    project.add_yaml(
+        yaml.safe_dump(
+            {
+                "id": "save",
+                "tasks": [
+                    {
+                        "id": "s",
+                        "type": "memory",
+                        "operation": "append",
+                        "memory_ref": "mem",
+                        "key_template": "w",
+                        "payload": "{{.text}}",
+                    }
+                ],
+            }
+        )
+    )
+    project.run("save", {"text": "hello"})
+    assert [e["source"] for e in project.memory("mem", key="w").log()] == ["workflow"]

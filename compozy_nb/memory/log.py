@@ -1,11 +1,11 @@
 """The operation log of a memory: one event per change, written by the Lua script that makes the change.
 
 Each script that changes a memory (append incl. eviction on write, write, restore, flush incl. summaries, clear,
-delete, adoption of a Compozy list) ends with ``log_event(...)`` (``scripts/_common.lua``), which XADDs one entry to
+adoption of a Compozy list) ends with ``log_event(...)`` (``scripts/_common.lua``), which XADDs one entry to
 a capped stream next to the memory (``…:<key>:log``, same hash tag on a cluster, same TTL). The last script
 argument is a small JSON object made here (:func:`log_argument`): whether the log is on, its cap, the operation,
 its source and what only Python knows (the strategy, the redacted spans). Compozy never reads the stream; ``clear``
-and ``delete`` keep it, and log that they ran.
+keeps it and logs that it ran; ``delete`` removes it with the rest of the memory.
 
 Read side: :func:`read_log` (``mem.log()``), :func:`why` (``mem.why(message_id)``).
 """
@@ -116,15 +116,36 @@ def note_redactions(count: int) -> None:
 
 def log_argument(enabled: bool, max_events: int, ttl_ms: int, operation: str, strategy: str | None = None) -> str:
     """The JSON object the scripts' ``log_event`` reads from their last argument."""
-    redacted = _redacted.get()
-    if redacted:
-        _redacted.set(0)
-    config: dict[str, Any] = {"on": enabled, "max": max_events, "ttl": ttl_ms, "op": operation, "source": _source.get()}
+    redacted = _redacted.get() if operation in ("append", "write") else 0  # set by the encoding just before
+    config: dict[str, Any] = {
+        "_log": 1,
+        "on": enabled,
+        "max": max_events,
+        "ttl": ttl_ms,
+        "op": operation,
+        "source": _source.get(),
+    }
     if strategy:
         config["strategy"] = strategy
     if redacted:
         config["redacted"] = redacted
     return json.dumps(config, separators=(",", ":"))
+
+
+def log_read(instance: MemoryInstance, count: int) -> None:
+    """Log a read (``log.reads: true``). Reads change nothing, so this entry is added after the read, not in its
+    script."""
+    from compozy_nb.memory.store import redis_errors
+
+    settings, client = instance.resource.log, instance.backend.client
+    with redis_errors("read", instance.key):
+        pipe = client.pipeline(transaction=False)
+        pipe.xadd(
+            instance.layout.log, {"op": "read", "source": _source.get(), "count": count}, maxlen=settings.max_events
+        )
+        if instance.runtime.ttl_ms > 0:
+            pipe.pexpire(instance.layout.log, instance.runtime.ttl_ms)
+        pipe.execute()
 
 
 # ---------------------------------------------------------------------------------------------- read side
@@ -191,7 +212,8 @@ class LogResult(list[dict[str, Any]]):
         columns = [*EVENT_COLUMNS, *ID_FIELDS, "id"]
         frame = pd.DataFrame(list(self), columns=columns)
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-        return frame
+        counts = [c for c in frame.columns if c in INT_FIELDS]
+        return frame.astype({c: "Int64" for c in counts})
 
     def _repr_html_(self) -> str:
         rows = [{**e, "ts": e["ts"].isoformat(timespec="milliseconds")} for e in self]
@@ -219,7 +241,8 @@ def read_log(instance: MemoryInstance, since: Any = None, limit: int | None = No
 def why(instance: MemoryInstance, message_id: str) -> OperationResult:
     """Where message ``message_id`` went, from the log: ``kept``, ``evicted`` (by the limits on write),
     ``flushed`` (by a strategy), ``summarized`` (folded into a summary), ``cleared`` (maybe backed up),
-    ``replaced`` (by a write or restore), ``deleted``, or ``unknown`` (never logged: before the log, or expired).
+    ``replaced`` (by a write or restore), or ``unknown`` (never logged: before the log was on, expired, or the
+    memory was deleted, which removes its log too).
     """
     fate: dict[str, Any] = {"fate": "unknown", "at": None}
     added_at = None
@@ -254,7 +277,7 @@ def _change(event: Mapping[str, Any], message_id: str) -> dict[str, Any] | None:
     """What ``event`` did to a stored message, or None when it left it alone."""
     operation, at = event.get("operation"), event["ts"]
     if message_id in event.get("evicted_ids", ()):
-        return {"fate": "evicted", "at": at, "by": "limit", "operation": operation}
+        return {"fate": "evicted", "at": at, "by": "limit", "during": operation}
     if message_id in event.get("flushed_ids", ()):
         if event.get("summary_id"):
             return {
@@ -266,10 +289,8 @@ def _change(event: Mapping[str, Any], message_id: str) -> dict[str, Any] | None:
         return {"fate": "flushed", "at": at, "strategy": event.get("strategy")}
     if operation == "clear":
         return {"fate": "cleared", "at": at, "backup_key": event.get("backup_key") or None}
-    if operation == "delete":
-        return {"fate": "deleted", "at": at}
     if operation in ("write", "restore"):
-        return {"fate": "replaced", "at": at, "operation": operation}
+        return {"fate": "replaced", "at": at, "during": operation}
     return None
 
 
