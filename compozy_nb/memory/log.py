@@ -213,7 +213,7 @@ class LogResult(list[dict[str, Any]]):
         frame = pd.DataFrame(list(self), columns=columns)
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
         counts = [c for c in frame.columns if c in INT_FIELDS]
-        return frame.astype({c: "Int64" for c in counts})
+        return frame.astype(dict.fromkeys(counts, "Int64"))
 
     def _repr_html_(self) -> str:
         rows = [{**e, "ts": e["ts"].isoformat(timespec="milliseconds")} for e in self]
