@@ -14,27 +14,53 @@ from pathlib import Path
 from typing import Any
 
 from compozy_nb.errors import CompozyNbError, ConfigError
+from compozy_nb.limits import MAX_DEPTH, check_depth, depth_error
 from compozy_nb.memory.log import attributed
 
 
 def _read_json(source: str, what: str) -> Any:
-    """JSON from a literal, ``@file``, a path, or ``-`` (stdin)."""
+    """JSON from a literal, ``@file``, a path, or ``-`` (stdin), UTF-8 and nested at most
+    :data:`~compozy_nb.limits.MAX_DEPTH` levels.
+
+    Raises:
+        ConfigError: unreadable, not UTF-8 or not JSON (with ``file:line``).
+        InvalidPayloadError: nested too deeply.
+    """
     if source == "-":
-        text = sys.stdin.read()
         origin = "<stdin>"
-    elif source.startswith("@") or (not source.lstrip().startswith(("{", "[")) and Path(source).exists()):
+        raw = getattr(sys.stdin, "buffer", None)  # a replaced stdin (StringIO) is already text
+        text = _decode(raw.read(), what, origin) if raw is not None else sys.stdin.read()
+    elif source.startswith("@") or (not source.lstrip().startswith(("{", "[")) and _is_file(source)):
         path = Path(source[1:] if source.startswith("@") else source)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read {what} file {str(path)!r}: {exc.strerror}") from None
         origin = str(path)
+        try:
+            text = _decode(path.read_bytes(), what, origin)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {what} file {origin!r}: {exc.strerror}") from None
     else:
         text, origin = source, f"<{what}>"
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{what} is not valid JSON: {exc.msg}", source=f"{origin}:{exc.lineno}") from None
+    except RecursionError:
+        raise depth_error(MAX_DEPTH, what) from None
+    check_depth(value, MAX_DEPTH, what)
+    return value
+
+
+def _is_file(source: str) -> bool:
+    try:
+        return Path(source).exists()
+    except (OSError, ValueError):  # a name too long, or with a NUL byte
+        return False
+
+
+def _decode(data: bytes, what: str, origin: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} is not UTF-8 text (invalid byte at offset {exc.start})", source=origin) from None
 
 
 def _print(data: Any) -> None:
@@ -45,12 +71,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
     """Execute one task request (the seed's execute body) and print the result."""
     from compozy_nb.project import Project
 
+    bodies: list[Any] = []
+    for source in args.request:  # unreadable input: one "error [CODE]: ..." line (main)
+        body = _read_json(source, "request")
+        bodies.extend(body if isinstance(body, list) else [body])
     try:
         project = Project.load(args.project, redis_url=args.redis)
-        bodies: list[Any] = []
-        for source in args.request:
-            body = _read_json(source, "request")
-            bodies.extend(body if isinstance(body, list) else [body])
     except CompozyNbError as exc:
         _print({"status": "failed", "error": exc.to_dict()})
         return 1
@@ -100,8 +126,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a workflow and print the run JSON (exit 1 when it failed)."""
+    data = _read_json(args.input, "input") if args.input else {}  # unreadable input: one error line (main)
     try:
-        data = _read_json(args.input, "input") if args.input else {}
         if not isinstance(data, dict):
             raise ConfigError("--input must be a JSON object")
         project = _load(args)
@@ -210,7 +236,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the project's workflows and memory operations over HTTP (FastAPI + uvicorn)."""
     from compozy_nb.server import serve_main
 
-    return serve_main(args.project, args.host, args.port, args.redis)
+    return serve_main(args.project, args.host, args.port, args.redis, body_timeout=args.body_timeout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p_serve.add_argument("--redis", default=None, help="backend URL (default: COMPOZY_REDIS_URL, compozy.yaml)")
+    p_serve.add_argument(
+        "--body-timeout", type=float, default=None, help="seconds allowed to send a request body (default: 30)"
+    )
     p_serve.set_defaults(func=cmd_serve)
 
     p_schema = sub.add_parser("schema", help="JSON Schema of resource, workflow and project files")

@@ -26,7 +26,7 @@ from compozy_nb.config.workflow import BasicTask, Workflow
 from compozy_nb.errors import ConfigError, MemoryNotFoundError, TemplateError
 from compozy_nb.memory.flush import Summarizer, truncate_tokens
 from compozy_nb.memory.instance import MemoryInstance, MemoryRuntime, Output
-from compozy_nb.templating import render
+from compozy_nb.templating import render_key
 from compozy_nb.workflow import runner
 from compozy_nb.workflow.providers import ChatRequest, Registry, complete
 
@@ -308,7 +308,7 @@ class Project:
                     f"memory resource '{runtime.resource.id}' has no default key template: pass key=...",
                     memory_ref=memory_ref,
                 )
-            key = render(template, runner.base_context("adhoc", variables, uuid.uuid4().hex))
+            key = render_key(template, runner.base_context("adhoc", variables, uuid.uuid4().hex), "key")
         return MemoryInstance(runtime, key, self.backend, self.name)
 
     def execute(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ __all__ = [
     "has_template",
     "referenced_paths",
     "render",
+    "render_key",
     "render_value",
     "validate",
 ]
@@ -58,6 +60,12 @@ Key = str | int
 """One lookup step: a map key (``str``) or, from ``index``, an integer list index."""
 
 _MISSING: Any = object()
+MAX_TEMPLATE_CHARS = 64 * 1024
+"""Longest template accepted (checked before parsing; the default ``max_message_bytes`` is 64 KiB too)."""
+MAX_EXPRESSIONS = 256
+"""Most ``{{ }}`` blocks in one template."""
+_CACHE_SIZE = 256
+_PROGRAM_CHUNK = 32  # expressions per compiled Jinja program: compile time stays linear in their number
 _MAX_LISTED_KEYS = 10
 _MAX_QUOTED_TEMPLATE = 200
 
@@ -286,7 +294,7 @@ class _Compiled:
     literals: tuple[str, ...]
     exprs: tuple[_Expr, ...]
     single: bool
-    program: TemplateExpression | None
+    programs: tuple[TemplateExpression, ...]
 
 
 def _display(keys: tuple[Key, ...]) -> str:
@@ -477,9 +485,30 @@ def _jinja_source(expr: _Expr) -> str:
     return source + "".join(f"|{name}" for name in expr.filters)
 
 
-@functools.lru_cache(maxsize=1024)
+def _check_size(template: str) -> None:
+    """Refuse a template longer than :data:`MAX_TEMPLATE_CHARS` or with more than :data:`MAX_EXPRESSIONS`
+    blocks, before any parsing."""
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(
+            f"template is {len(template)} characters, more than {MAX_TEMPLATE_CHARS}",
+            template=template[:_MAX_QUOTED_TEMPLATE],
+        )
+    blocks = template.count("{{")
+    if blocks > MAX_EXPRESSIONS:
+        raise TemplateError(
+            f"template has {blocks} '{{{{' blocks, more than {MAX_EXPRESSIONS}",
+            template=template[:_MAX_QUOTED_TEMPLATE],
+        )
+
+
 def _compile(template: str) -> _Compiled:
-    """Split ``template`` into literal text and expressions and compile them (cached)."""
+    """Split ``template`` into literal text and expressions and compile them (cached, size checked first)."""
+    _check_size(template)
+    return _compile_cached(template)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _compile_cached(template: str) -> _Compiled:
     literals: list[str] = []
     exprs: list[_Expr] = []
     raw_literals: list[str] = []
@@ -515,11 +544,12 @@ def _compile(template: str) -> _Compiled:
         exprs.append(_Expr(source=template[start : end + 2], keys=keys, filters=filters))
         pos = end + 2
 
-    program: TemplateExpression | None = None
-    if exprs:
-        source = "(" + "".join(_jinja_source(expr) + ", " for expr in exprs) + ")"
+    programs: list[TemplateExpression] = []
+    for first in range(0, len(exprs), _PROGRAM_CHUNK):
+        chunk = exprs[first : first + _PROGRAM_CHUNK]
+        source = "(" + "".join(_jinja_source(expr) + ", " for expr in chunk) + ")"
         try:
-            program = _ENV.compile_expression(source, undefined_to_none=False)
+            programs.append(_ENV.compile_expression(source, undefined_to_none=False))
         except JinjaTemplateError as exc:  # pragma: no cover - the parser only emits valid Jinja
             raise TemplateError(f"cannot compile template {_quote(template)}: {exc}", template=template) from None
     single = len(exprs) == 1 and not any(text.strip() for text in raw_literals)
@@ -528,7 +558,7 @@ def _compile(template: str) -> _Compiled:
         literals=tuple(literals),
         exprs=tuple(exprs),
         single=single,
-        program=program,
+        programs=tuple(programs),
     )
 
 
@@ -573,10 +603,12 @@ def _missing_error(compiled: _Compiled, expr: _Expr, context: Mapping[str, Any])
 
 def _run(compiled: _Compiled, context: Mapping[str, Any]) -> tuple[Any, ...]:
     """Evaluate every expression of ``compiled`` against ``context``."""
-    if compiled.program is None:
+    if not compiled.programs:
         return ()
     try:
-        values: tuple[Any, ...] = tuple(compiled.program(ctx=context) or ())
+        values: tuple[Any, ...] = tuple(
+            value for program in compiled.programs for value in (program(ctx=context) or ())
+        )
     except _FilterError as exc:
         raise TemplateError(f"{exc} in template {_quote(compiled.template)}", template=compiled.template) from None
     except JinjaTemplateError as exc:
@@ -666,6 +698,57 @@ def render(
         return template
     compiled = _compile(template)
     return _join(compiled, _run(compiled, context), formatter)
+
+
+def _unusable_key_part(value: Any) -> str | None:
+    """Why ``value`` cannot be part of a memory key (None, empty, NaN/infinite), or None when it can."""
+    if value is None:
+        return "null (None)"
+    if isinstance(value, str) and not value.strip():
+        return "empty" if not value else "blank"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"not a finite number ({value})"
+    return None
+
+
+def render_key(template: str, context: Mapping[str, Any], field: str = "key_template") -> str:
+    """Render a memory key template: the one function every shell (Python API, workflows, HTTP, magics)
+    renders keys with.
+
+    Unlike :func:`render`, a variable that is ``None``, empty, blank or a NaN/infinite number is an error
+    (``chat:{{.user}}`` with ``user=None`` would otherwise give ``chat:``, the same key as ``user=""``, and
+    merge two users' memories). Integers and other numbers are rendered as text (``user=7`` -> ``chat:7``).
+
+    Args:
+        template: The key template, e.g. ``"conv:{{.user_id}}:{{.session_id}}"``; text without ``{{`` is
+            returned as is.
+        context: The values the paths are looked up in.
+        field: The name of the template in error messages (``key_template``, ``memory[0].key``, ``key``).
+
+    Returns:
+        The rendered key (not yet checked against the key rules; see ``memory.keys.validate_key``).
+
+    Raises:
+        TemplateError: The template is invalid, or a variable is missing, None, empty, blank or NaN; the
+            message names the variable (also in the error's ``variable`` context).
+    """
+    if "{{" not in template:
+        return template
+    try:
+        compiled = _compile(template)
+        values = _run(compiled, context)
+    except TemplateError as exc:
+        raise TemplateError(f"{field}: {exc.message}", field=field) from None
+    for value, expr in zip(values, compiled.exprs, strict=True):
+        problem = _unusable_key_part(value)
+        if problem is not None:
+            raise TemplateError(
+                f"{field}: variable {expr.display!r} is {problem} in key template {_quote(template)}; every "
+                "variable of a memory key needs a value, or different users would share one key",
+                variable=expr.display,
+                field=field,
+            )
+    return _join(compiled, values, None)
 
 
 def evaluate(template: str, context: Mapping[str, Any]) -> Any:

@@ -29,13 +29,15 @@ import functools
 import gzip
 import hashlib
 import os
+import re
 import tempfile
 import threading
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compozy_nb.errors import ConfigError
+from compozy_nb.errors import ConfigError, InvalidPayloadError
 
 if TYPE_CHECKING:
     from tiktoken import Encoding
@@ -113,6 +115,14 @@ _CL100K_PREFIXES: tuple[str, ...] = (
     "davinci-002",
     "babbage-002",
 )
+
+# Unicode White_Space, which is what ``\s`` means in tiktoken's (Rust) pre-tokenizer patterns.
+_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+LONG_WHITESPACE_RUN = 1024
+"""Whitespace runs at least this long are split before tiktoken sees them (its regex overflows its stack
+on runs of ~1 M characters and panics)."""
+_LONG_RUN_RE = re.compile(f"[{_WHITESPACE}]{{{LONG_WHITESPACE_RUN},}}")
+_WHITESPACE_RE = re.compile(f"[{_WHITESPACE}]")
 
 _LOCK = threading.RLock()
 _ENCODINGS: dict[str, Encoding] = {}
@@ -354,10 +364,34 @@ class TokenCounter:
         """
         if not text:
             return 0
+        if len(text) < LONG_WHITESPACE_RUN or _LONG_RUN_RE.search(text) is None:
+            return self._count_piece(text)
+        one_piece_tail = r"\s++$" in self._load()._pat_str
+        parts = split_at_long_whitespace(text, trailing_run_is_one_piece=one_piece_tail)
+        return sum(self._count_piece(part, single_piece) for part, single_piece in parts)
+
+    def _load(self) -> Encoding:
         encoding = self._encoding
         if encoding is None:
             encoding = self._encoding = _load_encoding(self._encoding_name)
-        return len(encoding.encode_ordinary(text))
+        return encoding
+
+    def _count_piece(self, text: str, single_piece: bool = False) -> int:
+        """tiktoken's count of ``text`` (one pre-tokenizer piece: BPE only, no regex); a Rust panic becomes
+        :class:`InvalidPayloadError`."""
+        encoding = self._load()
+        encode_piece = getattr(encoding, "_encode_single_piece", None) if single_piece else None
+        try:
+            if encode_piece is not None:
+                return len(encode_piece(text))
+            return len(encoding.encode_ordinary(text))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # pyo3_runtime.PanicException derives from BaseException
+            raise InvalidPayloadError(
+                f"the {self._encoding_name} tokenizer failed on a text of {len(text)} characters "
+                f"({type(exc).__name__}); the text was not stored",
+            ) from None
 
     def count_message(self, role: str, content: str) -> int:
         """Tokens of one chat message by Compozy's rule: content + role + 2.
@@ -376,6 +410,58 @@ class TokenCounter:
 
     def __repr__(self) -> str:
         return f"TokenCounter({self._encoding_name!r})"
+
+
+def _is_symbol(char: str) -> bool:
+    """Neither a letter, a number nor whitespace: what tiktoken's punctuation alternative matches."""
+    return unicodedata.category(char)[0] not in "LN" and _WHITESPACE_RE.match(char) is None
+
+
+def split_at_long_whitespace(text: str, trailing_run_is_one_piece: bool = True) -> list[tuple[str, bool]]:
+    """Cut ``text`` inside its long whitespace runs at points where tiktoken's pre-tokenizer cuts too.
+
+    tiktoken splits text with a regex into pieces and encodes each piece on its own, and the regex match at
+    a position depends only on the text from there on, so the count of ``text`` is the sum of the counts of
+    the parts. Inside a run ``R`` of whitespace followed by a non-space ``X``, the pieces are: the newlines
+    that follow a punctuation character (kept with it), ``R`` up to its last newline, the rest but its last
+    character, and that last character (which starts ``X``'s piece). A run that ends the text is one piece
+    in ``cl100k_base`` (``trailing_run_is_one_piece``) and is cut after its last newline in ``o200k_base``.
+
+    Args:
+        text: Any text.
+        trailing_run_is_one_piece: Whether the encoding's pattern keeps a trailing whitespace run whole.
+
+    Returns:
+        ``(part, single_piece)`` pairs whose parts concatenate to ``text``; ``single_piece`` parts are
+        whitespace the tokenizer treats as one piece (encode them without the regex).
+    """
+    parts: list[tuple[str, bool]] = []
+    pos = 0
+    for match in _LONG_RUN_RE.finditer(text):
+        start, end = match.span()
+        if start > 0 and _is_symbol(text[start - 1]):
+            while start < end and text[start] in "\r\n":
+                start += 1
+        parts.append((text[pos:start], False))
+        pos = start
+        if end == len(text) and trailing_run_is_one_piece:
+            parts.append((text[start:end], True))
+            pos = end
+            break
+        newline = max(text.rfind("\n", start, end), text.rfind("\r", start, end))
+        if newline >= 0:
+            parts.append((text[start : newline + 1], True))
+            start = newline + 1
+        if end == len(text):
+            parts.append((text[start:end], True))
+            pos = end
+            break
+        if end - start >= 2:
+            parts.append((text[start : end - 1], True))
+            start = end - 1
+        pos = start
+    parts.append((text[pos:], False))
+    return [(part, whole) for part, whole in parts if part]
 
 
 @functools.cache

@@ -590,3 +590,29 @@ def test_cli_resource_file_with_unknown_field(tmp_path: Path, redis_url: str) ->
     result = run_cli(write_project(tmp_path, GOOD_RESOURCE + "colour: red\n"), redis_url, req(operation="read"))
     out = assert_cli_failed(result, "INVALID_CONFIG")
     assert "colour" in out["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "read_config", [{"last": 1, "max_tokens": 5}, {"last": 1, "limit": 3}], ids=["last+max_tokens", "last+limit"]
+)
+def test_read_config_conflict_names_its_field_once(project: Project, read_config: dict[str, Any]) -> None:
+    """The message used to read ``read_config: read_config: give either ...``."""
+    task = {"type": "memory", "operation": "read", "memory_ref": "conversation_memory", "key_template": "k"}
+    with pytest.raises(CompozyNbError) as caught:
+        project.execute({**task, "read_config": read_config})
+    assert caught.value.code == "INVALID_CONFIG"
+    assert str(caught.value).count("read_config") == 1, str(caught.value)
+
+
+def test_depth_helper_bounds_any_value_without_recursion() -> None:
+    """``limits.check_depth`` walks iteratively: 100,000 levels give INVALID_PAYLOAD, not RecursionError."""
+    from compozy_nb.limits import check_depth, nesting_depth
+
+    value: Any = "leaf"
+    for _ in range(100_000):
+        value = {"k": [value]}
+    assert nesting_depth(value, stop_after=10) == 11
+    with pytest.raises(CompozyNbError) as caught:
+        check_depth(value, 64, "payload")
+    assert caught.value.code == "INVALID_PAYLOAD"
+    check_depth({"a": [{"b": 1}]}, 3, "payload")

@@ -524,7 +524,7 @@ def test_api_doc_execute_requests_run() -> None:
     assert requests, "the API doc shows no execute request"
     project = Project.load(REPO, redis_url=f"embedded://api-doc-{uuid.uuid4().hex}")
     problems = []
-    with TestClient(create_app(project, api_key="")) as client:
+    with TestClient(create_app(project, api_key=""), base_url="http://localhost") as client:
         for block, method, url, body, documented in requests:
             response = client.request(method, url, json=body) if body is not None else client.request(method, url)
             actual = response.json()

@@ -427,3 +427,61 @@ def test_property_text_without_braces_renders_to_itself(text: str) -> None:
 )
 def test_property_literals_around_a_block_are_kept(text: str) -> None:
     assert render(text + "{{ .v }}" + text, {"v": "X"}) == f"{text}X{text}"
+
+
+# ---------------------------------------------------------------------------- bounds and keys (issue 10)
+def test_oversize_template_is_refused_before_parsing() -> None:
+    from compozy_nb.templating import MAX_TEMPLATE_CHARS
+
+    with pytest.raises(TemplateError, match=f"more than {MAX_TEMPLATE_CHARS}"):
+        render("{{.u}}" * 30_000, {"u": "x"})  # 180 KB: 6.5 s of CPU before this bound
+
+
+def test_number_of_blocks_is_bounded() -> None:
+    from compozy_nb.templating import MAX_EXPRESSIONS
+
+    assert render("{{.u}}" * MAX_EXPRESSIONS, {"u": "x"}) == "x" * MAX_EXPRESSIONS
+    with pytest.raises(TemplateError, match=f"more than {MAX_EXPRESSIONS}"):
+        render("{{.u}}" * (MAX_EXPRESSIONS + 1), {"u": "x"})
+
+
+def test_compiled_programs_are_chunked_and_the_cache_is_small() -> None:
+    """Compile cost is linear: expressions are compiled 32 at a time, never as one huge Jinja tuple."""
+    from compozy_nb.templating import _compile, _compile_cached
+
+    assert len(_compile("{{.u}}-" * 100).programs) == 4
+    assert _compile_cached.cache_info().maxsize == 256
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [(None, "null"), ("", "empty"), ("  ", "blank"), (float("nan"), "not a finite number"), (float("inf"), "finite")],
+)
+def test_render_key_refuses_unusable_variables(value: Any, why: str) -> None:
+    """chat:{{.user}} with user=None, "" or NaN gave chat: / chat:nan - several users in one key."""
+    from compozy_nb.templating import render_key
+
+    with pytest.raises(TemplateError, match=why) as caught:
+        render_key("chat:{{.user}}", {"user": value})
+    assert caught.value.context["variable"] == ".user"
+    assert "'.user'" in str(caught.value)
+
+
+def test_render_key_renders_numbers_as_text() -> None:
+    from compozy_nb.templating import render_key
+
+    assert render_key("chat:{{.user}}:{{.n}}", {"user": 7, "n": 1.5}) == "chat:7:1.5"
+    with pytest.raises(TemplateError, match="missing variable"):
+        render_key("chat:{{.user}}", {})
+
+
+@pytest.mark.parametrize("value", [None, "", float("nan")])
+def test_project_memory_refuses_unusable_key_variables(value: Any) -> None:
+    from pathlib import Path
+
+    from compozy_nb import Project
+
+    project = Project.load(Path(__file__).resolve().parent.parent, redis_url="embedded://render-key")
+    with pytest.raises(TemplateError, match="user_id"):
+        project.memory("conversation_memory", user_id=value, session_id="s1")
+    assert project.memory("conversation_memory", user_id=7, session_id="s1").key == "conv:7:s1"

@@ -294,3 +294,79 @@ def test_fresh_process_falls_back_to_tempdir(tmp_path: Path) -> None:
     assert result["cache_dir"] == str(tmp / "compozy-nb-tiktoken")
     assert result["o200k_base"] == [2]
     assert result["attempts"] == []
+
+
+# ---------------------------------------------------------------------------- long whitespace runs (issue 10)
+WHITESPACE_RUNS = [" ", "\n", "\r\n", "\t", "\u00a0", " \n", "\n ", " \u3000", "\u2028"]
+TEXT_BITS = [" ", "\n", "a", "Z", "é", "!", ".", "1", "'", "s", "中", "-", "/", "\x1c", "\u0301"]
+
+
+def _hostile_text(seed: int) -> str:
+    import random
+
+    rnd = random.Random(seed)
+    parts = []
+    for _ in range(rnd.randint(1, 6)):
+        if rnd.random() < 0.5:
+            parts.append("".join(rnd.choice(TEXT_BITS) for _ in range(rnd.randint(0, 12))))
+        else:
+            parts.append(rnd.choice(WHITESPACE_RUNS) * rnd.randint(200, 1500))
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("encoding", tokens.SUPPORTED_ENCODINGS)
+def test_long_whitespace_runs_are_counted_exactly(encoding: str) -> None:
+    """Counting in parts (split inside long whitespace runs) gives tiktoken's own count, on inputs tiktoken can
+    handle: runs of every kind of whitespace, before and after letters, digits, punctuation and marks."""
+    counter = TokenCounter(encoding)
+    reference = tiktoken.get_encoding(encoding)
+    texts = [_hostile_text(seed) for seed in range(150)]
+    texts += [
+        " " * 5000,
+        "x" + " " * 5000 + "x",
+        "!" + "\n" * 5000 + "x",
+        "a." + "\n" * 3000 + "  " * 2000,
+        "\u00a0" * 5000 + "!",
+        "end" + "\r\n" * 3000,
+    ]
+    for text in texts:
+        assert counter.count(text) == len(reference.encode_ordinary(text)), repr(text[:60])
+
+
+def test_split_parts_rebuild_the_text() -> None:
+    text = "a" + " " * 3000 + "b\n" + "\n" * 2000 + "  c" + " " * 1500
+    parts = tokens.split_at_long_whitespace(text)
+    assert "".join(part for part, _ in parts) == text
+    assert max(len(part) for part, whole in parts if not whole) < tokens.LONG_WHITESPACE_RUN
+
+
+@pytest.mark.parametrize("encoding", tokens.SUPPORTED_ENCODINGS)
+@pytest.mark.parametrize("text", [" " * 1_000_000 + "x", "x" + "\u00a0" * 1_000_000 + "x", " " * 1_000_000])
+def test_a_million_spaces_never_crash_the_tokenizer(encoding: str, text: str) -> None:
+    """tiktoken alone panics (pyo3_runtime.PanicException) on such runs; the chunked count does not."""
+    counter = TokenCounter(encoding)
+    assert counter.count(text) > 0
+
+
+def test_a_tokenizer_panic_is_an_invalid_payload_error() -> None:
+    """The boundary: o200k's regex overflows its stack on a million spaces followed by a letter (given whole,
+    bypassing the split); the Rust panic (a BaseException) becomes INVALID_PAYLOAD without the text."""
+    from compozy_nb.errors import InvalidPayloadError
+
+    counter = TokenCounter("o200k_base")
+    with pytest.raises(InvalidPayloadError) as caught:
+        counter._count_piece(" " * 1_000_000 + "x")
+    assert caught.value.code == "INVALID_PAYLOAD"
+    assert "      " not in str(caught.value)
+
+
+def test_size_is_checked_before_counting(tmp_path: Path) -> None:
+    """An oversize message is refused by its length before the tokenizer sees it (4 M newlines took 10 s)."""
+    from compozy_nb import Project
+    from compozy_nb.errors import LimitExceededError
+
+    project = Project.load(Path(__file__).resolve().parent.parent, redis_url="embedded://size-before-count")
+    memory = project.memory("conversation_memory", key="k")
+    with pytest.raises(LimitExceededError, match="its content alone is 4000001 characters"):
+        memory.append("\n" * 4_000_000 + "x")
+    assert memory.read()["total_count"] == 0

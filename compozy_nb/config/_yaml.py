@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from compozy_nb.errors import CompozyNbError, ConfigError
+from compozy_nb.limits import MAX_DEPTH, check_depth, depth_error
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -86,6 +87,10 @@ def load_documents(text: str, source: str = "<string>") -> list[Document]:
         raise ConfigError(f"malformed YAML: {exc.problem or exc}", source=f"{source}:{line}") from None
     except yaml.YAMLError as exc:  # pragma: no cover - PyYAML always marks its errors
         raise ConfigError(f"malformed YAML: {exc}", source=source) from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise depth_error(MAX_DEPTH, source, ConfigError) from None
+    for doc in docs:
+        check_depth(doc.data, MAX_DEPTH, f"{doc.source}:{doc.start_line}", ConfigError)
     return docs
 
 
@@ -96,6 +101,8 @@ def load_file(path: str | Path) -> list[Document]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", source=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (invalid byte at offset {exc.start})", source=str(path)) from None
     return load_documents(text, str(path))
 
 

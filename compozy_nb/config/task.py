@@ -28,9 +28,9 @@ class ReadConfig(_Strict):
     @model_validator(mode="after")
     def _one_mode(self) -> ReadConfig:
         if self.last is not None and self.max_tokens is not None:
-            raise ValueError("read_config: give either last or max_tokens, not both")
+            raise ValueError("give either last or max_tokens, not both")
         if (self.last is not None or self.max_tokens is not None) and (self.limit is not None or self.offset):
-            raise ValueError("read_config: limit/offset cannot be combined with last or max_tokens")
+            raise ValueError("limit/offset cannot be combined with last or max_tokens")
         return self
 
 

@@ -50,7 +50,7 @@ class AsyncMemory:
     async def append(self, payload: Any) -> Output:
         """Like :meth:`MemoryInstance.append`."""
         mem = self.instance
-        encoded, skipped = mem._encode(payload, "append")
+        encoded, skipped = await asyncio.to_thread(mem._encode, payload, "append")  # CPU: off the event loop
         if not encoded:
             return await asyncio.to_thread(mem.append, payload)
         args = mem._store_args("append", encoded)
@@ -67,7 +67,7 @@ class AsyncMemory:
     async def write(self, payload: Any) -> Output:
         """Like :meth:`MemoryInstance.write`."""
         mem = self.instance
-        encoded, skipped = mem._encode(payload, "write")
+        encoded, skipped = await asyncio.to_thread(mem._encode, payload, "write")
         result = await self._script("append", mem._store_args("replace", encoded), "write")
         return mem._write_output(skipped, [int(v) for v in result])
 

@@ -151,6 +151,12 @@ def encode(
     """
     role = str(message["role"])
     content = str(message["content"])
+    if len(content) > max_bytes:  # before counting: tokenizing megabytes takes seconds
+        raise LimitExceededError(
+            f"message {index} is larger than max_message_bytes ({max_bytes}): its content alone is "
+            f"{len(content)} characters",
+            operation=operation,
+        )
     tokens = counter.count_message(role, content)
     given = message.get("id")
     mid = str(given) if given else new_id()

@@ -67,11 +67,15 @@ def serve_main(
     *,
     log_level: str = "info",
     access_log: bool = True,
+    body_timeout: float | None = None,
 ) -> int:
     """Load the project in ``project_dir`` and serve it with uvicorn until interrupted.
 
-    The API key comes from ``COMPOZY_API_KEY``. Returns the exit status: 1 (with a message on stderr) when
-    FastAPI/uvicorn are missing, the bind is refused, the project is invalid or Redis cannot be reached.
+    The API key comes from ``COMPOZY_API_KEY``; without one, only loopback ``Host`` names, ``host`` and the
+    names in ``COMPOZY_ALLOWED_HOSTS`` are served. ``body_timeout`` (seconds, default 30) closes connections
+    whose request headers, or whose body, do not arrive in time. Returns the exit status: 1 (with a message on
+    stderr) when FastAPI/uvicorn are missing, the bind is refused, the project is invalid or Redis cannot be
+    reached.
     """
     try:
         import fastapi  # noqa: F401
@@ -81,6 +85,8 @@ def serve_main(
         return 1
     from compozy_nb.errors import CompozyNbError
     from compozy_nb.project import Project
+    from compozy_nb.server.guards import DEFAULT_BODY_TIMEOUT, allowed_hosts_from_env
+    from compozy_nb.server.protocol import protocol_with_header_timeout
 
     api_key = os.environ.get(API_KEY_ENV, "")
     refused = check_bind(host, api_key)
@@ -93,7 +99,8 @@ def serve_main(
     except CompozyNbError as exc:
         print(f"error [{exc.code}]: {exc}", file=sys.stderr)
         return 1
-    app = create_app(project, api_key)
+    timeout = DEFAULT_BODY_TIMEOUT if body_timeout is None else body_timeout
+    app = create_app(project, api_key, allowed_hosts=[*allowed_hosts_from_env(), host], body_timeout=timeout)
     shown = f"[{host}]" if ":" in host else host
     print(
         f"compozy-nb: serving project '{project.name}' ({len(project.resources)} memory resource(s), "
@@ -103,7 +110,14 @@ def serve_main(
         flush=True,
     )
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=access_log,
+            http=protocol_with_header_timeout(timeout),
+        )
     except SystemExit as exc:  # uvicorn exits when it cannot bind
         return exc.code if isinstance(exc.code, int) else 1
     return 0

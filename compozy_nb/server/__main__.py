@@ -20,9 +20,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--redis", default=None, help="backend URL (default: COMPOZY_REDIS_URL, compozy.yaml)")
     parser.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    parser.add_argument(
+        "--body-timeout", type=float, default=None, help="seconds allowed to send a request body (default: 30)"
+    )
     args = parser.parse_args(argv)
     return serve_main(
-        args.project, args.host, args.port, args.redis, log_level=args.log_level, access_log=not args.no_access_log
+        args.project,
+        args.host,
+        args.port,
+        args.redis,
+        log_level=args.log_level,
+        access_log=not args.no_access_log,
+        body_timeout=args.body_timeout,
     )
 
 

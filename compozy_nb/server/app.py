@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from enum import Enum
 from typing import Annotated, Any, Literal, TypeVar
@@ -31,7 +31,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask
@@ -49,6 +49,7 @@ from compozy_nb.server.errors import (
     http_status,
     validation_error,
 )
+from compozy_nb.server.guards import DEFAULT_BODY_TIMEOUT, HostCheck, RequestGuard, allowed_hosts_from_env
 from compozy_nb.workflow.runner import run_workflow, validate_input
 
 log = logging.getLogger("compozy_nb.server")
@@ -288,37 +289,6 @@ class BearerAuth:
         await response(scope, receive, send)
 
 
-class BodyLimit:
-    """Pure ASGI middleware: a request body over ``max_bytes`` gets 413 ``REQUEST_TOO_LARGE`` in our envelope,
-    whether its Content-Length says so up front or a chunked body grows past the limit."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            message = f"request body is {int(declared)} bytes, more than {self.max_bytes}"
-            await _JSON(error_envelope(413, "REQUEST_TOO_LARGE", message), status_code=413)(scope, receive, send)
-            return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise StarletteHTTPException(413, f"request body is more than {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited, send)
-
-
 # ---------------------------------------------------------------------------- the engine, shared by threads
 class _Engine:
     """The project, with its backend connected once under a lock (threads may race for the first use)."""
@@ -372,6 +342,8 @@ def create_app(
     *,
     threads: int = DEFAULT_THREADS,
     max_body_bytes: int = DEFAULT_MAX_BODY,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """The HTTP API of ``project``.
 
@@ -381,6 +353,11 @@ def create_app(
             ``COMPOZY_API_KEY``; an empty string turns authentication off.
         threads: Worker threads for the (synchronous) engine calls.
         max_body_bytes: Larger request bodies get 413 ``REQUEST_TOO_LARGE``.
+        body_timeout: Seconds a client may take to send its body (then 408 ``REQUEST_TIMEOUT``, connection
+            closed).
+        allowed_hosts: With authentication off, the ``Host`` names served besides loopback names and
+            addresses (``None`` reads ``COMPOZY_ALLOWED_HOSTS``; ``["*"]`` turns the check off). Others get 403
+            ``HOST_NOT_ALLOWED`` (DNS rebinding protection).
     """
     token = os.environ.get("COMPOZY_API_KEY", "") if api_key is None else api_key
     engine = _Engine(project)
@@ -406,16 +383,28 @@ def create_app(
         default_response_class=_JSON,
     )
     app.state.project = project
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(RequestGuard, max_bytes=max_body_bytes, body_timeout=body_timeout)
     app.add_middleware(LogSourceMiddleware, source="http")
     if token:
         app.add_middleware(BearerAuth, token=token)
+    else:
+        hosts = allowed_hosts_from_env() if allowed_hosts is None else list(allowed_hosts)
+        app.add_middleware(HostCheck, allowed=hosts)
     _install_error_handlers(app)
     _add_health(app, engine)
     _add_workflow_routes(app, engine)
     _add_memory_routes(app, engine)
     _customize_openapi(app, secured=bool(token))
     return app
+
+
+_HTTP_CODES = {
+    400: "INVALID_REQUEST",  # e.g. FastAPI's "There was an error parsing the body"
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
+    413: "REQUEST_TOO_LARGE",
+}
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -429,9 +418,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}.get(
-            exc.status_code, "HTTP_ERROR"
-        )
+        code = _HTTP_CODES.get(exc.status_code, "INVALID_REQUEST" if exc.status_code < 500 else "INTERNAL_ERROR")
         message = str(exc.detail)
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}"

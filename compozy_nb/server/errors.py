@@ -28,11 +28,14 @@ STATUS_BY_CODE: dict[str, int] = {
     # 413: what was sent does not fit the memory's limits (max_message_bytes, token or message limits).
     "LIMIT_EXCEEDED": 413,
     "UNAUTHORIZED": 401,
+    # 403: authentication is off and the Host header is not a local name (DNS rebinding protection).
+    "HOST_NOT_ALLOWED": 403,
     "NOT_FOUND": 404,
     "MEMORY_NOT_FOUND": 404,
     "WORKFLOW_NOT_FOUND": 404,
     "TASK_NOT_FOUND": 404,
     "METHOD_NOT_ALLOWED": 405,
+    "REQUEST_TIMEOUT": 408,
     "CONFIRM_REQUIRED": 409,
     # The LLM behind a basic task or a summarizer failed: a gateway error, not ours.
     "PROVIDER_ERROR": 502,

@@ -15,7 +15,7 @@ from compozy_nb.errors import CompozyNbError, ConfigError, MemoryNotFoundError, 
 from compozy_nb.memory.instance import MemoryInstance, run_operation
 from compozy_nb.memory.log import attributed
 from compozy_nb.results import RunResult
-from compozy_nb.templating import format_value, referenced_paths, render, render_value
+from compozy_nb.templating import format_value, referenced_paths, render, render_key, render_value
 from compozy_nb.workflow.providers import ChatRequest, complete
 
 if TYPE_CHECKING:
@@ -126,10 +126,7 @@ def _field_path(field: str) -> tuple[str | int, ...]:
 
 
 def _render_key(template: str, context: Mapping[str, Any], field: str) -> str:
-    try:
-        return render(template, context)
-    except TemplateError as exc:
-        raise TemplateError(f"{field}: {exc.message}", field=field) from None
+    return render_key(template, context, field)
 
 
 def check_workflow(workflow: Workflow, project: Project, doc: Document | None = None) -> list[ConfigError]:

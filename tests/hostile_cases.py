@@ -1,0 +1,268 @@
+"""The hostile-input corpus: inputs an attacker (or an unlucky user) sends, per entry point.
+
+``tests/test_hostile_corpus.py`` runs every case and asserts: no HTTP 500, no traceback, the error code
+expected, and nothing written to Redis. To add a case, append it to the list of its entry point:
+
+* :data:`HTTP_CASES` - a request to the real app (``python -m compozy_nb.server`` serving the repository's
+  project; memory resource ``conversation_memory``, key ``conv:u1:s1`` already holds one message).
+* :data:`CLI_CASES` - ``compozy-nb`` arguments (``{tmp}`` is replaced by a scratch directory, ``{project}``
+  by the repository), optional stdin bytes and files to create first.
+* :data:`PYTHON_CASES` - a function of the loaded :class:`~compozy_nb.Project` that must raise.
+* :data:`YAML_CASES` - the bytes of a memory resource file that loading the project must refuse.
+
+``codes`` is the set of acceptable error codes (several when the order of checks may vary).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from compozy_nb import Project
+
+MEMORY = "/api/v0/memory/conversation_memory"
+KEY = "conv:u1:s1"
+MB = 1_000_000
+
+
+def nested(depth: int, leaf: str = "1") -> str:
+    """JSON text of ``depth`` nested lists around ``leaf``."""
+    return "[" * depth + leaf + "]" * depth
+
+
+def nested_value(depth: int) -> Any:
+    """A Python value of ``depth`` nested lists (built without recursion)."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def message_body(content: str, **extra: Any) -> bytes:
+    """An append/write body for :data:`KEY` with one message."""
+    return json.dumps({"key": KEY, "messages": [{"role": "user", "content": content, **extra}]}).encode()
+
+
+def execute_body(**fields: Any) -> bytes:
+    """An execute body (memory task, ad hoc) with ``fields`` over a read of ``conversation_memory``."""
+    body = {"type": "memory", "operation": "read", "memory_ref": "conversation_memory", **fields}
+    return json.dumps(body).encode()
+
+
+@dataclass(frozen=True)
+class HttpCase:
+    """One request: ``body`` is sent as is with ``Content-Type: application/json`` (unless in ``headers``)."""
+
+    name: str
+    method: str
+    path: str
+    body: bytes | None
+    codes: frozenset[str]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CliCase:
+    """One ``compozy-nb`` invocation; ``files`` maps a path (``{tmp}`` expanded) to its bytes."""
+
+    name: str
+    args: tuple[str, ...]
+    codes: frozenset[str]
+    stdin: bytes | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PythonCase:
+    """A call on the loaded project that must raise a :class:`~compozy_nb.errors.CompozyNbError`."""
+
+    name: str
+    call: Callable[[Project], Any]
+    codes: frozenset[str]
+    marks: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class YamlCase:
+    """A memory resource file (``memory/hostile.yaml``) that loading the project must refuse."""
+
+    name: str
+    content: bytes
+    codes: frozenset[str] = frozenset({"INVALID_CONFIG"})
+
+
+def codes(*names: str) -> frozenset[str]:
+    """The acceptable codes of a case."""
+    return frozenset(names)
+
+
+HTTP_CASES: list[HttpCase] = [
+    HttpCase(
+        "body nested 100,000 deep", "POST", f"{MEMORY}/append", nested(100_000).encode(), codes("INVALID_PAYLOAD")
+    ),
+    HttpCase("body nested 900 deep", "POST", f"{MEMORY}/append", nested(900).encode(), codes("INVALID_PAYLOAD")),
+    HttpCase("8 MB of '['", "POST", f"{MEMORY}/append", b"[" * 8 * MB, codes("INVALID_PAYLOAD")),
+    HttpCase(
+        "message metadata nested 700 deep",
+        "POST",
+        f"{MEMORY}/append",
+        message_body("hi", metadata=nested_value(700)),
+        codes("INVALID_PAYLOAD"),
+    ),
+    HttpCase(
+        "execute input nested 5,000 deep",
+        "POST",
+        "/workflows/w/tasks/t/execute",
+        execute_body(key_template="conv:{{.u}}", input={"u": "x", "deep": "DEEP"}).replace(
+            b'"DEEP"', nested(5000).encode()
+        ),
+        codes("INVALID_PAYLOAD"),
+    ),
+    HttpCase("body not UTF-8", "POST", f"{MEMORY}/append", b'{"key": "caf\xe9"}', codes("INVALID_REQUEST")),
+    HttpCase("1 M spaces", "POST", f"{MEMORY}/append", message_body(" " * MB + "x"), codes("LIMIT_EXCEEDED")),
+    HttpCase("1 M NBSP", "POST", f"{MEMORY}/append", message_body("x" + "\u00a0" * MB + "x"), codes("LIMIT_EXCEEDED")),
+    HttpCase("4 M newlines", "POST", f"{MEMORY}/append", message_body("\n" * 4 * MB + "x"), codes("LIMIT_EXCEEDED")),
+    HttpCase("7.5 MB message", "POST", f"{MEMORY}/write", message_body("a b " * 1_875_000), codes("LIMIT_EXCEEDED")),
+    HttpCase(
+        "template of 30,000 blocks (180 KB)",
+        "POST",
+        "/workflows/w/tasks/t/execute",
+        execute_body(key_template="{{.u}}" * 30_000, input={"u": "x"}),
+        codes("TEMPLATE_ERROR"),
+    ),
+    HttpCase(
+        "template of 300 blocks",
+        "POST",
+        "/workflows/w/tasks/t/execute",
+        execute_body(key_template="c" + "{{.u}}" * 300, input={"u": "x"}),
+        codes("TEMPLATE_ERROR"),
+    ),
+    HttpCase(
+        "key variable null",
+        "POST",
+        "/workflows/w/tasks/t/execute",
+        execute_body(key_template="conv:{{.u}}", input={"u": None}),
+        codes("TEMPLATE_ERROR"),
+    ),
+    HttpCase(
+        "key variable empty",
+        "POST",
+        "/workflows/w/tasks/t/execute",
+        execute_body(key_template="conv:{{.u}}", input={"u": ""}),
+        codes("TEMPLATE_ERROR"),
+    ),
+    HttpCase(
+        "DNS rebinding Host",
+        "GET",
+        f"{MEMORY}/read?key={KEY}",
+        None,
+        codes("HOST_NOT_ALLOWED"),
+        {"Host": "evil.example"},
+    ),
+    HttpCase(
+        "DNS rebinding Host on delete",
+        "POST",
+        f"{MEMORY}/delete",
+        json.dumps({"key": KEY}).encode(),
+        codes("HOST_NOT_ALLOWED"),
+        {"Host": "evil.example:8000"},
+    ),
+]
+
+CLI_CASES: list[CliCase] = [
+    CliCase("exec - with invalid UTF-8 on stdin", ("exec", "-"), codes("INVALID_CONFIG"), stdin=b"\xff\xfe{}"),
+    CliCase(
+        "exec a request file nested 100,000 deep",
+        ("exec", "{tmp}/deep.json"),
+        codes("INVALID_PAYLOAD"),
+        files={"{tmp}/deep.json": nested(100_000).encode()},
+    ),
+    CliCase(
+        "exec a request file that is not UTF-8",
+        ("exec", "{tmp}/latin1.json"),
+        codes("INVALID_CONFIG"),
+        files={"{tmp}/latin1.json": '{"key_template": "caf\xe9"}'.encode("latin-1")},
+    ),
+    CliCase(
+        "run --input nested 5,000 deep",
+        ("run", "chatbot-workflow", "--input", '{"a":' * 5000 + "1" + "}" * 5000),
+        codes("INVALID_PAYLOAD"),
+    ),
+    CliCase(
+        "exec with 1 M spaces",
+        ("exec", "-"),
+        codes("LIMIT_EXCEEDED"),
+        stdin=execute_body(operation="append", key_template=KEY, payload={"role": "user", "content": " " * MB + "x"}),
+    ),
+    CliCase(
+        "exec with an empty key variable",
+        ("exec", "-"),
+        codes("TEMPLATE_ERROR"),
+        stdin=execute_body(key_template="conv:{{.u}}", input={"u": ""}),
+    ),
+    CliCase(
+        "validate a resource file that is not UTF-8",
+        ("validate", "--project", "{tmp}/project"),
+        codes("INVALID_CONFIG"),
+        files={
+            "{tmp}/project/compozy.yaml": b"name: hostile\n",
+            "{tmp}/project/memory/m.yaml": "resource: memory\nid: m\ndescription: caf\xe9\n".encode("latin-1"),
+        },
+    ),
+]
+
+
+def _memory(project: Project, **variables: Any) -> Any:
+    return project.memory("conversation_memory", **variables)
+
+
+PYTHON_CASES: list[PythonCase] = [
+    PythonCase("key variable None", lambda p: _memory(p, user_id=None, session_id="s1"), codes("TEMPLATE_ERROR")),
+    PythonCase("key variable ''", lambda p: _memory(p, user_id="", session_id="s1"), codes("TEMPLATE_ERROR")),
+    PythonCase(
+        "key variable NaN", lambda p: _memory(p, user_id=float("nan"), session_id="s1"), codes("TEMPLATE_ERROR")
+    ),
+    PythonCase(
+        "append 1 M spaces",
+        lambda p: p.memory("conversation_memory", key=KEY).append(" " * MB + "x"),
+        codes("LIMIT_EXCEEDED"),
+    ),
+    PythonCase(
+        "append 1 M NBSP",
+        lambda p: p.memory("conversation_memory", key=KEY).append("x" + "\u00a0" * MB + "x"),
+        codes("LIMIT_EXCEEDED"),
+    ),
+    PythonCase(
+        "execute with a 180 KB template",
+        lambda p: p.execute(json.loads(execute_body(key_template="{{.u}}" * 30_000)), {"u": "x"}),
+        codes("TEMPLATE_ERROR"),
+    ),
+    PythonCase(
+        "append metadata nested 3,000 deep",
+        lambda p: p.memory("conversation_memory", key=KEY).append(
+            {"role": "user", "content": "hi", "metadata": nested_value(3000)}
+        ),
+        codes("INVALID_PAYLOAD"),
+        marks=(
+            pytest.mark.xfail(
+                strict=True,
+                reason="memory/messages.py (transcripts engineer) must call limits.check_depth in normalize_payload",
+            ),
+        ),
+    ),
+]
+
+YAML_CASES: list[YamlCase] = [
+    YamlCase("not UTF-8", "resource: memory\nid: m\ndescription: caf\xe9\n".encode("latin-1")),
+    YamlCase("nested 5,000 deep", b"resource: memory\nid: m\nx: " + nested(5000, "").encode() + b"\n"),
+    YamlCase("nested 200 deep", b"resource: memory\nid: m\nx: " + nested(200, "1").encode() + b"\n"),
+    YamlCase(
+        "a key template of 300 blocks",
+        b"resource: memory\nid: m\nkey: 'c" + b"{{.u}}" * 300 + b"'\n",
+        codes("INVALID_CONFIG", "TEMPLATE_ERROR"),
+    ),
+]
