@@ -281,7 +281,8 @@ def test_source_http_and_log_endpoint(tmp_path: Any) -> None:
     project = Project("httplog", redis_url=f"embedded://{uuid.uuid4().hex}")
     project.add_yaml(yaml.safe_dump(SHELL_MEMORY))
     base = "/api/v0/memory/mem"
-    with TestClient(create_app(project, api_key=""), raise_server_exceptions=False) as client:
+    app = create_app(project, api_key="", allowed_hosts=["testserver"])
+    with TestClient(app, raise_server_exceptions=False) as client:
         messages = [{"role": "user", "content": f"message {i}"} for i in range(6)]
         assert client.post(f"{base}/append", json={"key": "k", "messages": messages}).status_code == 200
         assert client.post(f"{base}/flush", json={"key": "k", "force": True}).status_code == 200
