@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "Workflow": "compozy_nb.sdk",
     "WorkflowConfig": "compozy_nb.config.workflow:Workflow",
     "connect": "compozy_nb.backends",
+    "inspect": "compozy_nb.notebook.inspector",
     "simulate": "compozy_nb.simulation",
     "synthetic_conversations": "compozy_nb.simulation",
 }
@@ -68,6 +69,7 @@ __all__ = [
     "WorkflowConfig",
     "__version__",
     "connect",
+    "inspect",
     "load_ipython_extension",
     "simulate",
     "synthetic_conversations",
@@ -94,6 +96,7 @@ if TYPE_CHECKING:
         TemplateError,
     )
     from compozy_nb.memory.instance import OPERATIONS, MemoryInstance
+    from compozy_nb.notebook.inspector import inspect
     from compozy_nb.project import Project
     from compozy_nb.results import OperationResult, RunResult
     from compozy_nb.sdk import MemoryResource, Workflow

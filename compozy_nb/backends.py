@@ -111,9 +111,9 @@ def connect(
             url=mask_url(resolved),
         )
     if scheme == "embedded":
-        if not asked:
-            _announce_embedded()
-        return Backend(resolved, _embedded_client(resolved), "embedded", options or ConnectOptions())
+        from compozy_nb.embedded import connect_embedded
+
+        return connect_embedded(resolved, asked=asked, options=options or ConnectOptions())
     options = options or ConnectOptions()
     try:
         if scheme.endswith("+cluster"):

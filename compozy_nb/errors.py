@@ -36,6 +36,10 @@ class CompozyNbError(Exception):
             prefix += f"{field}: "
         return f"{prefix}{self.message}"
 
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows the error as one line with its code (like the magic), not a traceback."""
+        return [f"{type(self).__name__} [{self.code}]: {self}"]
+
     def to_dict(self) -> dict[str, Any]:
         """The error as the JSON object the CLI and the HTTP API print."""
         return {"code": self.code, "message": str(self), **self.context}

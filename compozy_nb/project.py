@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import sys
 import uuid
 from collections.abc import Mapping
@@ -23,9 +24,10 @@ from compozy_nb.config.project import (
 )
 from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask, Workflow
-from compozy_nb.errors import ConfigError, MemoryNotFoundError, TemplateError
+from compozy_nb.errors import CompozyNbError, ConfigError, MemoryNotFoundError, TemplateError
 from compozy_nb.memory.flush import Summarizer, truncate_tokens
 from compozy_nb.memory.instance import MemoryInstance, MemoryRuntime, Output
+from compozy_nb.results import RunResult
 from compozy_nb.templating import render_key
 from compozy_nb.workflow import runner
 from compozy_nb.workflow.providers import ChatRequest, Registry, complete
@@ -64,6 +66,43 @@ class Project:
         self._runtimes: dict[str, MemoryRuntime] = {}
         self.llms = Registry()
         self.load_warnings: list[str] = []
+
+    # ------------------------------------------------------------------ display
+    @property
+    def namespace(self) -> str:
+        """The Redis key prefix of this project's memories: ``compozy:{name}:memory:``."""
+        return f"compozy:{self.name}:memory:"
+
+    def describe(self) -> dict[str, Any]:
+        """Name, namespace, backend (password masked; ``not connected yet`` before first use), directory,
+        resource and workflow ids."""
+        backend = self._backend
+        return {
+            "name": self.name,
+            "namespace": self.namespace + "*",
+            "backend": f"{backend.display_url} ({backend.kind})" if backend else "not connected yet",
+            "root": str(self.root) if self.root else None,
+            "resources": sorted(self.resources),
+            "workflows": sorted(self.workflows),
+        }
+
+    def __repr__(self) -> str:
+        info = self.describe()
+        return (
+            f"Project({self.name!r}, namespace={info['namespace']!r}, backend={info['backend']!r}, "
+            f"resources={info['resources']}, workflows={info['workflows']})"
+        )
+
+    def _repr_html_(self) -> str:
+        from compozy_nb.notebook.display import DefinitionSummary
+
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+            for k, v in self.describe().items()
+            if k not in ("resources", "workflows")
+        )
+        summary = DefinitionSummary(self, [*self.resources, *self.workflows])._repr_html_()
+        return f"<table><caption style='text-align:left'><b>project</b></caption>{rows}</table>{summary}"
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -392,47 +431,139 @@ class WorkflowHandle:
         """Run with ``input`` (a dict) and/or keyword arguments; returns the run JSON."""
         return runner.run_workflow(self.project, self.definition, {**dict(input or {}), **kwargs})
 
-    def run_many(self, rows: Any, *, progress: bool | None = None) -> Any:
-        """Run once per row (a list of dicts or a DataFrame), in order; returns a DataFrame with the input
-        columns plus ``status``, ``error_code``, ``error`` and the flattened ``output`` of each run.
+    def run_many(self, rows: Any, *, progress: bool | None = None, max_workers: int = 1) -> Any:
+        """Run once per row (a list of dicts or a DataFrame); returns a DataFrame, one row per input row in the
+        input order, with the input columns plus ``status``, ``error_code``, ``error`` (the message, naming the
+        failed task), ``tokens_sent`` (prompt tokens of the LLM calls), ``latency_ms`` and the flattened
+        ``output`` of each run (``output.<name>`` for a map).
 
-        A progress bar (tqdm) is shown when ``progress`` is true; by default when ``%config Compozy.progress``
-        allows it and the code runs in a notebook.
+        Row values are coerced before the run: missing values (``NaN``, ``None``, ``NaT``) are left out of the
+        input, numpy scalars become Python numbers, timestamps ISO 8601 text. An input column named like a
+        result column (``status``, ``error`` …) is kept as it is and the results of that table are prefixed
+        with ``run.`` (``run.status`` …) instead.
+
+        Args:
+            rows: A list of dicts or a DataFrame.
+            progress: Show a progress bar (``tqdm.auto``: a widget when ipywidgets is installed). By default
+                when ``%config Compozy.progress`` allows it and the code runs in a notebook.
+            max_workers: Runs in parallel on that many threads (each run is independent; rows that share a
+                memory key then interleave their turns).
         """
         import pandas as pd
 
         from compozy_nb.results import DISPLAY
 
+        if max_workers < 1:
+            raise ConfigError(f"max_workers must be at least 1, got {max_workers}", field="max_workers")
         records = rows.to_dict(orient="records") if hasattr(rows, "to_dict") else [dict(r) for r in rows]
+        inputs = [_coerce_row(record) for record in records]
+        clash = {name for record in records for name in record} & set(RESULT_COLUMNS)
+        prefix = "run." if clash else ""
         show = (DISPLAY["progress"] is not False and _interactive()) if progress is None else progress
-        iterator: Any = records
-        if show:
-            from tqdm.auto import tqdm
+        bar = _progress(len(records), self.id) if show else None
+        results: list[dict[str, Any]] = [{} for _ in records]
 
-            iterator = tqdm(records, desc=self.id, unit="run")
-        out = []
-        for record in iterator:
-            try:
-                run = self.run(record)
-                error = run.get("error") or {}
-                row = {
-                    **record,
-                    "status": run["status"],
-                    "error_code": error.get("code"),
-                    "error": error.get("message"),
-                }
-                output = run.get("output")
-                if isinstance(output, dict):
-                    row.update({f"output.{k}": v for k, v in output.items() if not isinstance(v, dict | list)})
-                elif output is not None:
-                    row["output"] = output
-            except ConfigError as exc:
-                row = {**record, "status": "failed", "error_code": exc.code, "error": str(exc)}
-            out.append(row)
+        def one(index: int) -> None:
+            results[index] = self._run_row(inputs[index])
+            if bar is not None:
+                bar.update(1)
+
+        try:
+            if max_workers == 1:
+                for index in range(len(records)):
+                    one(index)
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="run_many") as pool:
+                    list(pool.map(one, range(len(records))))
+        finally:
+            if bar is not None:
+                bar.close()
+        out = [
+            {**record, **{prefix + k: v for k, v in result.items()}}
+            for record, result in zip(records, results, strict=True)
+        ]
         return pd.DataFrame(out)
+
+    def _run_row(self, record: dict[str, Any]) -> dict[str, Any]:
+        """One run: status, error code and message, tokens sent, latency and the flattened output."""
+        import time
+
+        started = time.perf_counter()
+        try:
+            run = self.run(record)
+        except CompozyNbError as exc:
+            return {
+                "status": "failed",
+                "error_code": exc.code,
+                "error": str(exc),
+                "tokens_sent": 0,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            }
+        error = run.get("error") or {}
+        row: dict[str, Any] = {
+            "status": run["status"],
+            "error_code": error.get("code"),
+            "error": RunResult.failure(run) if error else None,  # type: ignore[arg-type]
+            "tokens_sent": _tokens_sent(run),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        output = run.get("output")
+        if isinstance(output, dict):
+            row.update({f"output.{k}": v for k, v in output.items() if not isinstance(v, dict | list)})
+        elif output is not None:
+            row["output"] = output
+        return row
 
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.id!r}, tasks={[t.id for t in self.definition.tasks]})"
+
+
+RESULT_COLUMNS = ("status", "error_code", "error", "tokens_sent", "latency_ms", "output")
+
+
+def _coerce_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A DataFrame row as workflow input: missing values dropped, numpy scalars as Python values, timestamps
+    as ISO 8601 text."""
+    import pandas as pd
+
+    out: dict[str, Any] = {}
+    for name, value in record.items():
+        if not isinstance(value, list | dict | tuple):
+            try:
+                if pd.isna(value):
+                    continue
+            except (TypeError, ValueError):
+                pass
+        if isinstance(value, pd.Timestamp):
+            value = value.isoformat()
+        elif hasattr(value, "item") and callable(value.item) and not isinstance(value, list | dict):
+            value = value.item()
+        out[str(name)] = value
+    return out
+
+
+def _tokens_sent(run: Mapping[str, Any]) -> int:
+    """Prompt tokens of every LLM call of a run (``usage.prompt_tokens`` of the basic tasks' outputs)."""
+    total = 0
+    for task in (run.get("tasks") or {}).values():
+        output = task.get("output")
+        usage = output.get("usage") if isinstance(output, dict) else None
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            total += usage["prompt_tokens"]
+    return total
+
+
+def _progress(total: int, description: str) -> Any:
+    """A ``tqdm.auto`` bar (a widget in notebooks when ipywidgets is installed, text otherwise)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ipywidgets") is None:
+        from tqdm import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(total=total, desc=description, unit="run")
 
 
 def _interactive() -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 
 DISPLAY: dict[str, Any] = {"limit": 50, "progress": None}
 MESSAGE_COLUMNS = ("position", "role", "content", "tokens")
+TASK_COLUMNS = ("task", "status", "duration_ms", "error", "message", "output")
 
 
 def _cell(value: Any, width: int = 200) -> str:
@@ -55,32 +56,76 @@ def message_columns(rows: list[dict[str, Any]]) -> list[str]:
     return columns
 
 
+def display_limits(resource: Any) -> dict[str, Any]:
+    """What the notebook views need from a memory resource: its limits and redaction string."""
+    privacy = getattr(resource, "privacy_policy", None)
+    return {
+        "max_tokens": getattr(resource, "token_limit", None),
+        "max_messages": getattr(resource, "max_messages", None),
+        "replacement": getattr(privacy, "default_redaction_string", None),
+    }
+
+
 class OperationResult(dict[str, Any]):
-    """The output map of a memory operation (a dict), with notebook display."""
+    """The output map of a memory operation (a dict), with notebook display.
+
+    ``limits`` (not part of the map) carries what the views need from the resource: ``max_tokens``,
+    ``max_messages`` and the redaction string.
+    """
+
+    def __init__(self, data: Any = (), /, *, limits: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(data, **kwargs)
+        self.limits: dict[str, Any] = dict(limits or {})
 
     @property
     def operation(self) -> str:
         """Which operation produced it."""
         return str(self.get("operation", ""))
 
+    def _view_info(self) -> dict[str, Any]:
+        return {
+            "title": f"{self.operation} · {self.get('key', '')}",
+            "total_count": self.get("total_count"),
+            "max_tokens": self.limits.get("max_tokens"),
+            "replacement": self.limits.get("replacement"),
+            "limit": DISPLAY["limit"],
+        }
+
     def to_pandas(self) -> Any:
-        """A DataFrame: one row per message for ``read``, one row otherwise."""
+        """A DataFrame: one row per message for ``read`` (shown as a transcript in notebooks, ``ts`` as
+        timezone-aware datetimes), one row otherwise."""
+        if "messages" in self:
+            from compozy_nb.notebook.frames import transcript_frame
+
+            rows = message_rows(self)
+            return transcript_frame(rows, message_columns(rows), self._view_info())
         import pandas as pd
 
-        if "messages" in self:
-            rows = message_rows(self)
-            return pd.DataFrame(rows, columns=message_columns(rows))
         return pd.DataFrame([{k: v for k, v in self.items() if k != "operation"}])
 
+    def summary(self) -> str:
+        """The essentials in one line, e.g. ``append · conv:ada:s1 · +2 → 5 messages · 61/4,000 tokens``."""
+        from compozy_nb.notebook.views import operation_line
+
+        return operation_line(self, self.limits.get("max_tokens"), self.limits.get("max_messages"))
+
     def _repr_html_(self) -> str:
-        title = f"{self.operation} · {self.get('key', '')}"
+        from compozy_nb.notebook import views
+
         if "messages" in self:
-            rows = message_rows(self)
-            cols = [c for c in message_columns(rows) if c not in ("id",)]
-            summary = {k: v for k, v in self.items() if k not in ("messages", "operation")}
-            return html_table(rows, cols, caption=title) + html_table([summary], list(summary))
-        fields = {k: v for k, v in self.items() if k != "operation"}
-        return html_table([{"field": k, "value": v} for k, v in fields.items()], ["field", "value"], caption=title)
+            info = self._view_info()
+            return views.transcript_html(
+                self["messages"],
+                title=info["title"],
+                offset=int(self.get("offset", 0) or 0),
+                total_count=info["total_count"],
+                max_tokens=info["max_tokens"],
+                replacement=info["replacement"],
+                limit=info["limit"],
+            )
+        if self.operation == "stats":
+            return views.stats_card_html(self)
+        return views.operation_html(self, self.limits.get("max_tokens"), self.limits.get("max_messages"))
 
 
 class RunResult(dict[str, Any]):
@@ -104,6 +149,7 @@ class RunResult(dict[str, Any]):
                     "status": task.get("status"),
                     "duration_ms": task.get("duration_ms"),
                     "error": error.get("code"),
+                    "message": error.get("message"),
                     "output": preview,
                 }
             )
@@ -113,12 +159,12 @@ class RunResult(dict[str, Any]):
         """The per-task table as a DataFrame."""
         import pandas as pd
 
-        return pd.DataFrame(self.task_rows(), columns=["task", "status", "duration_ms", "error", "output"])
+        return pd.DataFrame(self.task_rows(), columns=list(TASK_COLUMNS))
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         lines = [f"RunResult(workflow={self.get('workflow_id')!r}, status={self.get('status')!r})"]
         for row in self.task_rows():
-            error = f" [{row['error']}]" if row["error"] else ""
+            error = f" [{row['error']}] {row['message']}" if row["error"] else ""
             lines.append(f"  {row['task']}: {row['status']}{error}")
         if self.get("output") is not None:
             lines.append(f"  output: {json.dumps(self['output'], ensure_ascii=False, default=str)[:300]}")
@@ -126,6 +172,18 @@ class RunResult(dict[str, Any]):
 
     def _repr_html_(self) -> str:
         caption = f"workflow {self.get('workflow_id')} · {self.get('status')}"
-        table = html_table(self.task_rows(), ["task", "status", "duration_ms", "error", "output"], caption=caption)
+        table = html_table(self.task_rows(), list(TASK_COLUMNS), caption=caption)
         out = self.get("output")
-        return table + (f"<p><b>output</b>: {_cell(out, 500)}</p>" if out is not None else "")
+        return self._failure_html() + table + (f"<p><b>output</b>: {_cell(out, 500)}</p>" if out is not None else "")
+
+    def failure(self) -> str | None:
+        """Why the run failed, in one line (``task 'x' failed: [CODE] message``), or None."""
+        error = self.get("error")
+        if not error:
+            return None
+        where = f"task '{error['task']}'" if error.get("task") else "the workflow output"
+        return f"{where} failed: [{error.get('code')}] {error.get('message')}"
+
+    def _failure_html(self) -> str:
+        reason = self.failure()
+        return f"<p style='color:#a50e0e;text-align:left'><b>{html.escape(reason)}</b></p>" if reason else ""

@@ -42,6 +42,7 @@ def test_all_is_curated() -> None:
         "WorkflowConfig",
         "__version__",
         "connect",
+        "inspect",
         "load_ipython_extension",
         "unload_ipython_extension",
         "simulate",

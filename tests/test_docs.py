@@ -15,6 +15,8 @@ before a fenced block says what the block is.
 * ``cli``: a console block; every ``$ compozy-nb ...`` line is run (in-process, a fresh embedded backend per
   command, as separate processes would have) and its output compared with the lines that follow it.
 * ``python``: a Python block that must run without error (in the repository root).
+* ``notebook``: a notebook cell (magics allowed), run in a real IPython InteractiveShell with the extension loaded,
+  on a fresh embedded backend per page; it must not raise.
 * ``output`` / ``error``: the exact output map (or error dict) of the block before. ``"<...>"`` is a placeholder:
   as a whole string it matches any value, inside a string it matches any text.
 * ``ignore <reason>``: deliberately not checked (e.g. Compozy-only syntax).
@@ -74,6 +76,7 @@ KINDS = frozenset(
         "request",
         "cli",
         "python",
+        "notebook",
         "output",
         "error",
         "ignore",
@@ -349,6 +352,21 @@ class Page:
         self.problems: list[str] = []
         self.session = Project.load(EXAMPLE, redis_url=f"embedded://docs-{uuid.uuid4().hex}")
         self.last: tuple[Block, Any, CompozyNbError | None] | None = None
+        self.shell: Any = None
+
+    def notebook_cell(self, block: Block) -> None:
+        """Run a notebook cell in IPython (the page's magic project starts empty on its own embedded backend)."""
+        if self.shell is None:
+            from IPython.core.interactiveshell import InteractiveShell
+
+            self.shell = InteractiveShell.instance()
+            self.shell.run_line_magic("load_ext", "compozy_nb")
+            magics = self.shell.magics_manager.registry["Compozy"]
+            magics._project = Project(redis_url=f"embedded://docs-nb-{uuid.uuid4().hex}")
+        with _cwd(REPO):
+            result = self.shell.run_cell(block.text, store_history=False)
+        if not result.success:
+            self.fail(block, f"the cell raised {result.error_in_exec or result.error_before_exec!r}")
 
     def fail(self, block: Block, message: str) -> None:
         self.problems.append(f"{block.where}: [{block.marker}] {message}")
@@ -413,6 +431,8 @@ class Page:
                     problem = "the command failed" if failed else None
                 if problem:
                     self.fail(block, f"$ {command}\n{problem}\n--- actual output ---\n{actual}")
+        elif kind == "notebook":
+            self.notebook_cell(block)
         elif kind == "python":
             reset_embedded()
             with _cwd(REPO):
@@ -678,3 +698,36 @@ def test_compozy_nb_run_on_the_example_project() -> None:
     assert run["output"] == {"reply": "You said: Hi, I'm Ann (ann@example.com) (turn 1)", "history_count": 0}
     saved = run["tasks"]["save_interaction"]["output"]
     assert (saved["appended"], saved["total_count"], saved["key"]) == (2, 2, "conv:u1:s1")
+
+
+# ---------------------------------------------------------------------------- README, as pasted into a notebook
+def readme_cells() -> list[Block]:
+    """README's notebook code, in order: the ``python`` blocks and the ``%%compozy`` YAML cells. (Its ``bash``
+    blocks are the install and test commands: .ci/run runs the test command on a clean machine, test_cli runs
+    ``compozy-nb demo``, and the browser test starts ``jupyter lab`` like the notebook command.)"""
+    blocks = fenced_blocks(REPO / "README.md")
+    return [b for b in blocks if b.lang == "python" or (b.lang == "yaml" and b.text.startswith("%%compozy"))]
+
+
+def test_readme_code_runs_in_a_real_ipython_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every README code block runs as pasted into a notebook: one InteractiveShell with the extension loaded,
+    from the repository root, on a fresh embedded backend; no cell may raise."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    cells = readme_cells()
+    assert any("%load_ext compozy_nb" in c.text for c in cells)
+    monkeypatch.setenv("COMPOZY_REDIS_URL", f"embedded://readme-{uuid.uuid4().hex}")
+    monkeypatch.chdir(REPO)
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "compozy_nb")
+    magics = shell.magics_manager.registry["Compozy"]
+    saved, magics._project = magics._project, None
+    try:
+        for block in cells:
+            result = shell.run_cell(block.text, store_history=False)
+            assert result.success, f"{block.where}: {result.error_in_exec or result.error_before_exec!r}"
+        frame = shell.user_ns["frame"]
+        assert frame["content"].tolist() == ["I am [REDACTED]"]
+        assert str(frame["ts"].dt.tz) == "UTC"
+    finally:
+        magics._project = saved

@@ -288,3 +288,190 @@ def test_outputs_are_json_serialisable(ip: object) -> None:
     cell(ip, "", MEMORY_CELL)
     out = magic(ip, "memory append notes --key k --payload '\"x\"'")
     assert json.loads(json.dumps(out))["appended"] == 1
+
+
+# ---------------------------------------------------------------- the notebook experience (issue 15)
+def test_magic_lines_accept_trailing_comments(ip: object) -> None:
+    cell(ip, "--replace  # a comment after the option", MEMORY_CELL)
+    magic(ip, "memory append notes --var user=c1 --payload '\"keep # this\"'   # a comment")
+    frame = magic(ip, "memory read notes --var user=c1            # a DataFrame")
+    assert frame["content"].tolist() == ["keep # this"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("--help", "memory"),
+        ("memory --help", "append"),
+        ("memory read --help", "--max-tokens"),
+        ("memory flush --help", "--dry-run"),
+        ("run --help", "--input"),
+        ("memory ls -h", "--pattern"),
+    ],
+)
+def test_every_subcommand_has_help(
+    ip: object, backend: Backend, capsys: pytest.CaptureFixture[str], line: str, expected: str
+) -> None:
+    before = redis_snapshot(backend)
+    assert magic(ip, line) is None
+    assert expected in capsys.readouterr().out
+    assert redis_snapshot(backend) == before
+
+
+@pytest.mark.filterwarnings("ignore:`Completer.complete` is pending deprecation:PendingDeprecationWarning")
+def test_tab_completion_of_subcommands_refs_and_options(ip: object) -> None:
+    cell(ip, "", MEMORY_CELL + "---\n" + WORKFLOW_CELL)
+    completer = ip.Completer  # type: ignore[attr-defined]
+
+    def complete(line: str) -> list[str]:
+        _, matches = completer.complete(line_buffer=line, cursor_pos=len(line))
+        return list(matches)
+
+    assert "memory" in complete("%compozy mem")
+    assert {"read", "ls"} <= set(complete("%compozy memory "))
+    assert complete("%compozy memory read no") == ["notes"]
+    assert complete("%compozy run rem") == ["remember"]
+    assert set(complete("%compozy memory read notes --ma")) == {"--max-tokens"}
+
+
+def test_curly_variables_are_interpolated_in_keys_and_vars(ip: object, backend: Backend) -> None:
+    cell(ip, "", MEMORY_CELL)
+    ip.user_ns.update(who="ada", key_name="notes:direct")  # type: ignore[attr-defined]
+    magic(ip, "memory append notes --var user={who} --payload '\"hi {who}\"'")
+    magic(ip, "memory append notes --key {key_name} --payload '\"x\"'")
+    assert backend.client.lrange("compozy:default:memory:notes:ada", 0, -1)[0].find(b"hi {who}") > 0
+    assert backend.client.llen("compozy:default:memory:notes:direct") == 1
+    with pytest.raises(UsageError, match="not defined"):
+        magic(ip, "memory read notes --var user={nobody_here}")
+
+
+def test_memory_ls_parses_key_variables_into_columns(ip: object) -> None:
+    cell(ip, "", MEMORY_CELL)
+    for user in ("b2", "a1"):
+        magic(ip, f"memory append notes --var user={user} --payload '\"hi\"'")
+    frame = magic(ip, "memory ls notes --pattern 'notes:*' -o listing")
+    assert frame["key"].tolist() == ["notes:a1", "notes:b2"]  # type: ignore[index]
+    assert frame["user"].tolist() == ["a1", "b2"]  # type: ignore[index]
+    assert ip.user_ns["listing"] is frame  # type: ignore[attr-defined]
+    html = frame._repr_html_()  # type: ignore[attr-defined]
+    assert "2 instances matching" in html and "<th style='text-align:left'>user</th>" in html
+    everything = magic(ip, "memory ls")  # no resource given: every resource's key template is tried
+    assert everything["user"].tolist() == ["a1", "b2"]  # type: ignore[index]
+
+
+def test_read_is_a_dataframe_shown_as_a_transcript(ip: object) -> None:
+    from compozy_nb.notebook.frames import TranscriptFrame
+
+    cell(ip, "", MEMORY_CELL)
+    magic(ip, "memory append notes --key k --payload '\"my ssn is 123-45-6789\"'")
+    magic(ip, 'memory append notes --key k --payload \'{"role": "assistant", "content": "noted"}\'')
+    frame = magic(ip, "memory read notes --key k")
+    assert isinstance(frame, TranscriptFrame) and isinstance(frame, pd.DataFrame)
+    assert str(frame["ts"].dtype).startswith("datetime64") and str(frame["ts"].dt.tz) == "UTC"
+    html = frame._repr_html_()
+    assert "my ssn is <span class='cnb-red'>[REDACTED]</span>" in html
+    assert "cnb-assistant" in html and "2 of 2 messages" in html
+    assert type(frame[["role", "content"]]) is pd.DataFrame  # a selection is an ordinary DataFrame
+
+
+def test_display_limit_is_honoured_by_the_magic(ip: object) -> None:
+    cell(ip, "", MEMORY_CELL)
+    ip.user_ns["three"] = [{"role": "user", "content": c} for c in ("one", "two", "three")]  # type: ignore[attr-defined]
+    magic(ip, "memory append notes --key k --payload $three")
+    ip.run_line_magic("config", "Compozy.display_limit = 2")  # type: ignore[attr-defined]
+    try:
+        html = magic(ip, "memory read notes --key k")._repr_html_()  # type: ignore[attr-defined]
+    finally:
+        ip.run_line_magic("config", "Compozy.display_limit = 50")  # type: ignore[attr-defined]
+    assert "1 older messages not shown (display_limit=2)" in html
+    assert "three" in html and "one" not in html
+
+
+def test_operation_results_render_as_one_line(ip: object) -> None:
+    cell(ip, "", MEMORY_CELL)
+    ip.user_ns["two"] = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]  # type: ignore[attr-defined]
+    out = magic(ip, "memory append notes --var user=ada --payload $two")
+    html = out._repr_html_()  # type: ignore[attr-defined]
+    assert "<summary>append · notes:ada · +2 → 2/5 messages · " in html and "&quot;ids&quot;" in html
+    assert out.summary().startswith("append · notes:ada · +2 → 2/5 messages")  # type: ignore[attr-defined]
+    health = magic(ip, "memory health notes --var user=ada")
+    assert health.summary().startswith("health · notes:ada · healthy · 2/5 messages")  # type: ignore[attr-defined]
+    stats = magic(ip, "memory stats notes --var user=ada")
+    assert stats.loc[0, "user"] == "ada"  # type: ignore[attr-defined]
+    assert "stats · notes:ada" in stats._repr_html_()  # type: ignore[attr-defined]
+
+
+def test_failed_run_says_which_task_and_why(ip: object, capsys: pytest.CaptureFixture[str]) -> None:
+    cell(ip, "", MEMORY_CELL + "---\n" + WORKFLOW_CELL)
+    run = magic(ip, 'run remember --input \'{"text": "no user given"}\'')
+    assert run["status"] == "failed"  # type: ignore[index]
+    reason = run.failure()  # type: ignore[attr-defined]
+    assert reason.startswith("task 'save' failed: [TEMPLATE_ERROR]") and "user" in reason
+    assert reason in run._repr_html_().replace("&#x27;", "'")  # type: ignore[attr-defined]
+    assert run.to_pandas().loc[0, "message"]  # type: ignore[attr-defined]
+
+
+def test_load_without_compozy_yaml_keeps_the_current_project(ip: object, tmp_path: object) -> None:
+    import pathlib
+
+    cell(ip, "", MEMORY_CELL)
+    magics = ip.magics_manager.registry["Compozy"]  # type: ignore[attr-defined]
+    before = magics.project
+    with pytest.raises(UsageError, match=r"has no compozy\.yaml; the current project is unchanged"):
+        magic(ip, f"load {tmp_path}")
+    assert magics.project is before and "notes" in before.resources
+    root = pathlib.Path(__file__).resolve().parents[1]
+    magic(ip, f"load {root}")
+    assert {"notes", "conversation_memory"} <= set(magics.project.resources)  # inline definitions kept
+
+
+def test_project_shows_its_namespace(ip: object) -> None:
+    cell(ip, "", "name: analytics\n---\n" + MEMORY_CELL)
+    project = magic(ip, "project")
+    assert "compozy:analytics:memory:*" in repr(project)
+    assert "compozy:analytics:memory:*" in project._repr_html_()  # type: ignore[attr-defined]
+
+
+def test_reload_ext_keeps_the_project_and_registers_the_configurable_once(
+    ip: object, backend: Backend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cell(ip, "", MEMORY_CELL + "---\n" + WORKFLOW_CELL)
+    project = ip.magics_manager.registry["Compozy"].project  # type: ignore[attr-defined]
+    ip.run_line_magic("reload_ext", "compozy_nb")  # type: ignore[attr-defined]
+    assert "kept project 'default' (1 resources, 1 workflows" in capsys.readouterr().out
+    magics = ip.magics_manager.registry["Compozy"]  # type: ignore[attr-defined]
+    assert magics.project is project and magics.project.backend is backend
+    assert [type(c).__name__ for c in ip.configurables].count("Compozy") == 1  # type: ignore[attr-defined]
+    assert magic(ip, 'run remember --input \'{"user": "r", "text": "t"}\'')["status"] == "completed"  # type: ignore[index]
+
+
+def test_connect_closes_the_backend_it_replaces(ip: object, redis_url: str) -> None:
+    import redis
+
+    admin = redis.Redis.from_url(redis_url)
+    magics = ip.magics_manager.registry["Compozy"]  # type: ignore[attr-defined]
+    magic(ip, f"connect {redis_url}")
+    first = magics.project.backend
+    first.client.ping()
+    clients = len(admin.client_list())
+    magic(ip, f"connect {redis_url}")
+    magics.project.backend.client.ping()
+    assert magics.project.backend is not first
+    assert len(admin.client_list()) == clients  # the first connection was closed, not leaked
+
+
+def test_python_errors_render_as_one_line_in_ipython(ip: object, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_cell("import compozy_nb\ncompozy_nb.Project().resource('nope')")  # type: ignore[attr-defined]
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("MemoryNotFoundError [MEMORY_NOT_FOUND]: Memory resource not found: 'nope'")
+    assert "Traceback" not in out and len(out.splitlines()) == 1
+
+
+def test_inspect_magic_opens_the_inspector(ip: object) -> None:
+    from compozy_nb.notebook.inspector import Inspector
+
+    cell(ip, "", MEMORY_CELL)
+    magic(ip, "memory append notes --var user=i1 --payload '\"hello\"'")
+    inspector = magic(ip, "inspect --pattern 'notes:*'")
+    assert isinstance(inspector, Inspector)
+    assert "notes:i1" in inspector.table.value and "hello" in inspector.transcript.value  # type: ignore[attr-defined]

@@ -31,7 +31,7 @@ from compozy_nb.memory.keys import KeyLayout, compozy_key_warning, validate_key
 from compozy_nb.memory.messages import Encoded, decode, encode, new_id, normalize_payload, utc_now_iso
 from compozy_nb.memory.store import ForeignDataError, Scripts, redis_errors
 from compozy_nb.privacy import PrivacyPolicy
-from compozy_nb.results import OperationResult
+from compozy_nb.results import OperationResult, display_limits
 from compozy_nb.tokens import TokenCounter, get_counter
 
 MAX_INT = 2**53 - 1  # the largest count Redis and JSON clients agree on
@@ -111,6 +111,12 @@ class MemoryInstance:
         """The messages as a DataFrame (``read_options`` as for :meth:`read`)."""
         return self.read(**read_options).to_pandas()  # type: ignore[attr-defined]
 
+    def _repr_html_(self) -> str:
+        """The newest messages as a chat transcript (notebooks; ``display_limit`` of them)."""
+        from compozy_nb.results import DISPLAY
+
+        return str(self.read(last=DISPLAY["limit"])._repr_html_())  # type: ignore[attr-defined]
+
     def plot(self, ax: Any = None) -> Any:
         """Tokens per message and cumulative tokens against the token limit (matplotlib), archived
         (flushed or evicted) messages shaded, summaries marked. Returns the matplotlib Axes."""
@@ -140,7 +146,9 @@ class MemoryInstance:
 
     # ------------------------------------------------------------------ helpers
     def _out(self, operation: str, **values: Any) -> Output:
-        return OperationResult({"operation": operation, "key": self.key, **values})
+        return OperationResult(
+            {"operation": operation, "key": self.key, **values}, limits=display_limits(self.resource)
+        )
 
     def _run(self, script: str, args: Sequence[Any], operation: str, strategy: str | None = None) -> Any:
         args = [*args, self._log_arg(operation, strategy)] if script != "read" else args

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
+from pathlib import Path
 from typing import Any, NoReturn
 
 from IPython.core.error import UsageError
@@ -23,89 +25,141 @@ from compozy_nb.results import DISPLAY
 
 HELP = """\
 %%compozy [--replace]          YAML (memory resources, workflows; several --- documents) → registered
-%compozy connect [URL]         use Redis at URL (redis://, rediss://, redis+cluster://) or embedded://
-%compozy load DIR              load a project (compozy.yaml + autoload) as the current project
+%compozy connect [URL]         use Redis at URL (redis://, rediss://, redis+cluster://), embedded:// or
+                               embedded:///path/file.json (kept on disk)
+%compozy load DIR              load a project (DIR/compozy.yaml + autoload) as the current project
 %compozy list                  memory resources and workflows of the current project
-%compozy project [-o VAR]      the current Project object (use it from Python)
+%compozy project [-o VAR]      the current Project: name, namespace, backend, definitions
 %compozy use $project          make a Project built in Python the current one
 %compozy show ID               one resource or workflow (summary and YAML)
 %compozy run WORKFLOW [--input JSON|$var] [-o VAR]
-%compozy memory OP REF (--key K | --var NAME=VALUE ...) [--limit N] [--offset N] [--last N]
-        [--max-tokens N] [--archive] [--payload JSON|$var] [--strategy S] [--dry-run] [--force]
-        [--confirm] [--backup] [--include-content] [--pattern GLOB] [-o VAR]
-        [--since MS|ID]
-        OP: read write append delete flush health clear stats log (the operation log: a timeline DataFrame)
-%compozy simulate DF --resource A --resource B [--max-tokens N | --last N] [--price P] [--workers N] [-o VAR]
-        replay the conversations in DataFrame DF under each resource (what-if simulator)
-%compozy help                  this text
-Settings: %config Compozy.redis_url / Compozy.display_limit / Compozy.progress (or COMPOZY_* variables)."""
+%compozy memory OP REF (--key K | --var NAME=VALUE ...) [options] [-o VAR]
+        OP: read write append delete flush health clear stats     (%compozy memory OP --help)
+%compozy memory ls [REF] [--pattern GLOB]    stored instances with their stats
+%compozy inspect [--pattern GLOB]            the interactive memory inspector (ipywidgets)
+%compozy memory log REF --key K [--since MS|ID] [--limit N]   the operation log as a timeline DataFrame
+%compozy simulate DF --resource A --resource B [--max-tokens N | --last N]   the what-if simulator
+%compozy help                  this text; %compozy SUBCOMMAND --help for one subcommand
+{name} in a line is the value of the Python variable `name` (keys, --var values); --payload/--input take
+JSON or $variable. A # starts a comment. Settings: %config Compozy.redis_url / display_limit / progress."""
+
+MEMORY_OPS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats", "ls", "log")
+_INTERPOLATION = re.compile(r"(?<!\{)\{([A-Za-z_]\w*)\}(?!\})")
+_RAW_VALUES = ("--payload", "--input")
+
+
+class _HelpShown(Exception):  # noqa: N818 - a signal, not an error
+    """argparse printed a --help text: nothing else to do."""
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError instead of exiting."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"%compozy: {message} (see %compozy help)")
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if status == 0:
+            raise _HelpShown
         raise UsageError(message or "%compozy: see %compozy help")
 
 
+def _instance_options(p: argparse.ArgumentParser, *, ref_required: bool = True) -> None:
+    p.add_argument("ref", nargs=None if ref_required else "?", help="memory resource id")
+    p.add_argument("--key", default=None, help="the memory key (or give --var for the key template)")
+    p.add_argument("--var", action="append", default=[], help="NAME=VALUE for the key template (repeatable)")
+    p.add_argument("-o", "--output", dest="out", default=None, help="also store the result in this variable")
+
+
+def _memory_parser(sub: Any) -> None:
+    memory = sub.add_parser("memory", help="run a memory operation", description="Run a memory operation.")
+    ops = memory.add_subparsers(dest="op", parser_class=_Parser, metavar="OP")
+    ops.required = True
+    p = ops.add_parser("read", help="messages as a DataFrame (a transcript)")
+    _instance_options(p)
+    p.add_argument("--limit", type=int, default=None, help="at most N messages")
+    p.add_argument("--offset", type=int, default=0, help="skip the first N")
+    p.add_argument("--last", type=int, default=None, help="the newest N")
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=None, help="newest within a token budget")
+    p.add_argument("--archive", action="store_true", help="read the archive (flushed/evicted) instead")
+    for op, text in (("write", "replace the messages"), ("append", "add messages")):
+        p = ops.add_parser(op, help=text)
+        _instance_options(p)
+        p.add_argument("--payload", default=None, help="JSON message, list of messages or string, or $variable")
+    _instance_options(ops.add_parser("delete", help="delete the instance"))
+    p = ops.add_parser("flush", help="flush by the resource's strategy")
+    _instance_options(p)
+    p.add_argument("--strategy", default=None, help="simple_fifo, lru, token_aware_lru or hybrid_summary")
+    p.add_argument("--threshold", type=float, default=None, help="flush above this utilisation (0..1)")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="only say what would be flushed")
+    p.add_argument("--force", action="store_true", help="flush even below the threshold")
+    _instance_options(ops.add_parser("health", help="counts, usage, warnings, Redis ping"))
+    p = ops.add_parser("clear", help="remove every message (needs --confirm)")
+    _instance_options(p)
+    p.add_argument("--confirm", action="store_true", help="required")
+    p.add_argument("--backup", action="store_true", help="keep a restorable backup")
+    p = ops.add_parser("stats", help="counts, tokens, utilisation, roles, TTL")
+    _instance_options(p)
+    p.add_argument("--include-content", dest="include_content", action="store_true", help="oldest/newest previews")
+    p.add_argument("--pattern", default=None, help="stats of every instance whose key matches GLOB")
+    p = ops.add_parser("log", help="the operation log as a timeline DataFrame")
+    _instance_options(p)
+    p.add_argument("--since", default=None, help="events from then on: ms since the epoch or an event id")
+    p.add_argument("--limit", type=int, default=None, help="at most N events")
+    p = ops.add_parser("ls", help="stored instances matching a pattern, with stats")
+    p.add_argument("ref", nargs="?", default=None, help="memory resource (its limits and key variables)")
+    p.add_argument("--pattern", default="*", help="key GLOB (default *)")
+    p.add_argument("-o", "--output", dest="out", default=None, help="also store the table in this variable")
+
+
 def _parser() -> _Parser:
-    parser = _Parser(prog="%compozy", add_help=False)
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    p = sub.add_parser("connect", add_help=False)
-    p.add_argument("url", nargs="?", default=None)
-    p = sub.add_parser("load", add_help=False)
+    parser = _Parser(prog="%compozy", description="compozy-nb: memories and workflows in a notebook.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="SUBCOMMAND")
+    p = sub.add_parser("connect", help="switch backend", description="Use another backend (closes the old one).")
+    p.add_argument("url", nargs="?", default=None, help="redis://…, embedded://, embedded:///path/file.json")
+    p = sub.add_parser("load", help="load a project directory", description="Load DIR/compozy.yaml + autoload.")
     p.add_argument("directory")
-    sub.add_parser("list", add_help=False)
-    p = sub.add_parser("project", add_help=False)
-    p.add_argument("-o", "--output", dest="var", default=None)
-    p = sub.add_parser("use", add_help=False)
-    p.add_argument("value")
-    p = sub.add_parser("show", add_help=False)
+    sub.add_parser("list", help="resources and workflows")
+    p = sub.add_parser("project", help="the current project (name, namespace, backend)")
+    p.add_argument("-o", "--output", dest="var", default=None, help="store the Project in this variable")
+    p = sub.add_parser("use", help="make a Project variable current")
+    p.add_argument("value", help="$variable holding a compozy_nb.Project")
+    p = sub.add_parser("show", help="one resource or workflow with its YAML")
     p.add_argument("id")
-    sub.add_parser("help", add_help=False)
-    p = sub.add_parser("run", add_help=False)
+    sub.add_parser("help", help="the overview")
+    p = sub.add_parser("run", help="run a workflow", description="Run a workflow; the run JSON as a table.")
     p.add_argument("workflow")
-    p.add_argument("--input", default=None)
-    p.add_argument("-o", "--output", dest="var", default=None)
-    p = sub.add_parser("memory", add_help=False)
-    p.add_argument("op", choices=["read", "write", "append", "delete", "flush", "health", "clear", "stats", "log"])
-    p.add_argument("ref")
-    p.add_argument("--key", default=None)
-    p.add_argument("--var", action="append", default=[])
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--offset", type=int, default=0)
-    p.add_argument("--last", type=int, default=None)
-    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=None)
-    p.add_argument("--archive", action="store_true")
-    p.add_argument("--payload", default=None)
-    p.add_argument("--strategy", default=None)
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--dry-run", dest="dry_run", action="store_true")
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--confirm", action="store_true")
-    p.add_argument("--backup", action="store_true")
-    p.add_argument("--include-content", dest="include_content", action="store_true")
-    p.add_argument("--pattern", default=None)
-    p.add_argument("--since", default=None)
-    p.add_argument("-o", "--output", dest="out", default=None)
+    p.add_argument("--input", default=None, help="JSON object or $variable")
+    p.add_argument("-o", "--output", dest="var", default=None, help="also store the run in this variable")
+    _memory_parser(sub)
+    p = sub.add_parser("inspect", help="interactive memory inspector")
+    p.add_argument("--pattern", default="*", help="key GLOB (default *)")
     _simulate_parser(sub)
     return parser
 
 
 def _simulate_parser(sub: Any) -> None:
-    p = sub.add_parser("simulate", add_help=False)
-    p.add_argument("frame")
-    p.add_argument("--resource", action="append", default=[], required=True)
+    p = sub.add_parser("simulate", help="what-if simulator", description="Replay DF under each --resource.")
+    p.add_argument("frame", help="the conversations DataFrame variable (DF or $DF)")
+    p.add_argument("--resource", action="append", default=[], required=True, help="a memory resource (repeat)")
     read = p.add_mutually_exclusive_group()
-    read.add_argument("--max-tokens", dest="max_tokens", type=int, default=None)
-    read.add_argument("--last", type=int, default=None)
-    p.add_argument("--price", type=float, default=None)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--backend", default="embedded://")
-    p.add_argument("-o", "--output", dest="out", default=None)
+    read.add_argument("--max-tokens", dest="max_tokens", type=int, default=None, help="agent reads this budget")
+    read.add_argument("--last", type=int, default=None, help="agent reads the newest N messages")
+    p.add_argument("--price", type=float, default=None, help="price per 1,000 tokens sent")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: by input size)")
+    p.add_argument("--backend", default="embedded://", help="embedded:// (default) or a Redis URL")
+    p.add_argument("-o", "--output", dest="out", default=None, help="also store the Simulation in this variable")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    return sorted(o for a in parser._actions for o in a.option_strings if o.startswith("--"))
 
 
 @magics_class
@@ -164,7 +218,7 @@ class Compozy(Magics):
     def _define(self, line: str, cell: str) -> Any:
         from compozy_nb.notebook.display import DefinitionSummary
 
-        args = shlex.split(line)
+        args = shlex.split(line, comments=True)
         unknown = [a for a in args if a != "--replace"]
         if unknown:
             raise UsageError(f"%%compozy: unknown option {unknown[0]!r} (only --replace)")
@@ -177,14 +231,36 @@ class Compozy(Magics):
     # ------------------------------------------------------------------ line
     def _command(self, line: str) -> Any:
         try:
-            argv = shlex.split(line)
+            argv = shlex.split(line, comments=True)
         except ValueError as exc:
             raise UsageError(f"%compozy: cannot parse the line: {exc}") from None
         if not argv:
             raise UsageError("%compozy: give a subcommand (see %compozy help)")
-        args = _parser().parse_args(argv)
+        try:
+            args = _parser().parse_args(self._interpolate(argv))
+        except _HelpShown:
+            return None
         handler = getattr(self, f"_cmd_{args.command}")
         return handler(args)
+
+    def _interpolate(self, argv: list[str]) -> list[str]:
+        """Replace ``{name}`` with the value of the notebook variable ``name`` (jupysql's convention) in every
+        argument except JSON values (``--payload``/``--input``, which keep ``$var``); ``{{.x}}`` is left alone."""
+        out = []
+        raw = False
+        for token in argv:
+            if raw or token.startswith(tuple(f"{o}=" for o in _RAW_VALUES)):
+                out.append(token)
+            else:
+                out.append(_INTERPOLATION.sub(self._variable_text, token))
+            raw = token in _RAW_VALUES
+        return out
+
+    def _variable_text(self, match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in self._user_ns:
+            raise UsageError(f"%compozy: {{{name}}} refers to a variable that is not defined")
+        return str(self._user_ns[name])
 
     def _cmd_help(self, args: argparse.Namespace) -> None:
         print(HELP)
@@ -193,17 +269,26 @@ class Compozy(Magics):
         from compozy_nb.backends import EMBEDDED_URL, connect
 
         backend = connect(args.url or self.redis_url or EMBEDDED_URL)
+        previous = self.project._backend
         self.project.use_backend(backend)
+        if previous is not None and previous is not backend:
+            previous.close()
         print(f"connected: {backend.display_url} ({backend.kind})")
 
     def _cmd_load(self, args: argparse.Namespace) -> Any:
         from compozy_nb.notebook.display import DefinitionSummary
         from compozy_nb.project import Project
 
+        root = Path(args.directory).expanduser()
+        if not (root / "compozy.yaml").is_file():
+            where = "does not exist" if not root.is_dir() else "has no compozy.yaml"
+            raise UsageError(f"%compozy load: {str(root)!r} {where}; the current project is unchanged")
         previous = self._project
-        project = Project.load(args.directory, redis_url=self.redis_url or None)
-        if previous is not None and previous._backend is not None and not self.redis_url:
-            project.use_backend(previous.backend)
+        project = Project.load(root, redis_url=self.redis_url or None)
+        if previous is not None:
+            if previous._backend is not None and not self.redis_url:
+                project.use_backend(previous.backend)
+            _carry_inline_definitions(previous, project)
         self._project = project
         return DefinitionSummary(project, [*project.resources, *project.workflows])
 
@@ -265,14 +350,28 @@ class Compozy(Magics):
         return run
 
     def _cmd_memory(self, args: argparse.Namespace) -> Any:
-        project = self.project
-        if args.op == "stats" and args.pattern:
-            import pandas as pd
+        from compozy_nb.notebook.frames import stats_frame
 
-            rows = project.instances(args.pattern, memory_ref=args.ref)
-            frame = pd.DataFrame([{k: v for k, v in r.items() if k != "operation"} for r in rows])
+        project = self.project
+        if args.op == "ls" or (args.op == "stats" and args.pattern):
+            pattern = args.pattern or "*"
+            template = project.resource(args.ref).key if args.ref else [r.key for r in project.resources.values()]
+            rows = project.instances(pattern, memory_ref=args.ref)
+            frame = stats_frame(rows, template, caption=f"{len(rows)} instances matching {pattern!r}")
             self._store(args.out, frame)
             return frame
+        mem = project.memory(args.ref, key=args.key, **self._key_variables(args))
+        result = self._operate(mem, args)
+        if args.op in ("read", "log"):
+            value = result.to_pandas()
+        elif args.op == "stats":
+            value = stats_frame([result], mem.resource.key, single=True)
+        else:
+            value = result
+        self._store(args.out, value)
+        return value
+
+    def _key_variables(self, args: argparse.Namespace) -> dict[str, str]:
         variables = {}
         for item in args.var:
             name, sep, value = item.partition("=")
@@ -282,23 +381,58 @@ class Compozy(Magics):
         if args.key and variables:
             raise UsageError("%compozy memory: give --key or --var, not both")
         if not args.key and not variables:
-            resource = project.resource(args.ref)
+            resource = self.project.resource(args.ref)
             if resource.key is None or "{{" in resource.key:
                 raise UsageError("%compozy memory: give --key K or --var NAME=VALUE for the key template")
-        mem = project.memory(args.ref, key=args.key, **variables)
-        result = self._operate(mem, args)
-        value = result.to_pandas() if args.op in ("read", "stats", "log") else result
-        self._store(args.out, value)
-        return value
+        return variables
+
+    def _cmd_inspect(self, args: argparse.Namespace) -> Any:
+        from compozy_nb.notebook.inspector import inspect
+
+        return inspect(self.project, pattern=args.pattern)
+
+    # ------------------------------------------------------------------ completion
+    def complete(self, line: str, symbol: str) -> list[str]:
+        """Completions for the word ``symbol`` being typed at the end of ``line`` (a ``%compozy`` line)."""
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:
+            return []
+        words = words[1:] if words and words[0].lstrip("%") == "compozy" else words
+        done = words[:-1] if symbol and words and words[-1] == symbol else words
+        parser: argparse.ArgumentParser = _parser()
+        positional = []
+        for word in done:
+            sub = _subparsers(parser)
+            if word in sub:
+                parser = sub[word]
+            elif not word.startswith("-"):
+                positional.append(word)
+        choices = list(_subparsers(parser))
+        if symbol.startswith("-"):
+            choices = _options(parser)
+        elif not choices and not positional:
+            choices = self._refs(parser.prog)
+        return [c for c in choices if c.startswith(symbol)]
+
+    def _refs(self, prog: str) -> list[str]:
+        project = self._project
+        if project is None:
+            return []
+        if prog.endswith(" run"):
+            return sorted(project.workflows)
+        if prog.endswith(" show"):
+            return sorted([*project.resources, *project.workflows])
+        if " memory " in prog:
+            return sorted(project.resources)
+        return []
 
     def _operate(self, mem: Any, args: argparse.Namespace) -> Any:
-        payload = self._value(args.payload, "--payload")
         if args.op in ("write", "append"):
+            payload = self._value(args.payload, "--payload")
             if payload is None:
                 raise UsageError(f"%compozy memory {args.op}: --payload is required")
             return mem.write(payload) if args.op == "write" else mem.append(payload)
-        if args.payload is not None:
-            raise UsageError(f"%compozy memory {args.op}: --payload is only for write and append")
         if args.op == "log":
             since = int(args.since) if args.since and args.since.isdigit() else args.since
             return mem.log(since=since, limit=args.limit)
@@ -332,14 +466,72 @@ class Compozy(Magics):
         return result
 
 
+_STATE = "_compozy_nb_project"
+
+
+def _carry_inline_definitions(previous: Any, project: Any) -> None:
+    """Keep the resources and workflows defined in cells or Python (not in files) across ``load``; say which
+    ones the loaded project replaces."""
+    kept, shadowed = [], []
+    for rid, resource in previous.resources.items():
+        if previous.sources.get(rid, "").startswith("<"):
+            if rid in project.resources:
+                shadowed.append(rid)
+            else:
+                project.add_memory(resource, source=previous.sources[rid])
+                kept.append(rid)
+    for wid, workflow in previous.workflows.items():
+        doc = previous.workflow_docs.get(wid)
+        if doc is None or str(doc.source).startswith("<"):
+            if wid in project.workflows:
+                shadowed.append(wid)
+            else:
+                project.add_workflow(workflow, doc=doc)
+                kept.append(wid)
+    if kept:
+        print(f"compozy-nb: kept the definitions made in this notebook: {', '.join(kept)}")
+    if shadowed:
+        print(f"compozy-nb: the loaded project replaces the notebook's {', '.join(shadowed)}")
+
+
+def _complete(shell: Any, event: Any) -> list[str]:
+    magics = shell.magics_manager.registry.get("Compozy")
+    if magics is None:
+        return []
+    completions: list[str] = magics.complete(event.line, event.symbol)
+    return completions
+
+
 def load_ipython_extension(ipython: Any) -> None:
-    """Called by ``%load_ext compozy_nb``."""
+    """Called by ``%load_ext compozy_nb`` (and ``%reload_ext``): registers the magic and its configurable once,
+    and keeps the project of an earlier load (resources, workflows, backend)."""
+    stale = [c for c in ipython.configurables if type(c).__name__ == "Compozy"]
+    previous = getattr(ipython, _STATE, None) or next((c._project for c in reversed(stale) if c._project), None)
+    for configurable in stale:
+        ipython.configurables.remove(configurable)
     magics = Compozy(ipython)
+    magics._project = previous
     ipython.register_magics(magics)
-    if magics not in ipython.configurables:
+    if magics not in ipython.configurables:  # IPython's Magics usually adds itself
         ipython.configurables.append(magics)
+    if not getattr(ipython, "_compozy_nb_completer", False):
+        ipython.set_hook("complete_command", lambda _self, event: _complete(ipython, event), str_key="%compozy")
+        ipython._compozy_nb_completer = True
+    if previous is not None:
+        info = previous.describe()
+        print(
+            f"compozy-nb: reloaded; kept project {info['name']!r} ({len(info['resources'])} resources, "
+            f"{len(info['workflows'])} workflows, backend {info['backend']})"
+        )
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    """Called by ``%unload_ext compozy_nb``."""
-    ipython.magics_manager.registry.pop("Compozy", None)
+    """Called by ``%unload_ext compozy_nb``: removes the magic and its configurable; the project is kept for a
+    later load."""
+    magics = ipython.magics_manager.registry.pop("Compozy", None)
+    for kind in ("line", "cell"):
+        ipython.magics_manager.magics[kind].pop("compozy", None)
+    if magics is not None:
+        setattr(ipython, _STATE, magics._project)
+        if magics in ipython.configurables:
+            ipython.configurables.remove(magics)

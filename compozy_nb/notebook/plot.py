@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from compozy_nb.errors import ConfigError
 
 if TYPE_CHECKING:
     from compozy_nb.memory.instance import MemoryInstance
 
 
-def plot_memory(mem: MemoryInstance, ax: Any = None) -> Any:
-    """Bars: tokens per message, archived ones (flushed or evicted) in grey then the live ones; line: the
-    cumulative tokens of the live messages against ``max_tokens``; a dashed line where the archive ends;
-    summary messages marked with a star. Returns the Axes."""
-    import matplotlib
+@dataclass
+class MemoryPlot:
+    """What :func:`plot_memory` drew: the matplotlib ``ax`` and ``figure`` to adjust or save. It shows nothing
+    itself (the figure is already shown), so a cell ending in ``mem.plot()`` prints no ``<Axes …>`` line."""
 
+    ax: Any
+    figure: Any
+
+    def _ipython_display_(self) -> None:
+        """Nothing: matplotlib's inline backend shows the figure."""
+
+    def __repr__(self) -> str:
+        return f"MemoryPlot({self.ax.get_title()!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else is the Axes' (``get_title``, ``set_xlim`` …), as when ``plot()`` returned it."""
+        return getattr(self.ax, name)
+
+
+def _matplotlib() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError(
+            "mem.plot() needs matplotlib: pip install 'compozy-nb[notebook]' (or 'compozy-nb[plot]')",
+            code="MISSING_DEPENDENCY",
+        ) from None
+    return matplotlib
+
+
+def plot_memory(mem: MemoryInstance, ax: Any = None) -> MemoryPlot:
+    """One token axis: bars for the tokens of each message (archived ones — flushed or evicted — in grey, left
+    of a dashed line), a line for the running total of the live messages, and ``max_tokens`` as a horizontal
+    limit line; summaries are starred. The y axis starts at 0 and always includes the limit."""
+    matplotlib = _matplotlib()
     if ax is None:
         import matplotlib.pyplot as plt
 
@@ -22,41 +54,31 @@ def plot_memory(mem: MemoryInstance, ax: Any = None) -> Any:
     live = mem.read()["messages"]
     tokens_archived = [int(m.get("tokens", 0)) for m in archived]
     tokens_live = [int(m.get("tokens", 0)) for m in live]
-    x_arch = list(range(len(archived)))
-    x_live = list(range(len(archived), len(archived) + len(live)))
+    start = len(archived)
+    x_live = list(range(start, start + len(live)))
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     if archived:
-        ax.bar(x_arch, tokens_archived, color="lightgrey", label="archived (flushed/evicted)")
-        ax.axvline(len(archived) - 0.5, color="grey", linestyle="--", linewidth=1)
+        ax.bar(range(start), tokens_archived, color="lightgrey", label="archived (flushed/evicted)")
+        ax.axvline(start - 0.5, color="grey", linestyle="--", linewidth=1)
     ax.bar(x_live, tokens_live, color=colors[0], label="tokens per message")
-    cumulative, total = [], 0
-    for t in tokens_live:
-        total += t
-        cumulative.append(total)
-    twin = ax.twinx()
+    running, total = [], 0
+    for tokens in tokens_live:
+        total += tokens
+        running.append(total)
     if live:
-        twin.plot(x_live, cumulative, color=colors[1], marker=".", label="cumulative tokens")
+        ax.step(x_live, running, where="mid", color=colors[1], label="live tokens (running total)")
     limit = mem.resource.token_limit
     if limit:
-        twin.axhline(limit, color="red", linestyle=":", label=f"max_tokens = {limit}")
+        ax.axhline(limit, color="#d93025", linestyle="--", linewidth=1.5, label=f"max_tokens = {limit:,}")
     summaries = [x for x, m in zip(x_live, live, strict=True) if m.get("summary")]
     if summaries:
-        ax.scatter(
-            summaries,
-            [tokens_live[x - len(archived)] for x in summaries],
-            marker="*",
-            s=150,
-            color=colors[2],
-            zorder=3,
-            label="summary",
-        )
-    twin.set_ylim(bottom=0)
-    ax.set_ylim(bottom=0)
+        ax.scatter(summaries, [tokens_live[x - start] for x in summaries], marker="*", s=150, color=colors[2], zorder=3)
+        ax.scatter([], [], marker="*", s=150, color=colors[2], label="summary")
+    top = max([limit or 0, *running, *tokens_archived, 1])
+    ax.set_ylim(0, top * 1.1)
     ax.set_xlabel("message (oldest → newest)")
     ax.set_ylabel("tokens")
-    twin.set_ylabel("cumulative tokens")
     ax.set_title(f"memory {mem.key!r} · {len(live)} live, {len(archived)} archived")
-    handles, labels = ax.get_legend_handles_labels()
-    h2, l2 = twin.get_legend_handles_labels()
-    ax.legend(handles + h2, labels + l2, loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize="small")
-    return ax
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    ax.figure.tight_layout()
+    return MemoryPlot(ax, ax.figure)
