@@ -102,6 +102,11 @@ def test_summary_is_logged_with_its_id(backend: Backend) -> None:
     assert event["summary_id"] == summary["id"] and event["strategy"] == "hybrid_summary"
     fate = mem.why(event["flushed_ids"][0])
     assert fate["fate"] == "summarized" and fate["summary_id"] == summary["id"]
+    assert mem.why(summary["id"])["fate"] == "kept" and mem.why(summary["id"])["added_at"] == event["ts"]
+    mem.append([msg(f"later fact {i}", f"n{i}") for i in range(10)])
+    mem.flush(force=True)  # the first summary is folded into the next one
+    refolded = mem.why(summary["id"])
+    assert refolded["fate"] == "summarized" and refolded["summary_id"] == mem.log()[-1]["summary_id"]
 
 
 def test_clear_keeps_the_log_and_delete_removes_it(backend: Backend) -> None:

@@ -248,7 +248,7 @@ def why(instance: MemoryInstance, message_id: str) -> OperationResult:
     added_at = None
     for event in read_log(instance):
         operation = event.get("operation")
-        if message_id in event.get("ids", ()):
+        if message_id in event.get("ids", ()) or event.get("summary_id") == message_id:
             if operation in ("write", "restore", "adopt") or added_at is None:
                 added_at = event["ts"]
             fate = {"fate": "kept", "at": None}
