@@ -117,14 +117,15 @@ def note_redactions(count: int) -> None:
 def log_argument(enabled: bool, max_events: int, ttl_ms: int, operation: str, strategy: str | None = None) -> str:
     """The JSON object the scripts' ``log_event`` reads from their last argument."""
     redacted = _redacted.get() if operation in ("append", "write") else 0  # set by the encoding just before
-    config: dict[str, Any] = {
-        "_log": 1,
-        "on": enabled,
-        "max": max_events,
-        "ttl": ttl_ms,
-        "op": operation,
-        "source": _source.get(),
-    }
+    return _log_json(enabled, max_events, ttl_ms, operation, _source.get(), strategy, redacted)
+
+
+@functools.lru_cache(maxsize=512)
+def _log_json(
+    enabled: bool, max_events: int, ttl_ms: int, operation: str, source: str, strategy: str | None, redacted: int
+) -> str:
+    config: dict[str, Any] = {"_log": 1, "on": enabled, "max": max_events, "ttl": ttl_ms, "op": operation}
+    config["source"] = source
     if strategy:
         config["strategy"] = strategy
     if redacted:
