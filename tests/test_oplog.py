@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from compozy_nb import Project
+from compozy_nb import MemoryOperationError, Project
 from compozy_nb.backends import Backend
 from compozy_nb.memory.instance import MemoryInstance
 from compozy_nb.memory.keys import KeyLayout
@@ -197,7 +197,10 @@ def test_flush_racing_appends_every_removed_message_in_exactly_one_event(backend
 
     def flusher() -> None:
         for _ in range(15):
-            mem.flush("simple_fifo", force=True)
+            try:
+                mem.flush("simple_fifo", force=True)
+            except MemoryOperationError:  # adoption racing the appends (engine): this flush removed nothing
+                pass
 
     threads = [threading.Thread(target=appender, args=(w,)) for w in range(3)] + [threading.Thread(target=flusher)]
     for t in threads:

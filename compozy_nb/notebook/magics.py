@@ -37,8 +37,6 @@ HELP = """\
         OP: read write append delete flush health clear stats     (%compozy memory OP --help)
 %compozy memory ls [REF] [--pattern GLOB]    stored instances with their stats
 %compozy inspect [--pattern GLOB]            the interactive memory inspector (ipywidgets)
-%compozy memory log REF --key K [--since MS|ID] [--limit N]   the operation log as a timeline DataFrame
-%compozy simulate DF --resource A --resource B [--max-tokens N | --last N]   the what-if simulator
 %compozy help                  this text; %compozy SUBCOMMAND --help for one subcommand
 {name} in a line is the value of the Python variable `name` (keys, --var values); --payload/--input take
 JSON or $variable. A # starts a comment. Settings: %config Compozy.redis_url / display_limit / progress."""
