@@ -236,7 +236,9 @@ def test_a_lone_surrogate_in_a_key_is_invalid_key_over_http() -> None:
     memory_url = "/api/v0/memory/conversation_memory"
     body = b'{"key": "k\\ud800", "messages": [{"role": "user", "content": "hi"}]}'  # valid JSON
     headers = {"content-type": "application/json"}
-    with TestClient(create_app(project, api_key=""), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(project, api_key=""), base_url="http://localhost", raise_server_exceptions=False
+    ) as client:
         for response in (
             client.post(f"{memory_url}/append", content=body, headers=headers),
             client.post(f"{memory_url}/write", content=body, headers=headers),
@@ -330,7 +332,9 @@ def test_a_read_only_replica_is_a_retryable_503_over_http(redis_url: str, replic
 
     project = Project.load(REPO_ROOT, redis_url=replica.url)
     body = {"key": "conv:http-replica", "messages": [{"role": "user", "content": "hi"}]}
-    with TestClient(create_app(project, api_key=""), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(project, api_key=""), base_url="http://localhost", raise_server_exceptions=False
+    ) as client:
         response = client.post("/api/v0/memory/conversation_memory/append", json=body)
     assert response.status_code == 503 and response.headers.get("retry-after")
     error = response.json()["error"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -212,7 +213,7 @@ class MemoryInstance:
                 pipe.hmget(self.layout.metadata, *FINGERPRINT_FIELDS)
                 pipe.lrange(self.layout.base, 0, -1)
                 meta, raws = pipe.execute()
-            if not raws or is_ours(meta, len(raws), raws[0], raws[-1]):
+            if not raws or is_ours(meta, len(raws), raws[-1], raws[0]):
                 return False
             args: list[Any] = [len(raws)]
             for position, raw in enumerate(raws):
@@ -730,18 +731,16 @@ class MemoryInstance:
                 pipe.hgetall(self.layout.metadata)
                 pipe.pttl(self.layout.base)
                 pipe.llen(self.layout.base)
-                pipe.lindex(self.layout.base, 0)
-                pipe.lindex(self.layout.base, -1)
+                pipe.lindex(self.layout.base, -1)  # the tail: what every Compozy write changes (see is_ours)
                 if include_content:
                     pipe.lrange(self.layout.base, 0, 2)
                     pipe.lrange(self.layout.base, -3, -1)
                 results: list[Any] = pipe.execute()
-            meta = results[0]
+            meta, length = results[0], int(results[2])
             fields = [meta.get(f.encode()) for f in FINGERPRINT_FIELDS]
-            length = int(results[2])
-            if not length or is_ours(fields, length, results[3], results[4]) or not self._adopt_if_writable():
+            if not length or is_ours(fields, length, results[3]) or not self._adopt_if_writable():
                 break
-        return [*results[:3], *results[5:]]
+        return [*results[:3], *results[4:]]
 
     def _counters(self, operation: str) -> tuple[int, int, str | None]:
         """message_count, token_count and last_flush; a list another tool changed is adopted first."""
@@ -750,10 +749,9 @@ class MemoryInstance:
                 pipe = self.backend.client.pipeline(transaction=False)
                 pipe.hmget(self.layout.metadata, *FINGERPRINT_FIELDS, "last_flush")
                 pipe.llen(self.layout.base)
-                pipe.lindex(self.layout.base, 0)
                 pipe.lindex(self.layout.base, -1)
-                values, length, first, last = pipe.execute()
-            if not length or is_ours(values[:-1], int(length), first, last) or not self._adopt_if_writable():
+                values, length, last = pipe.execute()
+            if not length or is_ours(values[:-1], int(length), last) or not self._adopt_if_writable():
                 break
         count = int(values[1]) if values[1] is not None else int(length)
         tokens = int(values[0] or 0) if length else 0
@@ -806,8 +804,14 @@ class MemoryInstance:
         return encoded.raw, encoded.tokens, encoded.id
 
 
+_OUR_HEAD = re.compile(rb'^\{"tokens":\d+,"id":"([^"\\]*)"')
+
+
 def _end_id(raw: Any) -> str:
     """The id of a list element ('' when it has none), as _common.lua's end_id reads it."""
+    ours = _OUR_HEAD.match(raw) if isinstance(raw, bytes) else None
+    if ours:
+        return ours.group(1).decode("utf-8", "replace")
     try:
         message = json.loads(raw)
     except ValueError:
@@ -816,13 +820,16 @@ def _end_id(raw: Any) -> str:
     return mid if isinstance(mid, str) else ""
 
 
-def is_ours(fields: Sequence[Any], length: int, first: Any, last: Any) -> bool:
+def is_ours(fields: Sequence[Any], length: int, last: Any, first: Any = None) -> bool:
     """Whether the counters of a non-empty list can be trusted (the fingerprint of _common.lua's
-    load_counters): ``fields`` are the values of FINGERPRINT_FIELDS, ``first``/``last`` the list's ends."""
+    load_counters): ``fields`` are the values of FINGERPRINT_FIELDS, ``last``/``first`` the list's ends.
+
+    Reads (stats, health) leave ``first`` out, sparing a command: every Compozy write changes the counts or
+    the tail (its elements carry no id) - append and write push at the tail, a flush shortens the list."""
     tokens, count, nb_count, nb_tokens, nb_first, nb_last = (None if v is None else _s(v) for v in fields)
     if nb_count is None or int(nb_count) != length or count != nb_count or tokens is None or tokens != nb_tokens:
         return False
-    return _end_id(first) == nb_first and _end_id(last) == nb_last
+    return _end_id(last) == nb_last and (first is None or _end_id(first) == nb_first)
 
 
 def cannot_write(exc: BackendError) -> bool:

@@ -72,15 +72,28 @@ end
 -- write left there. Compozy's elements carry no id, so any Compozy write, append or trim changes an end
 -- or a count, even one that keeps the list length. A foreign list is adopted first by the caller
 -- (FOREIGN_DATA), which counts the tokens of its messages.
--- Returns count, tokens, fresh (fresh: an empty list, whose stale ids, access data and role counts the
--- caller drops with its first write) or nil when foreign. Writes nothing.
-local function load_counters()
+-- Retries: each write call carries an operation id (op) chosen before its first send. A re-send of a call
+-- that already ran (its reply was lost, the client retried) finds the id and the result recorded with it.
+-- Returns count, tokens, fresh, replayed, first: fresh for an empty list (whose stale ids, access data and
+-- role counts the caller drops with its first write); replayed is the recorded result of a re-sent call;
+-- first the id at the list's head; count is nil when the list is foreign. Writes nothing.
+local function load_counters(op)
+  local v = redis.call('HMGET', META, 'token_count', 'message_count', 'nb_count', 'nb_tokens', 'nb_first', 'nb_last',
+    'nb_op', 'nb_op_result')
+  if op and op ~= '' and v[7] == op and v[8] then return 0, 0, false, cjson.decode(v[8]) end
   local len = redis.call('LLEN', LIST)
   if len == 0 then return 0, 0, true end
-  local v = redis.call('HMGET', META, 'token_count', 'message_count', 'nb_count', 'nb_tokens', 'nb_first', 'nb_last')
   if tonumber(v[3]) ~= len or v[2] ~= v[3] or not v[1] or v[1] ~= v[4] then return nil end
-  if end_id(0) ~= v[5] or end_id(-1) ~= v[6] then return nil end
-  return len, tonumber(v[1]) or 0, false
+  if end_id(-1) ~= v[6] or end_id(0) ~= v[5] then return nil end
+  return len, tonumber(v[1]) or 0, false, nil, v[5]
+end
+
+-- The recorded result of a re-sent call (see load_counters), for scripts that do not load the counters.
+local function replayed(op)
+  if op == '' then return nil end
+  local v = redis.call('HMGET', META, 'nb_op', 'nb_op_result')
+  if v[1] == op and v[2] then return cjson.decode(v[2]) end
+  return nil
 end
 
 -- Drop what an empty list left behind (ids, access data, role counts of messages deleted elsewhere).
@@ -89,29 +102,24 @@ local function forget_all()
   clear_roles()
 end
 
--- Record the counters and the fingerprint (see load_counters) after a write.
-local function save_counters(count, tokens)
-  redis.call('HSET', META, 'message_count', count, 'token_count', tokens, 'nb_count', count, 'nb_tokens', tokens,
-    'nb_first', end_id(0), 'nb_last', end_id(-1))
+-- Record the counters and the fingerprint (see load_counters) after a write, and the call's result under
+-- its operation id; returns the result. first/last: the ids now at the ends when the caller knows them
+-- (nil: read them).
+local function save_counters(count, tokens, op, result, first, last)
+  local fields = {'message_count', count, 'token_count', tokens, 'nb_count', count, 'nb_tokens', tokens,
+    'nb_first', first or end_id(0), 'nb_last', last or end_id(-1)}
+  if op and op ~= '' then
+    fields[#fields + 1] = 'nb_op'
+    fields[#fields + 1] = op
+    fields[#fields + 1] = 'nb_op_result'
+    fields[#fields + 1] = cjson.encode(result)
+  end
+  redis.call('HSET', META, unpack(fields))
+  return result
 end
 
 local function foreign_error()
   return redis.error_reply('FOREIGN_DATA this memory was written by another tool and must be adopted first')
-end
-
--- Retry safety: each write call carries an operation id chosen before its first send. A re-send of a call
--- that already ran (its reply was lost, the client retried) finds the id and returns the recorded result
--- without writing again.
-local function replayed(op)
-  if op == '' then return nil end
-  local v = redis.call('HMGET', META, 'nb_op', 'nb_op_result')
-  if v[1] == op and v[2] then return cjson.decode(v[2]) end
-  return nil
-end
-
-local function remember(op, result)
-  if op ~= '' then redis.call('HSET', META, 'nb_op', op, 'nb_op_result', cjson.encode(result)) end
-  return result
 end
 
 local function archive(raws, archive_max)

@@ -23,14 +23,14 @@ if not archive_max then return arg_error('archive_max') end
 if ARGV[7] ~= '0' and ARGV[7] ~= '1' then return arg_error('track_access') end
 if not n or #ARGV ~= FIRST - 1 + n * 4 then return arg_error('n') end
 
-local previous = replayed(op)
-if previous then return previous end
-
-local count, tokens, fresh = 0, 0, true
-if mode ~= 'replace' then
-  count, tokens, fresh = load_counters()
+local count, tokens, fresh, previous, head = 0, 0, true, nil, nil
+if mode == 'replace' then
+  previous = replayed(op)
+else
+  count, tokens, fresh, previous, head = load_counters(op)
   if count == nil then return foreign_error() end
 end
+if previous then return previous end
 
 -- the batch, checked whole before anything is written
 local batch = {}
@@ -160,10 +160,18 @@ bump_roles(roles)
 local evicted_stored = removed_msgs - (#new - #kept)
 local new_count = count - evicted_stored + #kept
 local new_tokens = tokens - (removed_tokens - evicted_new_tokens) + stored_tokens
-save_counters(new_count, new_tokens)
+-- the ends' ids, known without reading them back unless the head changed (an append's elements carry the
+-- ids given with them; a restored element may not, so replace reads both back)
+local first, last = nil, nil
+if mode ~= 'replace' then
+  last = stored_ids[#stored_ids]
+  if prefix_len == 0 and count > 0 then first = head end
+end
+local result = save_counters(new_count, new_tokens, op,
+  {#new, new_count, new_tokens, removed_msgs, duplicates, removed_tokens}, first, last)
 if removed_msgs > 0 then redis.call('HINCRBY', META, 'evicted_count', removed_msgs) end
 expire_all(ttl_ms, track)
 for i, m in ipairs(new) do if drop_new[i] then evicted_ids[#evicted_ids + 1] = m.id end end
 log_event({appended = #kept, ids = stored_ids, evicted = removed_msgs, evicted_ids = evicted_ids,
   duplicates = duplicates, messages = new_count, tokens = new_tokens})
-return remember(op, {#new, new_count, new_tokens, removed_msgs, duplicates, removed_tokens})
+return result

@@ -24,10 +24,9 @@ if summary_raw ~= '' and summary_id == '' then return arg_error('summary_id') en
 if ARGV[8] ~= '0' and ARGV[8] ~= '1' then return arg_error('track_access') end
 if not n or #ARGV ~= FIRST - 1 + n then return arg_error('n') end
 
-local previous = replayed(op)
-if previous then return previous end
-local count, tokens = load_counters()
+local count, tokens, _, previous = load_counters(op)
 if count == nil then return foreign_error() end
+if previous then return previous end
 local wanted = {}
 for i = FIRST, FIRST + n - 1 do wanted[ARGV[i]] = (wanted[ARGV[i]] or 0) + 1 end
 local all = redis.call('LRANGE', LIST, 0, -1)
@@ -70,10 +69,10 @@ if summary_written == 1 then
   redis.call('HINCRBY', META, 'summary_count', 1)
 end
 bump_roles(roles)
-save_counters(count, tokens)
+local result = save_counters(count, tokens, op, {#removed, count, tokens, summary_written})
 redis.call('HSET', META, 'last_flush', now_iso)
 redis.call('HINCRBY', META, 'flush_count', 1)
 expire_all(ttl_ms, track)
 log_event({flushed = #removed, flushed_ids = removed_ids, summary_id = summary_written == 1 and summary_id or nil,
   messages = count, tokens = tokens})
-return remember(op, {#removed, count, tokens, summary_written})
+return result
