@@ -15,6 +15,8 @@ Subjects, each used through its documented API:
 - ``langchain``: langchain-community ``RedisChatMessageHistory(ttl=86400)`` + langchain-core
   ``trim_messages(history.messages, strategy="last", max_tokens=1000, token_counter=<tiktoken counter of the
   LangChain how-to guide>, start_on="human", include_system=True)``: ``add_message``, ``messages[-20:]``.
+- ``lc-adapter`` / ``li-adapter`` / ``li-store``: this project's LangChain and LlamaIndex adapters, the same
+  operations through the frameworks' interfaces (see benchmarks/peers_adapters.py).
 
 Operations at 100 / 1,000 / 10,000 stored messages (the same deterministic ~50-token texts for every subject,
 roles alternating user/assistant): read last 20, read within a 1,000-token budget, append one message; then
@@ -53,6 +55,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
+import peers_adapters
 from _common import RedisServer, percentile
 
 from compozy_nb.project import Project
@@ -590,6 +593,7 @@ class Bench:
         self.subjects: list[Subject] = [self.raw, Compozy(f"peersbench{run}")]
         for cls in (LlamaIndex, LangChain):
             self.subjects.append(cls(self.prefix))
+        self.subjects += peers_adapters.subjects(f"peersbench{run}")  # the adapters, next to the peers
         for subject in self.subjects:
             if subject.skipped:
                 continue
@@ -633,7 +637,7 @@ class Bench:
                 cases.append(Case(operation, size, subject, lambda fn=fn, key=key: fn(key)))
         if method == "read_budget":
             for case in cases:
-                if case.subject.name not in ("raw", "compozy"):
+                if case.subject.name not in ("raw", "compozy", *peers_adapters.ADAPTERS):
                     print(f"    probe {case.subject.label} @ {case.size:,} ...", flush=True)
                     probe(case, self.settings.probe_timeout_s)
         for case in cases:
@@ -870,6 +874,7 @@ def report(bench: Bench, settings: Settings, mode: str, lines_machine: list[str]
     for s in subjects:
         if s.skipped:
             out.append(f"| {s.label} | skipped | | | | | | | | |")
+    out += peers_adapters.report_lines(bench.cases, SIZES, p50, fmt_ratio)
     out += ["", "## What differs between the subjects (read before comparing)", "", *SEMANTICS]
     extra = notes(bench)
     if extra:

@@ -9,15 +9,17 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from compozy_nb.errors import BackendError
+from compozy_nb._secrets import MaskedStr, mask_url, scrub
+from compozy_nb.errors import BackendError, ConfigError
 
 EMBEDDED_URL = "embedded://"
 _SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "embedded", "unix")
@@ -37,7 +39,7 @@ class ConnectOptions:
     backoff_cap: float = 1.0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Backend:
     """A live connection to where memories are stored.
 
@@ -70,6 +72,9 @@ class Backend:
         """The URL with any password hidden."""
         return mask_url(self.url)
 
+    def __repr__(self) -> str:
+        return f"Backend(url={self.display_url!r}, kind={self.kind!r})"
+
     def close(self) -> None:
         """Close the connection pool (the embedded server lives on for other connections)."""
         try:
@@ -78,13 +83,42 @@ class Backend:
             pass
 
 
-def mask_url(url: str) -> str:
-    """Hide the password in a URL."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+def parse_url(url: str) -> SplitResult:
+    """Split a backend URL and check the parts redis-py would otherwise reject with a raw ``ValueError``
+    (or silently ignore, like a database that is not a number).
+
+    Raises:
+        ConfigError: the part that is wrong (host, port, database), never the password.
+    """
+    shown = mask_url(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"malformed backend URL {shown}: {exc}", field="url", url=shown) from None
+    scheme = parts.scheme.lower()
+    if scheme in ("embedded", "unix") or not scheme:
+        return parts
+    try:
+        port = parts.port
+    except ValueError:
+        port_text = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        raise ConfigError(
+            f"malformed backend URL {shown}: port '{scrub(port_text)}' is not a number between 0 and 65535",
+            field="url.port",
+            url=shown,
+        ) from None
+    if port == 0:
+        raise ConfigError(f"malformed backend URL {shown}: port 0", field="url.port", url=shown)
+    if not parts.hostname and not scheme.endswith("+cluster"):
+        raise ConfigError(f"malformed backend URL {shown}: no host", field="url.host", url=shown)
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ConfigError(
+            f"malformed backend URL {shown}: database '{scrub(database)}' is not a number (use /0 ... /15)",
+            field="url.database",
+            url=shown,
+        )
+    return parts
 
 
 def resolve_url(explicit: str | None = None, project_url: str | None = None) -> tuple[str, bool]:
@@ -104,7 +138,9 @@ def connect(
         BackendError: an unknown scheme or a server that cannot be reached.
     """
     resolved, asked = resolve_url(url, project_url)
-    scheme = urlsplit(resolved).scheme.lower()
+    if not isinstance(resolved, str):
+        raise ConfigError(f"a backend URL must be a string, got {type(resolved).__name__}", field="url")
+    scheme = parse_url(resolved).scheme.lower()
     if scheme not in _SCHEMES:
         raise BackendError(
             f"unsupported backend URL scheme '{scheme}://' (use redis://, rediss://, redis+cluster:// or embedded://)",
@@ -115,25 +151,89 @@ def connect(
 
         return connect_embedded(resolved, asked=asked, options=options or ConnectOptions())
     options = options or ConnectOptions()
+    kind = "cluster" if scheme.endswith("+cluster") else "redis"
+    client = _make_client(resolved, kind, options)
+    _handshake(client, resolved, kind)
+    return Backend(MaskedStr(resolved), client, kind, options)
+
+
+def _make_client(url: str, kind: str, options: ConnectOptions) -> Any:
+    """The redis-py client for ``url``; an option it refuses (``?socket_timeout=abc``) is INVALID_CONFIG."""
     try:
-        if scheme.endswith("+cluster"):
-            client: Any = _cluster_client(resolved, options)
-            kind = "cluster"
-        else:
-            client = redis.Redis.from_url(
-                resolved,
-                socket_connect_timeout=options.connect_timeout,
-                socket_timeout=options.socket_timeout,
-                retry=_retry(options),
-                retry_on_error=[redis.exceptions.ConnectionError],
-                health_check_interval=30,
-            )
-            kind = "redis"
-        client.ping()
-    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
-        # RedisClusterException (no reachable node, cluster mode disabled ...) is not a RedisError
-        raise BackendError(f"cannot reach Redis at {mask_url(resolved)}: {exc}", url=mask_url(resolved)) from None
-    return Backend(resolved, client, kind, options)
+        if kind == "cluster":
+            return _cluster_client(url, options)
+        return redis.Redis.from_url(
+            url,
+            socket_connect_timeout=options.connect_timeout,
+            socket_timeout=options.socket_timeout,
+            retry=_retry(options),
+            retry_on_error=[redis.exceptions.ConnectionError],
+            health_check_interval=30,
+        )
+    except (ValueError, TypeError) as exc:
+        shown = mask_url(url)
+        raise ConfigError(
+            f"malformed backend URL {shown}: {scrub(str(exc), _passwords(url))}", field="url", url=shown
+        ) from None
+    except Exception as exc:  # a cluster client talks to the nodes while it is built
+        raise _unavailable(url, exc) from None
+
+
+def _handshake(client: Any, url: str, kind: str) -> None:
+    """PING the server, then ECHO a nonce: a server that answers ``+PONG`` to everything is not Redis.
+
+    Any failure while connecting (also one that makes redis-py raise something else than a RedisError) is
+    BACKEND_UNAVAILABLE, and the half-open client is closed.
+    """
+    nonce = f"compozy-nb-{uuid.uuid4().hex}"
+    try:
+        pong = client.ping()
+        route = {"target_nodes": client.get_default_node()} if kind == "cluster" else {}
+        echoed = client.echo(nonce, **route)
+    except Exception as exc:  # whatever a broken peer makes the client raise
+        _close_quietly(client)
+        raise _unavailable(url, exc) from None
+    values = list(echoed.values()) if isinstance(echoed, dict) else [echoed]
+    if pong is not True or any(_text(v) != nonce for v in values):
+        _close_quietly(client)
+        raise BackendError(
+            f"cannot use {mask_url(url)}: the server does not behave like Redis "
+            f"(PING -> {scrub(repr(pong))[:40]}, ECHO -> {scrub(repr(values[0] if values else None))[:40]})",
+            url=mask_url(url),
+        )
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _unavailable(url: str, exc: BaseException) -> BackendError:
+    shown = mask_url(url)
+    detail = scrub(str(exc), _passwords(url))[:300] or type(exc).__name__
+    if not isinstance(exc, (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)):
+        detail = f"the server does not behave like Redis ({type(exc).__name__}: {detail})"
+    return BackendError(f"cannot reach Redis at {shown}: {detail}", url=shown)
+
+
+def _passwords(url: str) -> list[str]:
+    """The credentials inside a URL (userinfo password or lone token, ``?password=`` values)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found = [parts.password or "", "" if parts.password else parts.username or ""]
+    for piece in parts.query.split("&"):
+        name, _, value = piece.partition("=")
+        if mask_url(f"x://h/?{name}=v") != f"x://h/?{name}=v":
+            found.append(value)
+    return [f for f in found if f]
+
+
+def _close_quietly(client: Any) -> None:
+    try:
+        client.close()
+    except Exception:  # closing a half-open client must never hide the real error
+        pass
 
 
 def _retry(options: ConnectOptions) -> Retry:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from compozy_nb import Project
+from compozy_nb.backends import connect
 
 MEMORY = "/api/v0/memory/conversation_memory"
 KEY = "conv:u1:s1"
@@ -100,6 +101,16 @@ def codes(*names: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def alias_bomb(levels: int = 9, fanout: int = 10) -> bytes:
+    """A "billion laughs" YAML document (about 1 KB, ``fanout ** levels`` nodes once expanded)."""
+    lines = ['l0: &l0 ["lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * fanout)}]" for i in range(1, levels + 1)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+ALIAS_BOMB = alias_bomb()
+
+
 HTTP_CASES: list[HttpCase] = [
     HttpCase(
         "body nested 100,000 deep", "POST", f"{MEMORY}/append", nested(100_000).encode(), codes("INVALID_PAYLOAD")
@@ -173,6 +184,37 @@ HTTP_CASES: list[HttpCase] = [
     ),
 ]
 
+
+def basic_body(**fields: Any) -> bytes:
+    """An execute body for a basic task (an LLM call) with ``fields``."""
+    body = {"type": "basic", "messages": [{"role": "user", "content": "hi"}], **fields}
+    return json.dumps(body).encode()
+
+
+HTTP_CASES += [
+    HttpCase(
+        "openai base_url that is not http(s), with a token",
+        "POST",
+        "/workflows/w/tasks/t/execute",
+        basic_body(provider="openai", model="m", base_url="ftp://bot:tok@llm.example/v1"),
+        codes("INVALID_CONFIG"),
+    ),
+    HttpCase(
+        "openai base_url with a port that is not a number",
+        "POST",
+        "/workflows/w/tasks/t/execute",
+        basic_body(provider="openai", model="m", base_url="http://llm.example:notaport/v1"),
+        codes("INVALID_CONFIG"),
+    ),
+    HttpCase(
+        "python provider with no registered function",
+        "POST",
+        "/workflows/w/tasks/t/execute",
+        basic_body(provider="python", function="nobody"),
+        codes("INVALID_CONFIG"),
+    ),
+]
+
 CLI_CASES: list[CliCase] = [
     CliCase("exec - with invalid UTF-8 on stdin", ("exec", "-"), codes("INVALID_CONFIG"), stdin=b"\xff\xfe{}"),
     CliCase(
@@ -216,6 +258,68 @@ CLI_CASES: list[CliCase] = [
 ]
 
 
+REPO_REDIS = ("--project", "{project}", "--redis")
+CLI_CASES += [
+    CliCase(
+        "memory ls, port not a number",
+        ("memory", "ls", *REPO_REDIS, "redis://:pw@localhost:notaport/0"),
+        codes("INVALID_CONFIG"),
+    ),
+    CliCase(
+        "memory ls, broken IPv6 host", ("memory", "ls", *REPO_REDIS, "redis://:pw@[::1/0"), codes("INVALID_CONFIG")
+    ),
+    CliCase(
+        "memory ls, bad redis-py option",
+        ("memory", "ls", *REPO_REDIS, "redis://localhost/0?password=pw&socket_timeout=abc"),
+        codes("INVALID_CONFIG"),
+    ),
+    CliCase(
+        "memory ls, database not a number",
+        ("memory", "ls", *REPO_REDIS, "redis://localhost/zero"),
+        codes("INVALID_CONFIG"),
+    ),
+    CliCase(
+        "memory ls, unknown scheme",
+        ("memory", "ls", *REPO_REDIS, "memcached://localhost/0"),
+        codes("BACKEND_UNAVAILABLE"),
+    ),
+    CliCase(
+        "exec with a port out of range",
+        ("exec", "-", *REPO_REDIS, "redis://localhost:99999/0"),
+        codes("INVALID_CONFIG"),
+        stdin=execute_body(key_template=KEY),
+    ),
+    CliCase(
+        "validate a recursive alias",
+        ("validate", "--project", "{tmp}/project"),
+        codes("INVALID_CONFIG"),
+        files={"{tmp}/project/compozy.yaml": b"name: hostile\n", "{tmp}/project/workflows/w.yaml": b"a: &a [*a]\n"},
+    ),
+    CliCase(
+        "validate a 1 KB billion-laughs compozy.yaml",
+        ("validate", "--project", "{tmp}/project"),
+        codes("INVALID_CONFIG"),
+        files={"{tmp}/project/compozy.yaml": ALIAS_BOMB},
+    ),
+    CliCase(
+        "exec a basic task whose openai base_url is not http(s)",
+        ("exec", "-"),
+        codes("INVALID_CONFIG"),
+        stdin=basic_body(provider="openai", model="m", base_url="file:///etc/passwd"),
+    ),
+]
+
+
+def _python_llm(reply: Any) -> Callable[[Project], Any]:
+    """Register a Python LLM returning ``reply`` and execute a basic task that calls it."""
+
+    def call(project: Project) -> Any:
+        project.llm("hostile")(lambda messages: reply)
+        return project.execute(json.loads(basic_body(provider="python", function="hostile")))
+
+    return call
+
+
 def _memory(project: Project, **variables: Any) -> Any:
     return project.memory("conversation_memory", **variables)
 
@@ -256,10 +360,36 @@ PYTHON_CASES: list[PythonCase] = [
     ),
 ]
 
+PYTHON_CASES += [
+    PythonCase(
+        "python LLM returns usage as a list", _python_llm({"content": "x", "usage": [1]}), codes("PROVIDER_ERROR")
+    ),
+    PythonCase(
+        "python LLM returns a non-numeric usage",
+        _python_llm({"content": "x", "usage": {"prompt_tokens": "many"}}),
+        codes("PROVIDER_ERROR"),
+    ),
+    PythonCase("python LLM returns no content", _python_llm({"text": "x"}), codes("PROVIDER_ERROR")),
+    PythonCase(
+        "openai at a closed port",
+        lambda p: p.execute(
+            json.loads(basic_body(provider="openai", model="m", base_url="http://127.0.0.1:1/v1", timeout=3))
+        ),
+        codes("PROVIDER_ERROR", "PROVIDER_TIMEOUT"),
+    ),
+    PythonCase(
+        "connect to a URL whose port is not a number",
+        lambda p: connect("redis://:pw@localhost:notaport/0"),
+        codes("INVALID_CONFIG"),
+    ),
+]
+
 YAML_CASES: list[YamlCase] = [
     YamlCase("not UTF-8", "resource: memory\nid: m\ndescription: caf\xe9\n".encode("latin-1")),
     YamlCase("nested 5,000 deep", b"resource: memory\nid: m\nx: " + nested(5000, "").encode() + b"\n"),
     YamlCase("nested 200 deep", b"resource: memory\nid: m\nx: " + nested(200, "1").encode() + b"\n"),
+    YamlCase("a recursive alias", b"resource: memory\nid: m\ndescription: &a [*a]\n"),
+    YamlCase("a billion-laughs alias bomb", b"resource: memory\nid: m\n" + ALIAS_BOMB),
     YamlCase(
         "a key template of 300 blocks",
         b"resource: memory\nid: m\nkey: 'c" + b"{{.u}}" * 300 + b"'\n",

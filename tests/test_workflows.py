@@ -1079,7 +1079,8 @@ def test_failing_summarizer_does_not_turn_a_stored_append_into_an_error(backend:
     for i in range(3):
         memory.append({"role": "user", "content": f"m{i}"})
 
-    result = memory.append({"role": "user", "content": "m3"})  # stored, then the summary flush fails
+    with pytest.warns(RuntimeWarning, match="stored its messages, but the summary flush failed"):
+        result = memory.append({"role": "user", "content": "m3"})  # stored, then the summary flush fails
 
     assert result["appended"] == 1
     assert [m["content"] for m in memory.read()["messages"]] == ["m0", "m1", "m2", "m3"]
@@ -1113,3 +1114,54 @@ def test_execute_basic_task(backend: Backend) -> None:
 def test_execute_basic_task_rejects_unknown_fields() -> None:
     with pytest.raises(ConfigError, match="temprature"):
         Project("ex").execute(basic_task(temprature=0.5))
+
+
+# ------------------------------------------------------------------------------------------ runs.redact
+PRIVATE_MEMORY = r"""
+resource: memory
+id: private
+type: buffer
+key: "p:{{.user}}"
+privacy_policy:
+  redact_patterns: ['[a-z]+@example\.com']
+"""
+
+PRIVATE_CHAT = """
+name: private-chat
+tasks:
+  - id: reply
+    type: basic
+    provider: scripted
+    reply_template: "I will write to {{.last_user_message}}"
+    memory: [private]
+    messages: [{role: user, content: "{{.email}}"}]
+"""
+
+
+@pytest.mark.parametrize("redact", [False, True])
+def test_runs_redact_switch_redacts_the_current_turn_in_the_run_json(backend: Backend, redact: bool) -> None:
+    from compozy_nb.results import RunResult
+
+    project = Project("priv")
+    project.add_yaml(PRIVATE_MEMORY)
+    project.add_yaml(PRIVATE_CHAT)
+    project.use_backend(backend)
+    project.settings.runs.redact = redact
+
+    run = project.run("private-chat", {"user": "u1", "email": "dave@example.com"})
+
+    assert run["status"] == "completed", run.get("error")
+    shown = json.dumps(run) + RunResult(run)._repr_html_()
+    assert ("dave@example.com" in shown) is not redact
+    if redact:
+        assert run["output"]["content"] == "I will write to [REDACTED]"
+        assert run["output"]["prompt"] == [{"role": "user", "content": "[REDACTED]"}]
+    # what is stored is redacted either way
+    stored_contents = [m["content"] for m in project.memory("private", user="u1").read()["messages"]]
+    assert stored_contents == ["[REDACTED]", "I will write to [REDACTED]"]
+
+
+def test_runs_redact_is_read_from_compozy_yaml(tmp_path: Path) -> None:
+    (tmp_path / "compozy.yaml").write_text("name: r\nruns:\n  redact: true\n", encoding="utf-8")
+    assert Project.load(tmp_path).settings.runs.redact is True
+    assert ProjectSettings().runs.redact is False

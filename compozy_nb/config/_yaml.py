@@ -17,6 +17,9 @@ from compozy_nb.limits import MAX_DEPTH, check_depth, depth_error
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
+MAX_EXPANDED_NODES = 100_000
+"""How many YAML nodes a document may hold once its aliases are expanded (a ~1 KB "billion laughs"
+expands to billions): checked on the composed node graph, before any Python object or model is built."""
 
 
 @dataclass
@@ -62,6 +65,47 @@ def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
             _walk(item, (*loc, index), lines)
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def check_expansion(root: yaml.Node, source: str) -> None:
+    """Refuse a recursive alias (``a: &a [*a]``) and a document whose aliases expand past
+    :data:`MAX_EXPANDED_NODES` nodes. Shared (aliased) nodes are sized once, so this is linear in the text.
+
+    Raises:
+        ConfigError: with the file:line of the recursive or oversized node.
+    """
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[key] > MAX_EXPANDED_NODES:
+                raise ConfigError(
+                    f"YAML aliases expand to more than {MAX_EXPANDED_NODES:,} nodes (an alias bomb?)",
+                    source=f"{source}:{node.start_mark.line + 1}",
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise ConfigError(
+                "recursive YAML alias (a node that contains itself)", source=f"{source}:{node.start_mark.line + 1}"
+            )
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
 def load_documents(text: str, source: str = "<string>") -> list[Document]:
     """Parse every ``---`` document of ``text``, keeping line numbers.
 
@@ -73,6 +117,7 @@ def load_documents(text: str, source: str = "<string>") -> list[Document]:
         for node in yaml.compose_all(text, Loader=_SafeLineLoader):
             if node is None:
                 continue
+            check_expansion(node, source)
             lines: dict[Loc, int] = {}
             _walk(node, (), lines)
             constructor = _SafeLineLoader("")

@@ -6,8 +6,9 @@ import fnmatch
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from compozy_nb._secrets import HiddenStr, MaskedStr, is_secret_name
 from compozy_nb.config._yaml import Document, load_file, validate_document
 from compozy_nb.config.memory import MemoryResource
 from compozy_nb.errors import ConfigError
@@ -32,6 +33,12 @@ class RedisSettings(_Strict):
     backoff_base: float = Field(0.05, gt=0)
     backoff_cap: float = Field(1.0, gt=0)
 
+    @field_validator("url")
+    @classmethod
+    def _masked_in_repr(cls, value: str | None) -> str | None:
+        """Keep the URL as given, but with its password hidden wherever the settings are printed."""
+        return MaskedStr(value) if value is not None else None
+
 
 class AutoloadSettings(_Strict):
     """``autoload``: which files define resources."""
@@ -42,6 +49,17 @@ class AutoloadSettings(_Strict):
     exclude: list[str] = Field(default_factory=list)
 
 
+class RunSettings(_Strict):
+    """``runs``: what a run shows of the current turn."""
+
+    redact: bool = Field(
+        False,
+        description="redact the prompt and reply in the run JSON (and the run's HTML view) with the privacy "
+        "policies of the task's memories; off: they are shown as sent and received (stored messages are always "
+        "redacted)",
+    )
+
+
 class ProjectSettings(_Strict):
     """The contents of ``compozy.yaml``."""
 
@@ -50,8 +68,26 @@ class ProjectSettings(_Strict):
     description: str | None = None
     redis: RedisSettings = Field(default_factory=RedisSettings)
     autoload: AutoloadSettings = Field(default_factory=AutoloadSettings)
+    runs: RunSettings = Field(default_factory=RunSettings)
     models: list[dict[str, Any]] | dict[str, Any] | None = None
     providers: dict[str, Any] | None = None
+
+    @field_validator("providers")
+    @classmethod
+    def _urls_masked_in_repr(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A provider's ``base_url`` may hold ``user:token@``: hide it wherever the settings are printed."""
+        if not value:
+            return value
+        return {name: _mask_strings(options) for name, options in value.items()}
+
+
+def _mask_strings(value: Any, name: str = "") -> Any:
+    """Strings that print masked: a credential-named value entirely, any other string as a URL."""
+    if isinstance(value, str):
+        return HiddenStr(value) if is_secret_name(name) and not name.endswith("_env") else MaskedStr(value)
+    if isinstance(value, dict):
+        return {k: _mask_strings(v, str(k)) for k, v in value.items()}
+    return value
 
 
 def load_settings(directory: Path) -> tuple[ProjectSettings, Document | None]:

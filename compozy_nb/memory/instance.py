@@ -10,6 +10,7 @@ import json
 import math
 import re
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -290,8 +291,19 @@ class MemoryInstance:
         # the messages are stored: a failing summary must not turn this append into an error
         try:
             summary = self.flush(strategy="hybrid_summary")
-        except CompozyNbError as exc:
-            out["summary_flush"] = {"flushed_count": 0, "summary_generated": False, "error": exc.to_dict()}
+        except Exception as exc:  # any failure: the append itself is complete and must not look failed
+            error = (
+                exc.to_dict()
+                if isinstance(exc, CompozyNbError)
+                else {"code": "FLUSH_FAILED", "message": type(exc).__name__}
+            )
+            out["summary_flush"] = {"flushed_count": 0, "summary_generated": False, "error": error}
+            warnings.warn(
+                f"append to '{self.key}' stored its messages, but the summary flush failed: [{error['code']}] "
+                f"{error['message']}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         else:
             out["summary_flush"] = {k: summary[k] for k in ("flushed_count", "summary_generated")}
             out["total_count"], out["token_count"] = summary["message_count"], summary["token_count"]

@@ -160,11 +160,20 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
     return sorted(o for a in parser._actions for o in a.option_strings if o.startswith("--"))
 
 
+class _MaskedUrl(Unicode):  # type: ignore[type-arg]
+    """A URL setting whose repr (``%config Compozy``) hides the password; the value itself is unchanged."""
+
+    def validate(self, obj: Any, value: Any) -> Any:
+        from compozy_nb._secrets import MaskedStr
+
+        return MaskedStr(super().validate(obj, value))
+
+
 @magics_class
 class Compozy(Magics):
     """The ``%compozy`` magic. Configure with ``%config Compozy.<name> = value``."""
 
-    redis_url = Unicode(
+    redis_url = _MaskedUrl(
         os.environ.get("COMPOZY_REDIS_URL", ""), help="Backend URL used when none is given (empty: embedded)."
     ).tag(config=True)
     display_limit = Int(int(os.environ.get("COMPOZY_DISPLAY_LIMIT", "50")), help="Rows shown in HTML tables.").tag(

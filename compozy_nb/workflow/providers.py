@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextvars
+import json
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+from compozy_nb._secrets import excerpt, mask_url, scrub, scrub_exact
 from compozy_nb.errors import CompozyNbError, ConfigError
 from compozy_nb.templating import render
 from compozy_nb.tokens import get_counter
@@ -16,6 +21,10 @@ from compozy_nb.tokens import get_counter
 Message = dict[str, Any]
 PythonLLM = Callable[[list[Message]], Any]
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+DEFAULT_MAX_REPLY_BYTES = 4 * 1024 * 1024
+"""Largest reply body read from an OpenAI-compatible server (``max_reply_bytes`` changes it)."""
+RETRY_STATUSES = frozenset({429, 500, 502, 503})
+"""Answers after which a request is sent again (the server says it did not produce a completion)."""
 
 
 class ProviderError(CompozyNbError):
@@ -110,131 +119,418 @@ def call_scripted(request: ChatRequest, registry: Registry, slot: str) -> ChatRe
 
 
 def call_python(request: ChatRequest, registry: Registry) -> ChatResponse:
-    """Call a registered Python function with the messages; it returns text or a dict with ``content``."""
-    name = request.options.get("function") or request.model or ""
+    """Call a registered Python function with the messages; it returns text or a dict with ``content``.
+
+    The function runs in a daemon worker thread bounded by the task's ``timeout``: past it the call fails
+    with PROVIDER_TIMEOUT while the function keeps running in the background (Python cannot stop a thread).
+    """
+    name = str(request.options.get("function") or request.model or "")
     func = registry.functions.get(name)
     if func is None:
         known = ", ".join(sorted(registry.functions)) or "none registered"
         raise ConfigError(f"no Python LLM registered as '{name}' (registered: {known})", field="function")
-    try:
-        result = func([dict(m) for m in request.messages])
-    except CompozyNbError:
-        raise
-    except Exception as exc:
-        raise ProviderError(f"python LLM '{name}' raised {type(exc).__name__}: {exc}") from exc
+    result = _run_with_deadline(func, [dict(m) for m in request.messages], request.timeout, name)
+    return _python_reply(result, request, name)
+
+
+def _run_with_deadline(func: PythonLLM, messages: list[Message], timeout: float, name: str) -> Any:
+    """``func(messages)`` in a daemon thread; its exception or a missed deadline becomes a ProviderError."""
+    box: dict[str, Any] = {}
+    context = contextvars.copy_context()
+
+    def work() -> None:
+        try:
+            box["result"] = context.run(func, messages)
+        except BaseException as exc:  # anything the user's function raises is reported, never lost
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"compozy-nb python LLM {name}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise ProviderError(
+            f"python LLM '{name}' did not return within {timeout:g} s (timeout); "
+            "the function keeps running in a background thread",
+            code="PROVIDER_TIMEOUT",
+            provider="python",
+        )
+    error = box.get("error")
+    if isinstance(error, CompozyNbError):
+        raise error
+    if error is not None:
+        raise ProviderError(
+            f"python LLM '{name}' raised {type(error).__name__}: {excerpt(str(error))}", provider="python"
+        ) from error
+    return box.get("result")
+
+
+def _python_reply(result: Any, request: ChatRequest, name: str) -> ChatResponse:
+    """Check the shape a Python LLM returned: text, or ``{"content": str, "usage"?: {...}, "model"?, ...}``."""
     if isinstance(result, str):
         reply: dict[str, Any] = {"content": result}
     elif isinstance(result, Mapping) and isinstance(result.get("content"), str):
         reply = dict(result)
     else:
         raise ProviderError(
-            f"python LLM '{name}' must return a string or a dict with 'content', got {type(result).__name__}"
+            f"python LLM '{name}' must return a string or a dict with 'content' (a string), got {_describe(result)}",
+            provider="python",
         )
-    usage = reply.get("usage") or {}
-    content = str(reply["content"])
+    where = f"python LLM '{name}'"
+    for optional in ("model", "finish_reason"):
+        if reply.get(optional) is not None and not isinstance(reply[optional], str):
+            raise ProviderError(
+                f"{where}: '{optional}' must be a string, got {_describe(reply[optional])}", provider="python"
+            )
+    content = reply["content"]
+    prompt_tokens, completion_tokens = _usage(reply.get("usage"), request, content, where)
     return ChatResponse(
         content,
         str(reply.get("model") or name),
         "python",
-        int(usage.get("prompt_tokens", _count_prompt(request.messages))),
-        int(usage.get("completion_tokens", get_counter(None).count(content))),
-        str(reply.get("finish_reason", "stop")),
+        prompt_tokens,
+        completion_tokens,
+        str(reply.get("finish_reason") or "stop"),
     )
 
 
-def call_openai(request: ChatRequest, *, retries: int = 3, backoff: float = 0.5) -> ChatResponse:
-    """POST ``{base_url}/chat/completions``; retries 429 and 5xx (honouring Retry-After), not 4xx.
+def _describe(value: Any) -> str:
+    return type(value).__name__
 
-    The API key comes from the environment variable ``api_key_env`` (default ``OPENAI_API_KEY``). It is
-    required for the default OpenAI URL; a custom ``base_url`` (Ollama, vLLM, llama.cpp) may go without.
+
+def _usage(usage: Any, request: ChatRequest, content: str, where: str) -> tuple[int, int]:
+    """``(prompt_tokens, completion_tokens)`` from a reply's ``usage`` (counted locally when absent).
+
+    Raises:
+        ProviderError: ``usage`` is not a mapping, or a count is not a non-negative whole number.
     """
-    import httpx
+    if usage is None:
+        usage = {}
+    if not isinstance(usage, Mapping):
+        raise ProviderError(f"{where}: 'usage' must be an object, got {_describe(usage)}")
+    prompt = _token_count(usage.get("prompt_tokens"), "prompt_tokens", where)
+    completion = _token_count(usage.get("completion_tokens"), "completion_tokens", where)
+    return (
+        _count_prompt(request.messages) if prompt is None else prompt,
+        get_counter(None).count(content) if completion is None else completion,
+    )
 
+
+def _token_count(value: Any, name: str, where: str) -> int | None:
+    """A token count from ``usage``: a non-negative whole number, or None when absent."""
+    if value is None:
+        return None
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if number is None or number != number or number < 0 or number == float("inf") or int(number) != number:
+        raise ProviderError(
+            f"{where}: usage.{name} must be a non-negative whole number, got {excerpt(repr(value), limit=40)}"
+        )
+    return int(number)
+
+
+# ---------------------------------------------------------------------------- openai
+@dataclass(frozen=True)
+class _Target:
+    """Where an OpenAI-compatible call goes: the URL without credentials, and what may be printed."""
+
+    url: str
+    shown: str
+    auth: tuple[str, str] | None
+    key_env: str
+    api_key: str | None
+    max_bytes: int
+
+    @property
+    def secrets(self) -> list[str | None]:
+        """Credentials to scrub from any text we echo."""
+        return [self.api_key, *(self.auth or ())]
+
+
+def _target(request: ChatRequest) -> _Target:
     base_url = str(request.options.get("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_URL)
     key_env = str(request.options.get("api_key_env") or "OPENAI_API_KEY")
-    api_key = os.environ.get(key_env)
+    api_key = os.environ.get(key_env) or None
+    shown_base = mask_url(base_url)
+    try:
+        parts = urlsplit(base_url)
+        auth = (unquote(parts.username or ""), unquote(parts.password or "")) if parts.username else None
+        host = parts.netloc.rpartition("@")[2]
+        _ = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"malformed base_url {shown_base}: {scrub(str(exc))}", field="base_url") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(f"base_url must be an http(s) URL, got {shown_base}", field="base_url")
     if not api_key and base_url.rstrip("/") == DEFAULT_OPENAI_URL:
         raise ConfigError(
             f"missing API key: set the environment variable {key_env} (or api_key_env on the task) "
             "before calling the openai provider",
             field="api_key_env",
         )
+    clean = parts._replace(netloc=host).geturl().rstrip("/") + "/chat/completions"
+    return _Target(clean, mask_url(clean), auth, key_env, api_key, _max_bytes(request.options.get("max_reply_bytes")))
+
+
+def _max_bytes(value: Any) -> int:
+    if value is None:
+        return DEFAULT_MAX_REPLY_BYTES
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"max_reply_bytes must be a positive integer, got {value!r:.40}", field="max_reply_bytes")
+    return value
+
+
+class _MaskUrlsInLogs(logging.Filter):
+    """httpx logs every request's URL (at INFO): hide credentials in a ``?api_key=``-style query there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(mask_url(str(a)) if "://" in str(a)[:16] else a for a in record.args)
+        return True
+
+
+def _mask_httpx_logs() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _MaskUrlsInLogs) for f in logger.filters):
+        logger.addFilter(_MaskUrlsInLogs())
+
+
+@dataclass
+class _Reply:
+    """One HTTP answer read within the bounds."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class _RetryableError(ProviderError):
+    """A failure that happened before the request could reach the server (safe to send again)."""
+
+
+def call_openai(request: ChatRequest, *, retries: int = 3, backoff: float = 0.5) -> ChatResponse:
+    """POST ``{base_url}/chat/completions`` and return the normalised reply.
+
+    ``request.timeout`` is a deadline for the whole call, retries and ``Retry-After`` waits included. A
+    request is sent again only when it cannot have been processed: a connection that was never made, or
+    an answer 429/500/502/503 (or any answer marked ``x-should-retry: true``; ``false`` forbids it). A
+    connection cut while waiting for or reading the answer is never retried: the server may have run (and
+    billed) the completion. Replies are read in a stream bounded by ``max_reply_bytes``
+    (:data:`DEFAULT_MAX_REPLY_BYTES`). The API key comes from the environment variable ``api_key_env``
+    (default ``OPENAI_API_KEY``); it is required for the default OpenAI URL only.
+    """
+    import httpx
+
+    target = _target(request)
+    _mask_httpx_logs()
     body: dict[str, Any] = {"model": request.model, "messages": request.messages}
     if request.temperature is not None:
         body["temperature"] = request.temperature
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    url = base_url.rstrip("/") + "/chat/completions"
-    attempt = 0
-    while True:
-        try:
-            response = httpx.post(url, json=body, headers=headers, timeout=request.timeout)
-        except httpx.TimeoutException:
-            raise ProviderError(
-                f"openai: no answer from {url} within {request.timeout:g} s", code="PROVIDER_TIMEOUT"
-            ) from None
-        except httpx.HTTPError as exc:
-            if attempt < retries:
+    if target.api_key:
+        headers["Authorization"] = f"Bearer {target.api_key}"
+    deadline = time.monotonic() + request.timeout
+    # user:token@ in base_url becomes Basic auth (so it never appears in a logged URL); an API key wins
+    auth = None if target.api_key else target.auth
+    with httpx.Client(auth=auth, follow_redirects=False) as client:
+        attempt = 0
+        while True:
+            try:
+                reply = _send(client, target, body, headers, deadline, request.timeout)
+            except _RetryableError as exc:
+                if attempt >= retries:
+                    raise ProviderError(exc.message, **exc.context) from None
                 attempt += 1
-                time.sleep(backoff * 2 ** (attempt - 1))
+                _wait(backoff * 2 ** (attempt - 1), deadline, request.timeout, exc.message.removeprefix("openai: "))
                 continue
-            raise ProviderError(f"openai: cannot reach {url}: {exc}") from None
-        if (response.status_code == 429 or response.status_code >= 500) and attempt < retries:
-            attempt += 1
-            time.sleep(_retry_after(response.headers.get("retry-after"), backoff * 2 ** (attempt - 1)))
-            continue
-        if response.status_code in (401, 403):
-            raise ProviderError(
-                f"openai: authentication failed ({response.status_code}) at {url}: check {key_env}",
-                code="PROVIDER_AUTH_ERROR",
-            )
-        if response.status_code >= 400:
-            raise ProviderError(f"openai: HTTP {response.status_code} from {url}: {_error_text(response)}")
-        return _parse_openai(response.json(), request)
+            if _should_retry(reply) and attempt < retries:
+                attempt += 1
+                delay = _retry_after(reply.headers.get("retry-after"), backoff * 2 ** (attempt - 1))
+                _wait(delay, deadline, request.timeout, f"HTTP {reply.status} from {target.shown}")
+                continue
+            return _openai_response(reply, target, request)
+
+
+def _send(
+    client: Any, target: _Target, body: Mapping[str, Any], headers: Mapping[str, str], deadline: float, total: float
+) -> _Reply:
+    """One POST, read as a stream within the deadline and the size bound."""
+    import httpx
+
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _timeout(target, total)
+    status: int | None = None
+    marked_safe = False
+    try:
+        with client.stream("POST", target.url, json=body, headers=headers, timeout=httpx.Timeout(remaining)) as resp:
+            status = resp.status_code
+            marked_safe = resp.headers.get("x-should-retry", "").lower() == "true"
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > target.max_bytes:
+                raise _too_large(target, status)
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > target.max_bytes:
+                    raise _too_large(target, status)
+                if time.monotonic() > deadline:
+                    raise _timeout(target, total)
+                chunks.append(chunk)
+            return _Reply(status, dict(resp.headers), b"".join(chunks))
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        if time.monotonic() >= deadline:
+            raise _timeout(target, total) from None
+        raise _RetryableError(
+            f"openai: cannot connect to {target.shown}: {scrub(str(exc), target.secrets)[:200]}",
+            provider="openai",
+            url=target.shown,
+        ) from None
+    except httpx.TimeoutException:
+        raise _timeout(target, total) from None
+    except httpx.HTTPError as exc:
+        # the request went out: the server may have processed it, so it is retried only when marked safe
+        cls = _RetryableError if marked_safe else ProviderError
+        cut = f"HTTP {status} reply cut short" if status is not None else "connection closed before any reply"
+        outcome = (
+            "the server marked it safe to retry" if marked_safe else "not sent again: the server may have processed it"
+        )
+        raise cls(
+            f"openai: {cut} from {target.shown} ({type(exc).__name__}: {scrub(str(exc), target.secrets)[:120]}); "
+            f"{outcome}",
+            provider="openai",
+            url=target.shown,
+            status=status,
+        ) from None
+
+
+def _should_retry(reply: _Reply) -> bool:
+    marker = reply.headers.get("x-should-retry", "").lower()
+    if marker in ("true", "false"):
+        return marker == "true"
+    return reply.status in RETRY_STATUSES
+
+
+def _wait(delay: float, deadline: float, total: float, after: str) -> None:
+    """Sleep before a retry, or fail at once when the retry could not start before the deadline."""
+    if time.monotonic() + delay >= deadline:
+        raise ProviderError(
+            f"openai: {after}; a retry in {delay:g} s would pass the task's timeout of {total:g} s",
+            code="PROVIDER_TIMEOUT",
+            provider="openai",
+        )
+    time.sleep(delay)
+
+
+def _timeout(target: _Target, total: float) -> ProviderError:
+    return ProviderError(
+        f"openai: no complete answer from {target.shown} within the task's timeout of {total:g} s",
+        code="PROVIDER_TIMEOUT",
+        provider="openai",
+        url=target.shown,
+    )
+
+
+def _too_large(target: _Target, status: int) -> ProviderError:
+    return ProviderError(
+        f"openai: HTTP {status} reply from {target.shown} is larger than max_reply_bytes ({target.max_bytes:,} bytes)",
+        provider="openai",
+        url=target.shown,
+        status=status,
+    )
 
 
 def _retry_after(value: str | None, default: float) -> float:
     try:
-        return min(float(value), 30.0) if value else default
+        seconds = float(value) if value else default
     except ValueError:
         return default
+    return min(max(seconds, 0.0), 30.0) if seconds == seconds else default
 
 
-def _error_text(response: Any) -> str:
+def _openai_response(reply: _Reply, target: _Target, request: ChatRequest) -> ChatResponse:
+    """The reply of a finished call, or a ProviderError with the status and a credential-free excerpt."""
+    text = reply.body.decode("utf-8", "replace")
+    where = f"HTTP {reply.status} from {target.shown}"
+    context: dict[str, Any] = {"provider": "openai", "url": target.shown, "status": reply.status}
+    if 300 <= reply.status < 400:
+        location = mask_url(reply.headers.get("location", "") or "?")
+        raise ProviderError(
+            f"openai: {where} redirects to {scrub(location, target.secrets)[:200]}; "
+            "set base_url to the API itself (redirects are not followed)",
+            **context,
+        )
+    if reply.status in (401, 403):
+        raise ProviderError(
+            f"openai: authentication failed ({where}): check {target.key_env}", code="PROVIDER_AUTH_ERROR", **context
+        )
+    if reply.status >= 400 or reply.status < 200:
+        raise ProviderError(f"openai: {where}: {_error_text(text, target)}", **context)
     try:
-        data = response.json()
-        err = data.get("error", data)
-        return str(err.get("message", err) if isinstance(err, dict) else err)[:300]
+        data = json.loads(text)
     except ValueError:
-        return str(response.text)[:300]
+        raise ProviderError(f"openai: {where} is not JSON: {excerpt(text, target.secrets)!r}", **context) from None
+    return _parse_openai(data, request, target, where)
 
 
-def _parse_openai(data: Any, request: ChatRequest) -> ChatResponse:
+def _error_text(text: str, target: _Target) -> str:
+    """The error message of an error body (``{"error": {"message"}}`` or the raw text), short and scrubbed."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return excerpt(text, target.secrets)
+    err = data.get("error", data) if isinstance(data, dict) else data
+    message = err.get("message", err) if isinstance(err, dict) else err
+    return excerpt(str(message), target.secrets)
+
+
+def _parse_openai(data: Any, request: ChatRequest, target: _Target, where: str) -> ChatResponse:
     try:
         choice = data["choices"][0]
         content = choice["message"].get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError):
-        raise ProviderError(f"openai: unexpected reply shape: {str(data)[:200]}") from None
-    usage = data.get("usage") or {}
+        raise ProviderError(
+            f"openai: unexpected reply shape ({where}): {excerpt(json.dumps(data)[:2000], target.secrets)}",
+            provider="openai",
+            url=target.shown,
+        ) from None
+    if not isinstance(content, str):
+        raise ProviderError(f"openai: {where}: message content is {_describe(content)}, not text", provider="openai")
+    content = scrub_exact(content, target.secrets)
+    model = data.get("model") if isinstance(data.get("model"), str) else request.model
+    finish = choice.get("finish_reason") if isinstance(choice, Mapping) else None
+    prompt_tokens, completion_tokens = _usage(data.get("usage"), request, content, f"openai: {where}")
     return ChatResponse(
-        str(content),
-        str(data.get("model") or request.model),
+        content,
+        str(model),
         "openai",
-        int(usage.get("prompt_tokens") or _count_prompt(request.messages)),
-        int(usage.get("completion_tokens") or get_counter(None).count(str(content))),
-        str(choice.get("finish_reason") or "stop"),
+        prompt_tokens,
+        completion_tokens,
+        str(finish) if isinstance(finish, str) and finish else "stop",
     )
 
 
 def complete(provider: str, request: ChatRequest, registry: Registry, slot: str) -> ChatResponse:
-    """Dispatch to a provider."""
-    if provider == "scripted":
-        return call_scripted(request, registry, slot)
-    if provider == "python":
-        return call_python(request, registry)
-    if provider == "openai":
-        return call_openai(request)
-    raise ConfigError(f"unknown provider '{provider}'", field="provider")
+    """Dispatch to a provider. Whatever goes wrong inside a provider comes out as a CompozyNbError
+    (PROVIDER_ERROR for anything unexpected), never a raw exception.
+
+    Raises:
+        ConfigError: unknown provider, missing key, malformed ``base_url``.
+        ProviderError: the call failed (``PROVIDER_ERROR``, ``PROVIDER_TIMEOUT``, ``PROVIDER_AUTH_ERROR``).
+    """
+    calls: dict[str, Callable[[], ChatResponse]] = {
+        "scripted": lambda: call_scripted(request, registry, slot),
+        "python": lambda: call_python(request, registry),
+        "openai": lambda: call_openai(request),
+    }
+    call = calls.get(provider)
+    if call is None:
+        raise ConfigError(f"unknown provider '{provider}'", field="provider")
+    try:
+        return call()
+    except CompozyNbError:
+        raise
+    except Exception as exc:
+        raise ProviderError(
+            f"{provider}: unexpected {type(exc).__name__}: {excerpt(str(exc))}", provider=provider
+        ) from exc

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from compozy_nb._secrets import excerpt
 from compozy_nb.config._yaml import Document
 from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask, Workflow, WorkflowMemoryTask
@@ -297,8 +298,8 @@ def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any]
         "input": context.get("input", {}),
     }
     defaults = project.provider_defaults(task.provider)
-    for name in ("base_url", "api_key_env"):
-        if options[name] is None and defaults.get(name):
+    for name in ("base_url", "api_key_env", "max_reply_bytes"):
+        if options.get(name) is None and defaults.get(name):
             options[name] = defaults[name]
     request = ChatRequest(
         prompt, task.model or defaults.get("model"), task.temperature, task.max_tokens, task.timeout, options
@@ -310,15 +311,34 @@ def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any]
         for instance, mode in attached:
             if mode == "read-write":
                 instance.append(exchange)
+    redact = _run_redactor(project, [instance for instance, _ in attached])
     return {
-        "content": reply.content,
+        "content": redact(reply.content),
         "role": reply.role,
         "model": reply.model,
         "provider": reply.provider,
         "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
         "finish_reason": reply.finish_reason,
-        "prompt": prompt,
+        "prompt": [{**m, "content": redact(m["content"])} for m in prompt],
     }
+
+
+def _run_redactor(project: Project, instances: Sequence[MemoryInstance]) -> Callable[[Any], Any]:
+    """What the run JSON shows of this turn's prompt and reply: as sent and received (the default; redaction
+    applies to what is stored), or, with ``runs.redact`` in compozy.yaml, redacted by the privacy policy of
+    every memory the task uses."""
+    if not project.settings.runs.redact:
+        return lambda text: text
+    policies = [instance.runtime.privacy for instance in instances if not instance.runtime.privacy.is_empty()]
+
+    def redact(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text
+        for policy in policies:
+            text = policy.redact(text)
+        return text
+
+    return redact
 
 
 @attributed("workflow")
@@ -359,8 +379,8 @@ def run_workflow(
             if task.output:
                 context[task.output] = task_output
             last_output = task_output
-        except CompozyNbError as exc:
-            task_error = {"code": exc.code, "message": str(exc), "task": task.id}
+        except Exception as exc:
+            task_error = {**_error_of(exc), "task": task.id}
             tasks[task.id] = {
                 "status": "failed",
                 "output": None,
@@ -391,6 +411,14 @@ def run_workflow(
     if error is not None:
         run["error"] = error
     return run
+
+
+def _error_of(exc: Exception) -> dict[str, Any]:
+    """A task's error in the run JSON: the code and message of a CompozyNbError; any other exception (a bug,
+    a library raising something unexpected) is INTERNAL_ERROR, with its type and a scrubbed excerpt."""
+    if isinstance(exc, CompozyNbError):
+        return {"code": exc.code, "message": str(exc)}
+    return {"code": "INTERNAL_ERROR", "message": f"{type(exc).__name__}: {excerpt(str(exc))}"}
 
 
 def _ms(started: float) -> float:

@@ -1,0 +1,143 @@
+"""What the framework adapters share: extras, chat keys to memory keys, per-event-loop async memories, and
+removing given stored messages into the archive."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from compozy_nb.memory.aio import AsyncMemory
+from compozy_nb.memory.messages import decode, new_id, utc_now_iso
+from compozy_nb.memory.store import ForeignDataError, redis_errors, script_source
+
+if TYPE_CHECKING:
+    from compozy_nb.backends import Backend
+    from compozy_nb.memory.instance import MemoryInstance
+    from compozy_nb.project import Project
+
+KEY_VARIABLE = "chat_store_key"
+MAX_CACHED = 1024  # memory instances kept per store; beyond, the cache starts over (an instance is cheap to make)
+
+
+def missing_extra(extra: str, module: str, exc: ImportError) -> ImportError:
+    """The ImportError raised when an adapter is imported without its extra."""
+    return ImportError(
+        f"compozy_nb.integrations.{module} needs the optional extra {extra!r} "
+        f"(pip install 'compozy-nb[{extra}]'): {exc}"
+    )
+
+
+class KeyMap:
+    """Chat store keys -> memory instances of one resource.
+
+    The chat store key is the memory key, unless the resource's key template names ``{{.chat_store_key}}``:
+    then the template is rendered with ``key_vars`` and ``chat_store_key``.
+    """
+
+    def __init__(self, project: Project, ref: str, key_vars: Mapping[str, Any]) -> None:
+        self.project = project
+        self.ref = project.resource(ref).id
+        self.key_vars = dict(key_vars)
+        template = project.resource(ref).key or ""
+        self.templated = KEY_VARIABLE in template
+        self._instances: dict[str, MemoryInstance] = {}
+
+    def memory(self, chat_key: str) -> MemoryInstance:
+        """The memory instance of one chat store key (made once, then reused)."""
+        mem = self._instances.get(chat_key)
+        if mem is None:
+            if len(self._instances) >= MAX_CACHED:
+                self._instances.clear()
+            if self.templated:
+                mem = self.project.memory(self.ref, **{**self.key_vars, KEY_VARIABLE: chat_key})
+            else:
+                mem = self.project.memory(self.ref, chat_key)
+            self._instances[chat_key] = mem
+        return mem
+
+    def keys(self) -> list[str]:
+        """The chat store keys stored in this project (SCAN, sorted)."""
+        from compozy_nb.memory.scan import scan_keys
+
+        if not self.templated:
+            return sorted(scan_keys(self.project.backend, self.project.name))
+        pattern = self.memory("*").key  # '*' is a literal in keys and the glob in SCAN
+        head, _, tail = pattern.partition("*")
+        found = scan_keys(self.project.backend, self.project.name, pattern)
+        return sorted(k[len(head) : len(k) - len(tail)] for k in found if k.startswith(head) and k.endswith(tail))
+
+
+# ---------------------------------------------------------------------------------------------- async
+_loop_clients: weakref.WeakKeyDictionary[Backend, tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], Any]]
+_loop_clients = weakref.WeakKeyDictionary()
+
+
+def async_memory(mem: MemoryInstance) -> AsyncMemory:
+    """An :class:`AsyncMemory` whose connections belong to the running event loop.
+
+    A ``redis.asyncio`` connection only works on the loop that opened it, and frameworks run their async code on
+    short-lived loops (LlamaIndex's sync ``Memory.put`` starts one per call in a notebook), so the client is kept
+    per backend and replaced when the running loop changes.
+    """
+    from compozy_nb.backends import _async_client
+
+    loop = asyncio.get_running_loop()
+    entry = _loop_clients.get(mem.backend)
+    if entry is None or entry[0]() is not loop:
+        entry = (weakref.ref(loop), _async_client(mem.backend))
+        _loop_clients[mem.backend] = entry
+    memory = AsyncMemory(mem)
+    memory.client = entry[1]
+    return memory
+
+
+# ---------------------------------------------------------------------------------------------- removal
+def _flush_args(mem: MemoryInstance, raws: Sequence[bytes]) -> list[Any]:
+    """The arguments of the engine's flush script removing exactly ``raws`` (no summary)."""
+    resource = mem.resource
+    args = [mem.runtime.ttl_ms, resource.archive_max_messages, utc_now_iso(), "", 0, "", mem.runtime.track, len(raws)]
+    # the retry-safe engine takes an operation id first (a re-send after a lost reply returns the first result)
+    return [new_id(), *args] if "ARGV: op," in script_source("flush") else args
+
+
+def take(mem: MemoryInstance, start: int, stop: int, operation: str) -> list[dict[str, Any]]:
+    """Remove the stored messages at positions ``start..stop`` (LRANGE bounds) into the archive, atomically.
+
+    The messages are matched by their exact bytes (the engine's flush script), so messages appended meanwhile
+    survive. Returns the removed messages, oldest first.
+    """
+    for attempt in range(2):
+        with redis_errors(operation, mem.key):
+            raws = list(mem.backend.client.lrange(mem.layout.base, start, stop))
+        if not raws:
+            return []
+        try:
+            mem._run("flush", [*_flush_args(mem, raws), *raws], operation)
+        except ForeignDataError:
+            if attempt:
+                raise
+            mem.adopt()
+            continue
+        break
+    return [decode(raw, key=mem.key, position=start + i) for i, raw in enumerate(raws)]
+
+
+async def atake(mem: MemoryInstance, start: int, stop: int, operation: str) -> list[dict[str, Any]]:
+    """:func:`take` on the async path."""
+    memory = async_memory(mem)
+    for attempt in range(2):
+        with redis_errors(operation, mem.key):
+            raws = list(await memory.client.lrange(mem.layout.base, start, stop))
+        if not raws:
+            return []
+        try:
+            await memory._script("flush", [*_flush_args(mem, raws), *raws], operation)
+        except ForeignDataError:
+            if attempt:
+                raise
+            await asyncio.to_thread(mem.adopt)
+            continue
+        break
+    return [decode(raw, key=mem.key, position=start + i) for i, raw in enumerate(raws)]
