@@ -268,13 +268,21 @@ def test_source_magic_and_memory_log_subcommand(backend: Backend) -> None:
 
 
 def test_source_cli(tmp_path: Any, redis_url: str) -> None:
-    from compozy_nb.cli import main
+    import subprocess
+    import sys
+    from pathlib import Path
 
     (tmp_path / "compozy.yaml").write_text("name: clilog\n")
     (tmp_path / "memory").mkdir()
     (tmp_path / "memory" / "mem.yaml").write_text(yaml.safe_dump(SHELL_MEMORY))
     request = {"type": "memory", "operation": "append", "memory_ref": "mem", "key_template": "k", "payload": "hi"}
-    assert main(["exec", json.dumps(request), "--project", str(tmp_path), "--redis", redis_url]) == 0
+    cli = Path(sys.executable).with_name("compozy-nb")  # a process of its own, as a user runs it
+    proc = subprocess.run(
+        [str(cli), "exec", json.dumps(request), "--project", str(tmp_path), "--redis", redis_url],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
     project = Project.load(tmp_path, redis_url=redis_url)
     assert [e["source"] for e in project.memory("mem", key="k").log()] == ["cli"]
 
