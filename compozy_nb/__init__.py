@@ -32,11 +32,14 @@ _EXPORTS: dict[str, str] = {
     "PrivacyError": "compozy_nb.errors",
     "Project": "compozy_nb.project",
     "RunResult": "compozy_nb.results",
+    "Simulation": "compozy_nb.simulation",
     "TemplateError": "compozy_nb.errors",
     "Workflow": "compozy_nb.sdk",
     "WorkflowConfig": "compozy_nb.config.workflow:Workflow",
     "connect": "compozy_nb.backends",
     "inspect": "compozy_nb.notebook.inspector",
+    "simulate": "compozy_nb.simulation",
+    "synthetic_conversations": "compozy_nb.simulation",
 }
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "PrivacyError",
     "Project",
     "RunResult",
+    "Simulation",
     "TemplateError",
     "Workflow",
     "WorkflowConfig",
@@ -67,6 +71,8 @@ __all__ = [
     "connect",
     "inspect",
     "load_ipython_extension",
+    "simulate",
+    "synthetic_conversations",
     "unload_ipython_extension",
 ]
 
@@ -94,6 +100,7 @@ if TYPE_CHECKING:
     from compozy_nb.project import Project
     from compozy_nb.results import OperationResult, RunResult
     from compozy_nb.sdk import MemoryResource, Workflow
+    from compozy_nb.simulation import Simulation, simulate, synthetic_conversations
 
 
 def __getattr__(name: str) -> Any:

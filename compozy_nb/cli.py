@@ -15,6 +15,7 @@ from typing import Any
 
 from compozy_nb.errors import CompozyNbError, ConfigError
 from compozy_nb.limits import MAX_DEPTH, check_depth, depth_error
+from compozy_nb.memory.log import attributed
 
 
 def _read_json(source: str, what: str) -> Any:
@@ -339,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@attributed("cli")
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = build_parser()

@@ -67,7 +67,7 @@ def snapshot_path(url: str) -> Path | None:
 
 def announce() -> None:
     """Say once that the embedded backend is in use: one info line on stdout in IPython/Jupyter (not an error
-    box), on stderr elsewhere (the CLI's stdout stays machine-readable)."""
+    box), on stderr elsewhere and always from the CLI (whose stdout stays machine-readable)."""
     global _announced
     if _announced:
         return
@@ -82,6 +82,10 @@ def announce() -> None:
 
 
 def _in_ipython() -> bool:
+    from compozy_nb.memory.log import current_source
+
+    if current_source() == "cli":  # the CLI run in-process (e.g. from a notebook): its stdout is data
+        return False
     ipython = sys.modules.get("IPython")
     return ipython is not None and ipython.get_ipython() is not None
 

@@ -36,6 +36,7 @@ def test_all_is_curated() -> None:
         "PrivacyError",
         "Project",
         "RunResult",
+        "Simulation",
         "TemplateError",
         "Workflow",
         "WorkflowConfig",
@@ -44,6 +45,8 @@ def test_all_is_curated() -> None:
         "inspect",
         "load_ipython_extension",
         "unload_ipython_extension",
+        "simulate",
+        "synthetic_conversations",
     }
     assert set(compozy_nb.__all__) == expected
 

@@ -129,7 +129,7 @@ def project(backend: Backend) -> Project:
 def test_seeded_state_has_every_kind_of_key(project: Project) -> None:
     state = snapshot(project.backend.client)
     kinds = {kind for kind, _, _ in state.values()}
-    assert kinds == {"list", "hash", "set", "zset", "string"}
+    assert kinds == {"list", "hash", "set", "zset", "string", "stream"}  # stream: the operation log
     assert any(has_ttl for _, _, has_ttl in state.values())
     assert any(key.endswith(":archive") for key in state)
     assert any(":backup:" in key for key in state)

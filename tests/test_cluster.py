@@ -186,7 +186,7 @@ def test_instance_keys_share_one_hash_tag_and_slot(cluster: RedisCluster, projec
     assert layout.metadata == "compozy:demo:memory:{conv:u1:s1}:metadata"
     found = instance_keys(cluster, layout)
     plain = {name[len(layout.base) :] for name in found if ":backup:" not in name}
-    assert plain == {"", ":metadata", ":archive", ":ids", ":access", ":backups"}
+    assert plain == {"", ":metadata", ":archive", ":ids", ":access", ":backups", ":log"}
     assert any(":backup:" in name for name in found)
     assert all(name.startswith("compozy:demo:memory:{conv:u1:s1}") for name in found)
     slots = {cluster.keyslot(name) for name in found}

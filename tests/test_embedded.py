@@ -85,3 +85,18 @@ p2 = compozy_nb.Project(); p2.backend
     assert done.stdout.count("compozy-nb: no Redis URL configured") == 1 and done.stderr == ""
     cli = _python("import compozy_nb; compozy_nb.Project().backend")
     assert cli.stdout == "" and "no Redis URL configured" in cli.stderr  # the CLI's stdout stays clean
+
+
+def test_the_cli_keeps_stdout_machine_readable_even_inside_an_ipython_process() -> None:
+    code = """
+from IPython.core.interactiveshell import InteractiveShell
+ip = InteractiveShell.instance()
+from compozy_nb.cli import main
+main(["exec", "--project", "examples/memory-workflow",
+      '{"operation": "health", "memory_ref": "conversation_memory", "key_template": "monitor:probe"}'])
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("COMPOZY_REDIS_URL", None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert json.loads(done.stdout)["output"]["operation"] == "health"  # the notice is not on stdout
+    assert "no Redis URL configured" in done.stderr

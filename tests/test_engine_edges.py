@@ -64,6 +64,7 @@ def snapshot(client: redis.Redis, layout: KeyLayout) -> dict[str, Any]:
             "hash": client.hgetall(key) if kind == "hash" else None,
             "set": sorted(client.smembers(key)) if kind == "set" else None,
             "zset": client.zrange(key, 0, -1, withscores=True) if kind == "zset" else None,
+            "stream": client.xrange(key) if kind == "stream" else None,
         }[kind]
         state[key.decode()] = (kind, value, client.pttl(key) > 0)
     return state

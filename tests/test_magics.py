@@ -72,6 +72,8 @@ def redis_snapshot(backend: Backend) -> dict[bytes, object]:
             snap[key] = sorted(client.smembers(key))
         elif kind == b"zset":
             snap[key] = client.zrange(key, 0, -1, withscores=True)
+        elif kind == b"stream":  # the operation log
+            snap[key] = client.xrange(key)
         else:
             snap[key] = client.get(key)
     return snap

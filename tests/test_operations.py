@@ -469,6 +469,8 @@ def _all_values(client: Any) -> dict[str, bytes]:
             parts = [m for m, _ in client.zrange(name, 0, -1, withscores=True)]
         elif kind == "string":
             parts = [client.get(name)]
+        elif kind == "stream":  # the operation log
+            parts = [x for _, fields in client.xrange(name) for kv in fields.items() for x in kv]
         else:  # pragma: no cover - we create no other type
             raise AssertionError(f"unexpected type {kind} for {name!r}")
         dump[_s(name)] = b"\n".join(p if isinstance(p, bytes) else str(p).encode() for p in parts)

@@ -299,7 +299,7 @@ def test_inspector_lists_sorts_selects_and_pages(backend: Backend) -> None:
     assert inspector.instance.options == ("conv:ann:s1", "conv:bob:s2")
     inspector.instance.value = "conv:bob:s2"
     assert "hi from bob" in inspector.transcript.value
-    assert "no operation log" in inspector.log.value
+    assert "operation log · conv:bob:s2" in inspector.log.value
     project.memory("conv", user_id="cat", session_id="s3").append({"role": "user", "content": "new"})
     inspector.refresh_button.click()
     assert "conv:cat:s3" in inspector.instance.options and inspector.instance.value == "conv:bob:s2"

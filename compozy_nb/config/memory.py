@@ -159,6 +159,14 @@ class TokenAllocation(_Strict):
         return self
 
 
+class LogConfig(_Strict):
+    """``log``: the operation log, one event per change in a capped stream next to the memory (memory/log.py)."""
+
+    enabled: bool = True
+    max_events: int = Field(10000, ge=1, le=MAX_COUNT)
+    reads: bool = False
+
+
 class MemoryResource(_Strict):
     """A memory resource, as written in ``memory/*.yaml``.
 
@@ -188,6 +196,7 @@ class MemoryResource(_Strict):
     )
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, gt=0, le=MAX_COUNT)
     archive_max_messages: int = Field(DEFAULT_ARCHIVE_MAX, ge=0, le=MAX_COUNT)
+    log: LogConfig = Field(default_factory=LogConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -39,6 +39,7 @@ class AsyncMemory:
     async def _script(self, name: str, args: Sequence[Any], operation: str) -> Any:
         mem = self.instance
         keys = mem.layout.all_keys
+        args = [*args, mem._log_arg(operation)] if name != "read" else args
         async with self._limit:
             with redis_errors(operation, mem.key):
                 try:

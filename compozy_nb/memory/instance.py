@@ -29,6 +29,7 @@ from compozy_nb.errors import (
 )
 from compozy_nb.memory import flush as flushing
 from compozy_nb.memory import frames, transcript
+from compozy_nb.memory import log as oplog
 from compozy_nb.memory.keys import KeyLayout, compozy_key_warning, validate_key
 from compozy_nb.memory.messages import (
     Encoded,
@@ -136,17 +137,45 @@ class MemoryInstance:
 
         return plot_memory(self, ax=ax)
 
+    def log(self, since: Any = None, limit: int | None = None) -> oplog.LogResult:
+        """The operation log, oldest first: one event per change (``to_pandas()`` gives the timeline).
+
+        Args:
+            since: Only events from then on: a datetime, milliseconds since the epoch, or an event ``id``.
+            limit: At most this many events.
+        """
+        return oplog.read_log(self, since, limit)
+
+    def why(self, message_id: str) -> Output:
+        """Where a message went, from the log: kept, evicted (when, by the limit), flushed (strategy), folded
+        into a summary (its id), cleared (backup key), replaced by a write, or unknown."""
+        return oplog.why(self, message_id)
+
+    def plot_log(self, ax: Any = None) -> Any:
+        """Tokens and messages over time from the log, evictions/flushes/summaries marked (matplotlib)."""
+        from compozy_nb.notebook.log_plot import plot_log
+
+        return plot_log(self.log(), ax=ax)
+
     # ------------------------------------------------------------------ helpers
     def _out(self, operation: str, **values: Any) -> Output:
         return OperationResult(
             {"operation": operation, "key": self.key, **values}, limits=display_limits(self.resource)
         )
 
-    def _run(self, script: str, args: Sequence[Any], operation: str) -> Any:
+    def _run(self, script: str, args: Sequence[Any], operation: str, strategy: str | None = None) -> Any:
+        args = [*args, self._log_arg(operation, strategy)] if script != "read" else args
         return self._scripts.run(script, self._keys, args, operation=operation, key=self.key)
+
+    def _log_arg(self, operation: str, strategy: str | None = None) -> str:
+        """The last argument of a write script: its operation log entry's settings (memory/log.py)."""
+        settings = self.resource.log
+        return oplog.log_argument(settings.enabled, settings.max_events, self.runtime.ttl_ms, operation, strategy)
 
     def _encode(self, payload: Any, operation: str) -> tuple[list[Encoded], int]:
         messages = normalize_payload(payload, operation=operation)
+        if self.resource.log.enabled:
+            oplog.note_redactions(oplog.count_redactions(self.runtime.privacy, messages))
         messages, skipped = self.runtime.privacy.apply(messages)
         now = utc_now_iso()
         encoded = [
@@ -343,6 +372,8 @@ class MemoryInstance:
         out = self._read_output(total, raws, offset, limit, last=last, max_tokens=max_tokens, archive=archive)
         if warnings:
             out["warnings"] = warnings
+        if self.resource.log.reads and self.resource.log.enabled:
+            oplog.log_read(self, out["count"])
         return out
 
     def _read_without_record(
@@ -635,6 +666,7 @@ class MemoryInstance:
                 *(s.raw for s in plan.remove),
             ],
             "flush",
+            plan.strategy,
         )
         removed, remaining_count, remaining_tokens, summary_written = (int(v) for v in result)
         if summary_written == -1:  # a racing flush took some of the planned messages: it did the work

@@ -14,7 +14,7 @@ KEY_PATTERN = re.compile(r"^[A-Za-z0-9_:\-@.*]{1,255}$")
 COMPOZY_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_:\-@.]{1,256}$")
 _TEMPLATE_ACTION = re.compile(r"\{\{.*?\}\}", re.DOTALL)
 _FORBIDDEN_CHAR = re.compile(r"[^A-Za-z0-9_:\-@.*]")
-RESERVED_SUFFIXES = frozenset({"metadata", "archive", "ids", "access", "backups"})
+RESERVED_SUFFIXES = frozenset({"metadata", "archive", "ids", "access", "backups", "log"})
 
 
 def validate_key(key: str) -> str:
@@ -131,6 +131,11 @@ class KeyLayout:
         """The SET naming this instance's backup keys."""
         return f"{self.base}:backups"
 
+    @property
+    def log(self) -> str:
+        """The capped STREAM of operation events (memory/log.py)."""
+        return f"{self.base}:log"
+
     def backup(self, stamp: str) -> str:
         """The LIST holding one backup made by ``clear``."""
         return f"{self.base}:backup:{stamp}"
@@ -138,7 +143,7 @@ class KeyLayout:
     @property
     def all_keys(self) -> list[str]:
         """The keys every write script receives, in the order the scripts expect."""
-        return [self.base, self.metadata, self.archive, self.ids, self.access, self.backups]
+        return [self.base, self.metadata, self.archive, self.ids, self.access, self.backups, self.log]
 
     @staticmethod
     def pattern(project: str, key_pattern: str = "*", cluster: bool = False) -> str:

@@ -20,6 +20,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 from traitlets import Bool, Int, Unicode
 
 from compozy_nb.errors import CompozyNbError
+from compozy_nb.memory.log import log_source
 from compozy_nb.results import DISPLAY
 
 HELP = """\
@@ -40,7 +41,7 @@ HELP = """\
 {name} in a line is the value of the Python variable `name` (keys, --var values); --payload/--input take
 JSON or $variable. A # starts a comment. Settings: %config Compozy.redis_url / display_limit / progress."""
 
-MEMORY_OPS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats", "ls")
+MEMORY_OPS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats", "ls", "log")
 _INTERPOLATION = re.compile(r"(?<!\{)\{([A-Za-z_]\w*)\}(?!\})")
 _RAW_VALUES = ("--payload", "--input")
 
@@ -102,6 +103,10 @@ def _memory_parser(sub: Any) -> None:
     _instance_options(p)
     p.add_argument("--include-content", dest="include_content", action="store_true", help="oldest/newest previews")
     p.add_argument("--pattern", default=None, help="stats of every instance whose key matches GLOB")
+    p = ops.add_parser("log", help="the operation log as a timeline DataFrame")
+    _instance_options(p)
+    p.add_argument("--since", default=None, help="events from then on: ms since the epoch or an event id")
+    p.add_argument("--limit", type=int, default=None, help="at most N events")
     p = ops.add_parser("ls", help="stored instances matching a pattern, with stats")
     p.add_argument("ref", nargs="?", default=None, help="memory resource (its limits and key variables)")
     p.add_argument("--pattern", default="*", help="key GLOB (default *)")
@@ -130,7 +135,21 @@ def _parser() -> _Parser:
     _memory_parser(sub)
     p = sub.add_parser("inspect", help="interactive memory inspector")
     p.add_argument("--pattern", default="*", help="key GLOB (default *)")
+    _simulate_parser(sub)
     return parser
+
+
+def _simulate_parser(sub: Any) -> None:
+    p = sub.add_parser("simulate", help="what-if simulator", description="Replay DF under each --resource.")
+    p.add_argument("frame", help="the conversations DataFrame variable (DF or $DF)")
+    p.add_argument("--resource", action="append", default=[], required=True, help="a memory resource (repeat)")
+    read = p.add_mutually_exclusive_group()
+    read.add_argument("--max-tokens", dest="max_tokens", type=int, default=None, help="agent reads this budget")
+    read.add_argument("--last", type=int, default=None, help="agent reads the newest N messages")
+    p.add_argument("--price", type=float, default=None, help="price per 1,000 tokens sent")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: by input size)")
+    p.add_argument("--backend", default="embedded://", help="embedded:// (default) or a Redis URL")
+    p.add_argument("-o", "--output", dest="out", default=None, help="also store the Simulation in this variable")
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -198,9 +217,10 @@ class Compozy(Magics):
     def compozy(self, line: str, cell: str | None = None) -> Any:
         """Define resources (cell) or run a subcommand (line). ``%compozy help`` lists them."""
         try:
-            if cell is not None:
-                return self._define(line, cell)
-            return self._command(line)
+            with log_source("magic"):
+                if cell is not None:
+                    return self._define(line, cell)
+                return self._command(line)
         except CompozyNbError as exc:
             raise UsageError(f"[{exc.code}] {exc}") from None
 
@@ -352,7 +372,7 @@ class Compozy(Magics):
             return frame
         mem = project.memory(args.ref, key=args.key, **self._key_variables(args))
         result = self._operate(mem, args)
-        if args.op == "read":
+        if args.op in ("read", "log"):
             value = result.to_pandas()
         elif args.op == "stats":
             value = stats_frame([result], mem.resource.key, single=True)
@@ -423,6 +443,9 @@ class Compozy(Magics):
             if payload is None:
                 raise UsageError(f"%compozy memory {args.op}: --payload is required")
             return mem.write(payload) if args.op == "write" else mem.append(payload)
+        if args.op == "log":
+            since = int(args.since) if args.since and args.since.isdigit() else args.since
+            return mem.log(since=since, limit=args.limit)
         if args.op == "read":
             return mem.read(
                 args.limit,
@@ -443,6 +466,23 @@ class Compozy(Magics):
         if args.op == "health":
             return mem.health()
         return mem.delete()
+
+    def _cmd_simulate(self, args: argparse.Namespace) -> Any:
+        from compozy_nb.simulation import simulate
+
+        frame = self._value(args.frame if args.frame.startswith("$") else "$" + args.frame, "simulate")
+        read = {"max_tokens": args.max_tokens, "last": args.last}
+        result = simulate(
+            frame,
+            [self.project.resource(ref) for ref in args.resource],
+            read={k: v for k, v in read.items() if v is not None} or None,
+            price_per_1k_tokens=args.price,
+            backend=args.backend,
+            max_workers=args.workers,
+            progress=bool(self.progress),
+        )
+        self._store(args.out, result)
+        return result
 
 
 _STATE = "_compozy_nb_project"

@@ -39,6 +39,7 @@ from compozy_nb.errors import BackendError, CompozyNbError, ConfigError
 from compozy_nb.memory.aio import AsyncMemory
 from compozy_nb.memory.instance import MemoryInstance, Output
 from compozy_nb.memory.keys import validate_key
+from compozy_nb.memory.log import LogSourceMiddleware
 from compozy_nb.memory.store import redis_errors
 from compozy_nb.project import Project
 from compozy_nb.server.errors import (
@@ -383,6 +384,7 @@ def create_app(
     )
     app.state.project = project
     app.add_middleware(RequestGuard, max_bytes=max_body_bytes, body_timeout=body_timeout)
+    app.add_middleware(LogSourceMiddleware, source="http")
     if token:
         app.add_middleware(BearerAuth, token=token)
     else:
@@ -671,6 +673,19 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         out = engine.memory(memory_ref, key).stats(include_content=include_content)
         data = {**out, "context_window_used": out["message_count"], "token_limit": out["max_tokens"]}
         return _ok("memory stats retrieved successfully", data)
+
+    @app.get(f"{base}/log", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
+    def log(
+        memory_ref: str,
+        key: KeyQuery,
+        since: Annotated[str | None, Query(max_length=40, description="ms since the epoch or an event id")] = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    ) -> JSONResponse:
+        """The operation log, oldest first: ``{key, count, events: [{id, ts, operation, source, ...}]}``."""
+        mem = engine.memory(memory_ref, key)
+        events = _call(lambda: mem.log(since=since, limit=limit))
+        data = {"key": key, "count": len(events), "events": [{**e, "ts": e["ts"].isoformat()} for e in events]}
+        return _ok("memory log retrieved successfully", data)
 
     @app.get(f"{base}/instances", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
     def instances(

@@ -15,6 +15,7 @@ from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask, Workflow, WorkflowMemoryTask
 from compozy_nb.errors import CompozyNbError, ConfigError, MemoryNotFoundError, TemplateError
 from compozy_nb.memory.instance import MemoryInstance, run_operation
+from compozy_nb.memory.log import attributed
 from compozy_nb.memory.transcript import text_projection
 from compozy_nb.results import RunResult
 from compozy_nb.templating import format_value, referenced_paths, render, render_key, render_value
@@ -396,6 +397,7 @@ def _run_redactor(project: Project, instances: Sequence[MemoryInstance]) -> Call
     return redact
 
 
+@attributed("workflow")
 def run_workflow(
     project: Project, workflow: Workflow, data: Mapping[str, Any] | None = None, exec_id: str | None = None
 ) -> dict[str, Any]:

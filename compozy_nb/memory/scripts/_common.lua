@@ -1,5 +1,5 @@
 -- Shared helpers, prepended to every script by store.py.
--- KEYS: 1 messages list, 2 metadata hash, 3 archive list, 4 ids set, 5 access zset, 6 backups set.
+-- KEYS: 1 messages list, 2 metadata hash, 3 archive list, 4 ids set, 5 access zset, 6 backups set, 7 log stream.
 -- Every script checks all of its arguments before its first write, and writes nothing when a check fails.
 local LIST, META, ARCHIVE, IDS, ACCESS, BACKUPS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local MAX_INT = 9007199254740991   -- 2^53 - 1: exact in Lua numbers, JSON and Redis replies
@@ -151,4 +151,45 @@ local function expire_all(ttl_ms, track)
   redis.call('PEXPIRE', ARCHIVE, ttl_ms)
   redis.call('PEXPIRE', IDS, ttl_ms)
   if track then redis.call('PEXPIRE', ACCESS, ttl_ms) end
+end
+
+-- The operation log (memory/log.py): the caller adds one last argument, {"_log":1, "on", "max", "ttl", "op",
+-- "source", "strategy"?, "redacted"?}, taken off ARGV here, so every script sees only its own arguments. KEYS[7]
+-- is the capped stream next to the memory. log_event(fields) adds one entry in the same script as the change it
+-- describes: lists are JSON arrays, numbers integers; an absent or invalid log argument logs nothing.
+local LOG = KEYS[7]
+local LOG_CFG = nil
+if LOG and string.sub(ARGV[#ARGV] or '', 1, 8) == '{"_log":' then
+  local ok, cfg = pcall(cjson.decode, table.remove(ARGV))
+  if ok and type(cfg) == 'table' and cfg['on'] == true and type(cfg['op']) == 'string'
+      and type(cfg['source']) == 'string' and int_arg(tostring(cfg['max']), MAX_INT)
+      and int_arg(tostring(cfg['ttl']), MAX_TTL_MS) and cfg['max'] >= 1 then
+    LOG_CFG = cfg
+  end
+end
+
+local function log_value(value)
+  if type(value) == 'table' then
+    if #value == 0 then return '[]' end
+    return cjson.encode(value)
+  end
+  if type(value) == 'number' then return string.format('%d', value) end
+  return tostring(value)
+end
+
+local function log_event(fields)
+  if not LOG_CFG then return end
+  local args = {'XADD', LOG, 'MAXLEN', log_value(LOG_CFG['max']), '*', 'op', LOG_CFG['op'], 'source', LOG_CFG['source']}
+  for _, name in ipairs({'strategy', 'redacted'}) do
+    if LOG_CFG[name] ~= nil then
+      args[#args + 1] = name
+      args[#args + 1] = log_value(LOG_CFG[name])
+    end
+  end
+  for name, value in pairs(fields) do
+    args[#args + 1] = name
+    args[#args + 1] = log_value(value)
+  end
+  redis.call(unpack(args))
+  if LOG_CFG['ttl'] > 0 then redis.call('PEXPIRE', LOG, LOG_CFG['ttl']) end
 end

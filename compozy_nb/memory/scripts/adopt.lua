@@ -34,4 +34,5 @@ if ttl > 0 then
   redis.call('PEXPIRE', META, ttl)
   redis.call('PEXPIRE', IDS, ttl)
 end
+log_event({ids = ids, count = n, messages = n, tokens = tokens})
 return 1

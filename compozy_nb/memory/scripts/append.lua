@@ -191,4 +191,7 @@ local result = save_counters(new_count, new_tokens, op,
   {#new, new_count, new_tokens, removed_msgs, duplicates, removed_tokens}, first, last)
 if removed_msgs > 0 then redis.call('HINCRBY', META, 'evicted_count', removed_msgs) end
 expire_all(ttl_ms, track)
+for i, m in ipairs(new) do if drop_new[i] then evicted_ids[#evicted_ids + 1] = m.id end end
+log_event({appended = #kept, ids = stored_ids, evicted = removed_msgs, evicted_ids = evicted_ids,
+  duplicates = duplicates, messages = new_count, tokens = new_tokens})
 return result

@@ -1,6 +1,6 @@
 -- Clear the messages of an instance, optionally keeping them in a backup list first.
 -- ARGV: backup_key ('' = no backup; else LIST .. ':backup:' .. a stamp unique to the call), ttl_ms.
--- The archive and earlier backups are kept. A re-send of a call that already made its backup (its reply
+-- The archive, earlier backups and the operation log are kept. A re-send of a call that already made its backup (its reply
 -- was lost, the client retried) finds that backup and returns the same result, clearing nothing again.
 -- Returns {messages_cleared, backup_created}.
 local backup_key = ARGV[1]
@@ -25,4 +25,5 @@ if backup_key ~= '' and count > 0 then
   backed_up = 1
 end
 redis.call('DEL', LIST, META, IDS, ACCESS)
+log_event({cleared = count, backup_key = backed_up == 1 and backup_key or nil, messages = 0, tokens = 0})
 return {count, backed_up}

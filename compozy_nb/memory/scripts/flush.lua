@@ -84,4 +84,6 @@ local result = save_counters(count, tokens, op, {#removed, count, tokens, summar
 redis.call('HSET', META, 'last_flush', now_iso)
 redis.call('HINCRBY', META, 'flush_count', 1)
 expire_all(ttl_ms, track)
+log_event({flushed = #removed, flushed_ids = removed_ids, summary_id = summary_written == 1 and summary_id or nil,
+  messages = count, tokens = tokens})
 return result
