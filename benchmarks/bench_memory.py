@@ -246,6 +246,71 @@ class Bench:
         )
         return rows
 
+    # ------------------------------------------------------------------ 3b. tool-call transcripts
+    def tool_turn(self, n: int) -> list[dict[str, Any]]:
+        """One agent turn: a question, an assistant tool call, its result, the answer (~4 x 50 tokens)."""
+        text = self.contents[n % len(self.contents)]
+        call = {
+            "id": f"call_{n}",
+            "type": "function",
+            "function": {"name": "lookup", "arguments": json.dumps({"q": text[:80]})},
+        }
+        return [
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"call_{n}", "content": text},
+            {"role": "assistant", "content": [{"type": "text", "text": text}]},
+        ]
+
+    def bench_transcript(self) -> list[Row]:
+        """Budget reads of a tool-call transcript (whole groups), against the same LRANGE baseline."""
+        cases: dict[str, Callable[[], Any]] = {}
+        windows: dict[int, int] = {}
+        raw = self.raw
+        sizes = (100, 10_000)
+        for size in sizes:
+            mem = self.memory("bench_big", f"bench:transcript:{size}")
+            for start in range(0, size // 4, FILL_BATCH // 4):
+                mem.append(
+                    [m for n in range(start, min(start + FILL_BATCH // 4, size // 4)) for m in self.tool_turn(n)]
+                )
+            window = mem.read(max_tokens=BUDGET)["count"]
+            windows[size] = window
+            base = mem.layout.base
+
+            def subject(mem: MemoryInstance = mem) -> None:
+                mem.read(max_tokens=BUDGET)
+
+            def baseline(base: str = base, window: int = window) -> None:
+                [json.loads(r) for r in raw.lrange(base, -window, -1)]
+
+            cases[f"subject{size}"] = subject
+            cases[f"baseline{size}"] = baseline
+        t = self._time(cases, self.settings.budget_iterations)
+        rows = [
+            Row(
+                f"transcript read max_tokens={BUDGET} @ {size:,} msgs",
+                percentile(t[f"subject{size}"], 0.5),
+                percentile(t[f"subject{size}"], 0.99),
+                f"LRANGE -{windows[size]} -1 + json.loads",
+                percentile(t[f"baseline{size}"], 0.5),
+                TARGETS["read_budget"],
+                "tool-call groups kept whole",
+            )
+            for size in sizes
+        ]
+        rows.append(
+            Row(
+                "transcript max_tokens: 10,000 vs 100 msgs",
+                rows[1].p50,
+                rows[1].p99,
+                "transcript read @ 100 msgs",
+                rows[0].p50,
+                TARGETS["budget_flat"],
+            )
+        )
+        return rows
+
     # ------------------------------------------------------------------ 4. stats
     def bench_stats(self) -> list[Row]:
         small = self.memory("bench_big", "bench:stats:small")
@@ -367,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                 bench.bench_append,
                 bench.bench_read_last,
                 bench.bench_read_budget,
+                bench.bench_transcript,
                 bench.bench_stats,
             ):
                 print(f"- {step.__name__.removeprefix('bench_')} ...", flush=True)

@@ -183,6 +183,24 @@ def cmd_memory_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory_export(args: argparse.Namespace) -> int:
+    """Write one instance's messages to a JSONL (or .parquet) file."""
+    out = _load(args).memory(args.ref, key=args.key).export(args.path, archive=args.archive)
+    _print(out) if args.json else print(f"exported {out['count']} message(s) to {out['path']}")
+    return 0
+
+
+def cmd_memory_import(args: argparse.Namespace) -> int:
+    """Append (or with --replace, write) the messages of an exported file to one instance."""
+    out = _load(args).memory(args.ref, key=args.key).import_file(args.path, replace=args.replace)
+    if args.json:
+        _print(out)
+    else:
+        added = out["count"] if args.replace else out["appended"]
+        print(f"imported {added} message(s) into {out['key']} ({out.get('duplicates', 0)} already there)")
+    return 0
+
+
 STATS_COLUMNS = ("message_count", "token_count", "max_tokens", "token_utilization", "role_distribution", "ttl_seconds")
 DEMO_TURNS = (
     "Hi! I'm Ann, my email is ann@example.com.",
@@ -282,7 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_show.add_argument("ref", help="memory resource id")
     p_show.add_argument("--key", required=True, help="the memory key, e.g. conv:u1:s1")
     p_show.add_argument("--last", type=int, default=None, help="only the newest N messages")
-    for p_m in (p_ls, p_show):
+    p_export = mem_sub.add_parser("export", help="write an instance's messages to JSONL (or .parquet)")
+    p_import = mem_sub.add_parser("import", help="append an exported file's messages (ids kept)")
+    for p_m in (p_export, p_import):
+        p_m.add_argument("ref", help="memory resource id")
+        p_m.add_argument("--key", required=True, help="the memory key, e.g. conv:u1:s1")
+        p_m.add_argument("path", help="the file: JSONL, or Parquet when it ends in .parquet")
+    p_export.add_argument("--archive", action="store_true", help="export the archive instead")
+    p_import.add_argument("--replace", action="store_true", help="replace the content instead of appending")
+    p_export.set_defaults(func=cmd_memory_export)
+    p_import.set_defaults(func=cmd_memory_import)
+    for p_m in (p_ls, p_show, p_export, p_import):
         p_m.add_argument("--project", default=".", help="project directory (default: .)")
         p_m.add_argument("--redis", default=None, help="backend URL")
         p_m.add_argument("--json", action="store_true", help="print JSON instead of tables")

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import math
 import re
 import warnings
@@ -58,7 +59,7 @@ from typing import Any
 
 import regex
 
-from compozy_nb.errors import ConfigError, PrivacyError
+from compozy_nb.errors import ConfigError, InvalidPayloadError, PrivacyError
 
 DEFAULT_REDACTION = "[REDACTED]"
 """Replacement used when the policy names none (Compozy's ``default_redaction_string``)."""
@@ -627,24 +628,100 @@ class PrivacyPolicy:
         # A callable keeps the redaction literal; empty matches (e.g. of ``\d*``) are left alone.
         return self._redaction if match.end() > match.start() else ""
 
-    def _redact_value(self, value: Any) -> Any:
-        """Redact the string leaves of a JSON-like value, rebuilding containers (keys are kept)."""
+    def _redact_value(self, value: Any, field: str) -> Any:
+        """Redact the string leaves and the mapping keys of a JSON-like value, rebuilding containers.
+
+        Raises:
+            InvalidPayloadError: two keys of one mapping become the same once redacted.
+        """
         if isinstance(value, str):
             return self.redact(value)
         if isinstance(value, Mapping):
-            return {key: self._redact_value(item) for key, item in value.items()}
+            return self._redact_mapping(value, field, frozenset())
         if isinstance(value, list):
-            return [self._redact_value(item) for item in value]
+            return [self._redact_value(item, f"{field}[{i}]") for i, item in enumerate(value)]
         if isinstance(value, tuple):
-            return tuple(self._redact_value(item) for item in value)
+            return tuple(self._redact_value(item, f"{field}[{i}]") for i, item in enumerate(value))
         return value
+
+    def _redact_mapping(self, value: Mapping[Any, Any], field: str, kept: frozenset[str]) -> dict[Any, Any]:
+        """Redact keys (except ``kept``) and values; a collision of redacted keys is refused."""
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            name = key if key in kept or not isinstance(key, str) else self.redact(key)
+            if name in out:
+                raise InvalidPayloadError(
+                    f"{field}: two field names become the same once redacted; rename them",
+                    operation="redact",
+                    field=field,
+                )
+            out[name] = self._redact_value(item, f"{field}.{name}")
+        return out
+
+    def _redact_message(self, message: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Redact one message: text, parts, tool call arguments, name, extra fields (values and names)."""
+        copy = self._redact_mapping({k: v for k, v in message.items() if k not in _STRUCTURED}, where, _MESSAGE_FIELDS)
+        for name in _STRUCTURED:
+            if name in message:
+                copy[name] = message[name]
+        for name in _IDENTIFIERS:
+            if name in message:
+                copy[name] = message[name]
+        content = message.get("content")
+        if isinstance(content, list):
+            copy["content"] = [self._redact_part(part, f"{where}.content[{i}]") for i, part in enumerate(content)]
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            copy["tool_calls"] = [self._redact_call(call, f"{where}.tool_calls[{i}]") for i, call in enumerate(calls)]
+        return copy
+
+    def _redact_part(self, part: Any, field: str) -> Any:
+        """A content part: its text redacted; binary data (``data:`` URLs, base64 audio/files) left whole."""
+        if not isinstance(part, Mapping):
+            return part
+        kind = str(part.get("type", ""))
+        out = dict(part)
+        for name, value in part.items():
+            if name == "type":
+                continue
+            if isinstance(value, Mapping) and name == kind:
+                out[name] = {
+                    k: v if _binary(kind, k, v) else self._redact_value(v, f"{field}.{name}.{k}")
+                    for k, v in value.items()
+                }
+            else:
+                out[name] = self._redact_value(value, f"{field}.{name}")
+        return out
+
+    def _redact_call(self, call: Any, field: str) -> Any:
+        """A tool call: ``arguments`` redacted as JSON (values and keys, still valid JSON); id and name kept."""
+        if not isinstance(call, Mapping) or not isinstance(call.get("function"), Mapping):
+            return call
+        function = dict(call["function"])
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            function["arguments"] = self._redact_arguments(arguments, f"{field}.function.arguments")
+        return {**call, "function": function}
+
+    def _redact_arguments(self, arguments: str, field: str) -> str:
+        try:
+            decoded = json.loads(arguments)
+        except ValueError:
+            return self.redact(arguments)
+        redacted = self._redact_value(decoded, field)
+        if redacted == decoded:
+            return arguments  # unchanged: keep the model's exact bytes
+        return json.dumps(redacted, ensure_ascii=False)
 
     def apply(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], int]:
         """Prepare messages for storage.
 
         Messages whose role is non-persistable are dropped. The others are copied and every string they
-        store is redacted: ``content``, ``metadata`` and any extra field, at any depth (not ``role`` and
-        ``id``, which are identifiers). The input is never mutated.
+        store is redacted: ``content`` (text and text parts), ``name``, tool call arguments (decoded as JSON:
+        values and keys redacted, re-encoded as valid JSON), ``metadata`` and any extra field, at any depth,
+        mapping keys included. Identifiers are kept: ``role``, ``id``, ``tool_call_id``, a tool call's ``id``,
+        ``type`` and function name, part types; and so is binary data (``data:`` image URLs, base64 audio and
+        files). The input is never mutated.
 
         Args:
             messages: Messages as mappings with ``role`` and ``content``.
@@ -654,25 +731,29 @@ class PrivacyPolicy:
 
         Raises:
             PrivacyError: If a redaction runs past its time bound.
+            InvalidPayloadError: If two mapping keys become the same once redacted.
         """
         if self.is_empty():
             return [dict(message) for message in messages], 0
         kept: list[dict[str, Any]] = []
         skipped = 0
-        for message in messages:
+        for index, message in enumerate(messages):
             if not self.persistable(message.get("role", "")):
                 skipped += 1
                 continue
-            copy = dict(message)
-            if self._compiled:
-                for name, value in copy.items():
-                    if name not in _IDENTIFIERS:
-                        copy[name] = self._redact_value(value)
-            kept.append(copy)
+            kept.append(self._redact_message(message, f"payload[{index}]") if self._compiled else dict(message))
         return kept, skipped
 
 
-_IDENTIFIERS = frozenset({"role", "id"})
+def _binary(kind: str, name: str, value: Any) -> bool:
+    if kind == "image_url" and name == "url":
+        return isinstance(value, str) and value.startswith("data:")
+    return (kind, name) in (("input_audio", "data"), ("file", "file_data"))
+
+
+_IDENTIFIERS = frozenset({"role", "id", "tool_call_id"})
+_STRUCTURED = frozenset({"role", "id", "tool_call_id", "tool_calls"})
+_MESSAGE_FIELDS = frozenset({"role", "content", "id", "name", "tool_calls", "tool_call_id", "refusal", "metadata"})
 
 __all__ = [
     "DEFAULT_REDACTION",

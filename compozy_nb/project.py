@@ -333,6 +333,14 @@ class Project:
         """
         return self.llms.register(name)
 
+    def tool(self, name: str) -> Any:
+        """Register a Python function as a tool that ``basic`` tasks run when the model calls ``name``::
+
+        @project.tool("get_weather")
+        def get_weather(city): return {"city": city, "celsius": 18}
+        """
+        return self.llms.register_tool(name)
+
     def memory(self, memory_ref: str, key: str | None = None, **variables: Any) -> MemoryInstance:
         """One memory instance: ``key`` as given, or the resource's key template rendered with ``variables``.
 

@@ -95,10 +95,12 @@ class OperationResult(dict[str, Any]):
         """A DataFrame: one row per message for ``read`` (shown as a transcript in notebooks, ``ts`` as
         timezone-aware datetimes), one row otherwise."""
         if "messages" in self:
-            from compozy_nb.notebook.frames import transcript_frame
+            from compozy_nb.memory.frames import messages_frame
+            from compozy_nb.notebook.frames import TranscriptFrame
 
-            rows = message_rows(self)
-            return transcript_frame(rows, message_columns(rows), self._view_info())
+            frame = TranscriptFrame(messages_frame(self["messages"], int(self.get("offset", 0) or 0)))
+            frame.compozy = self._view_info()
+            return frame
         import pandas as pd
 
         return pd.DataFrame([{k: v for k, v in self.items() if k != "operation"}])

@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
 from compozy_nb import Project
 from compozy_nb.backends import connect
 
@@ -181,6 +179,47 @@ HTTP_CASES: list[HttpCase] = [
         json.dumps({"key": KEY}).encode(),
         codes("HOST_NOT_ALLOWED"),
         {"Host": "evil.example:8000"},
+    ),
+    HttpCase(
+        "append NaN in a message",
+        "POST",
+        f"{MEMORY}/append",
+        message_body("x").replace(b'"x"', b'"x", "m": NaN'),
+        codes("INVALID_PAYLOAD"),
+    ),
+    HttpCase(
+        "append 1e999 in a message",
+        "POST",
+        f"{MEMORY}/append",
+        message_body("x").replace(b'"x"', b'"x", "m": [1e999]'),
+        codes("INVALID_PAYLOAD"),
+    ),
+    HttpCase(
+        "append a Content extra", "POST", f"{MEMORY}/append", message_body("x", Content=[1]), codes("INVALID_PAYLOAD")
+    ),
+    HttpCase(
+        "write a tool call on a user message",
+        "POST",
+        f"{MEMORY}/write",
+        message_body("x", tool_calls=[{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]),
+        codes("INVALID_PAYLOAD"),
+    ),
+    HttpCase(
+        "append an unknown content part",
+        "POST",
+        f"{MEMORY}/append",
+        json.dumps({"key": KEY, "messages": [{"role": "user", "content": [{"type": "video"}]}]}).encode(),
+        codes("INVALID_PAYLOAD"),
+    ),
+    HttpCase(
+        "append null content without tool calls",
+        "POST",
+        f"{MEMORY}/append",
+        json.dumps({"key": KEY, "messages": [{"role": "assistant", "content": None}]}).encode(),
+        codes("INVALID_PAYLOAD"),
+    ),
+    HttpCase(
+        "read since not a date", "GET", f"{MEMORY}/read?key={KEY}&since=yesterday", None, codes("INVALID_PAYLOAD")
     ),
 ]
 
@@ -351,12 +390,29 @@ PYTHON_CASES: list[PythonCase] = [
             {"role": "user", "content": "hi", "metadata": nested_value(3000)}
         ),
         codes("INVALID_PAYLOAD"),
-        marks=(
-            pytest.mark.xfail(
-                strict=True,
-                reason="memory/messages.py (transcripts engineer) must call limits.check_depth in normalize_payload",
-            ),
+    ),
+    PythonCase(
+        "append a tool call whose arguments are a dict",
+        lambda p: p.memory("conversation_memory", key=KEY).append(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {}}}],
+            }
         ),
+        codes("INVALID_PAYLOAD"),
+    ),
+    PythonCase(
+        "append float('nan') in metadata",
+        lambda p: p.memory("conversation_memory", key=KEY).append(
+            {"role": "user", "content": "x", "metadata": {"score": float("nan")}}
+        ),
+        codes("INVALID_PAYLOAD"),
+    ),
+    PythonCase(
+        "append an extra field named CONTENT",
+        lambda p: p.memory("conversation_memory", key=KEY).append({"role": "user", "content": "x", "CONTENT": 1}),
+        codes("INVALID_PAYLOAD"),
     ),
 ]
 

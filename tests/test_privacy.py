@@ -149,7 +149,7 @@ def test_apply_redacts_metadata_string_leaves_recursively() -> None:
             "ok": True,
             "none": None,
             "nested": {"cc": ["a@b.io", 7, {"deep": "x jane@example.org y"}], "pair": ("c@d.net", 1.5)},
-            "john@example.com": "key is not redacted",
+            "john@example.com": "keys are redacted too",
         },
     }
     [stored], skipped = policy.apply([message])
@@ -160,7 +160,7 @@ def test_apply_redacts_metadata_string_leaves_recursively() -> None:
         "ok": True,
         "none": None,
         "nested": {"cc": ["<email>", 7, {"deep": "x <email> y"}], "pair": ("<email>", 1.5)},
-        "john@example.com": "key is not redacted",
+        "<email>": "keys are redacted too",
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,13 +18,33 @@ class _Strict(BaseModel):
 
 
 class ReadConfig(_Strict):
-    """``read_config``: pagination, the newest N, a token budget, or the archive."""
+    """``read_config``: pagination, the newest N, a token budget, or the archive; filters by role and time."""
 
     limit: int | None = Field(None, ge=0, le=MAX_INT)
     offset: int = Field(0, ge=0, le=MAX_INT)
     last: int | None = Field(None, ge=0, le=MAX_INT)
     max_tokens: int | None = Field(None, ge=0, le=MAX_INT)
     archive: bool = False
+    roles: list[str] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _role_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from compozy_nb.memory.transcript import parse_time
+
+        try:
+            return parse_time(value, "read_config")
+        except ValueError:
+            raise ValueError("must be a date/time (ISO-8601)") from None
 
     @model_validator(mode="after")
     def _one_mode(self) -> ReadConfig:

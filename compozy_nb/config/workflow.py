@@ -55,6 +55,9 @@ class BasicTask(_Strict):
     function: str | None = None
     replies: list[str] | None = None
     reply_template: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    max_tool_steps: int = Field(8, ge=0, le=64)
     output: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     on_error: Literal["fail", "continue"] = "fail"
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from compozy_nb.config.memory import MemoryResource
+from compozy_nb.memory import transcript
 from compozy_nb.tokens import TokenCounter
 
 TARGET_RATIO = 0.5
@@ -77,9 +78,14 @@ def usage(resource: MemoryResource, message_count: int, token_count: int) -> flo
 
 
 def _evict_until_target(
-    ordered: Sequence[Stored], resource: MemoryResource, count: int, tokens: int, *, tokens_only: bool = False
+    ordered: Sequence[Sequence[Stored]],
+    resource: MemoryResource,
+    count: int,
+    tokens: int,
+    *,
+    tokens_only: bool = False,
 ) -> list[Stored]:
-    """Take messages from ``ordered`` until the memory is within TARGET_RATIO of each limit."""
+    """Take whole groups from ``ordered`` until the memory is within TARGET_RATIO of each limit."""
     msg_target = (
         None if tokens_only else (math.floor(resource.max_messages * TARGET_RATIO) if resource.max_messages else None)
     )
@@ -87,15 +93,22 @@ def _evict_until_target(
     if tokens_only and tok_target is None and resource.max_messages:
         msg_target = math.floor(resource.max_messages * TARGET_RATIO)
     removed: list[Stored] = []
-    for item in ordered:
+    for group in ordered:
         over_msgs = msg_target is not None and count > msg_target
         over_tokens = tok_target is not None and tokens > tok_target
         if not (over_msgs or over_tokens):
             break
-        removed.append(item)
-        count -= 1
-        tokens -= item.tokens
-    return removed
+        removed.extend(group)
+        count -= len(group)
+        tokens -= sum(item.tokens for item in group)
+    return sorted(removed, key=lambda s: s.position)
+
+
+def tool_call_groups(snapshot: Sequence[Stored]) -> list[list[Stored]]:
+    """The snapshot cut into tool-call groups: a message and the ``tool`` messages right after it (a leading tool
+    run is a group of its own). Flushes remove whole groups."""
+    bounds = transcript.groups([s.role for s in snapshot])
+    return [list(snapshot[start:end]) for start, end in bounds]
 
 
 def plan_flush(
@@ -106,11 +119,12 @@ def plan_flush(
     access: Mapping[str, float] | None = None,
 ) -> FlushPlan:
     """Plan a flush of ``snapshot`` (oldest first) with ``strategy``. System messages are never removed,
-    except an earlier summary, which hybrid_summary folds into the new one."""
+    except an earlier summary, which hybrid_summary folds into the new one. Tool-call groups are removed whole;
+    a group led by a system message is kept whole."""
     strategy = "simple_fifo" if strategy == "fifo" else strategy
     count = len(snapshot)
     tokens = sum(s.tokens for s in snapshot)
-    evictable = [s for s in snapshot if s.role != "system"]
+    evictable = [g for g in tool_call_groups(snapshot) if g[0].role != "system"]
     if strategy == "simple_fifo":
         return FlushPlan(strategy, _evict_until_target(evictable, resource, count, tokens))
     if strategy in ("lru", "token_aware_lru"):
@@ -125,17 +139,25 @@ def plan_flush(
             """At equal times (read in the millisecond it was written), a message read survives."""
             return str(s.message.get("id", "")) in seen
 
+        def recency(group: Sequence[Stored]) -> tuple[float, bool]:
+            """A group is as recent as its most recently used message."""
+            return max(last_used(s) for s in group), any(was_read(s) for s in group)
+
         if strategy == "lru":
-            ordered = sorted(evictable, key=lambda s: (last_used(s), was_read(s), s.position))
+            ordered = sorted(evictable, key=lambda g: (*recency(g), g[0].position))
             return FlushPlan(strategy, _evict_until_target(ordered, resource, count, tokens))
-        ordered = sorted(evictable, key=lambda s: (last_used(s), was_read(s), -s.tokens, s.position))
+        ordered = sorted(evictable, key=lambda g: (*recency(g), -sum(s.tokens for s in g), g[0].position))
         return FlushPlan(strategy, _evict_until_target(ordered, resource, count, tokens, tokens_only=True))
     if strategy == "hybrid_summary":
         previous = [s for s in snapshot if s.is_summary]
-        plain = list(evictable)
-        take = math.ceil(len(plain) * resource.flushing.summarize_oldest_percent) if len(plain) >= 2 else 0
+        plain = sum(len(g) for g in evictable)
+        take = math.ceil(plain * resource.flushing.summarize_oldest_percent) if plain >= 2 else 0
         take = max(take, 2) if take else 0
-        chosen = plain[:take]
+        chosen: list[Stored] = []
+        for group in evictable:
+            if len(chosen) >= take:
+                break
+            chosen.extend(group)
         if not chosen:
             return FlushPlan(strategy)
         remove = sorted([*previous, *chosen], key=lambda s: s.position)
@@ -178,7 +200,7 @@ class RuleBasedSummarizer:
             earlier_lines = [line for line in previous.splitlines() if line.strip()]
         lines = list(earlier_lines)
         for message in messages:
-            text = " ".join(str(message.get("content", "")).split())
+            text = " ".join(_summary_text(message).split())
             if len(text) > self._preview:
                 text = text[: self._preview - 3].rstrip() + "..."
             lines.append(f"- {message.get('role', 'user')}: {text}")
@@ -186,6 +208,15 @@ class RuleBasedSummarizer:
         while len(lines) > 1 and self._counter.count("\n".join([header, *lines])) > max_tokens:
             lines.pop(0)
         return truncate_tokens("\n".join([header, *lines]), self._counter, max_tokens)
+
+
+def _summary_text(message: Mapping[str, Any]) -> str:
+    """What a summary line says of a message: its text, or the tools it called."""
+    text = transcript.text_projection(message.get("content"))
+    calls = [c.get("function", {}).get("name", "") for c in message.get("tool_calls") or () if isinstance(c, Mapping)]
+    if calls:
+        text = (text + " " if text else "") + f"[called {', '.join(str(name) for name in calls)}]"
+    return text
 
 
 def truncate_tokens(text: str, counter: TokenCounter, max_tokens: int) -> str:

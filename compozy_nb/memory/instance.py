@@ -13,6 +13,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from compozy_nb.backends import Backend
@@ -22,15 +23,25 @@ from compozy_nb.errors import (
     CompozyNbError,
     ConfigError,
     ConfirmRequiredError,
-    CorruptDataError,
     InvalidKeyError,
     InvalidPayloadError,
     MemoryOperationError,
 )
 from compozy_nb.memory import flush as flushing
+from compozy_nb.memory import frames, transcript
 from compozy_nb.memory import log as oplog
 from compozy_nb.memory.keys import KeyLayout, compozy_key_warning, validate_key
-from compozy_nb.memory.messages import Encoded, decode, encode, new_id, normalize_payload, utc_now_iso
+from compozy_nb.memory.messages import (
+    Encoded,
+    canonical,
+    count_decoded,
+    decode,
+    encode,
+    new_id,
+    normalize_payload,
+    stored_text,
+    utc_now_iso,
+)
 from compozy_nb.memory.store import ForeignDataError, Scripts, redis_errors
 from compozy_nb.privacy import PrivacyPolicy
 from compozy_nb.results import OperationResult, display_limits
@@ -233,17 +244,7 @@ class MemoryInstance:
             raise
 
     def _canonical(self, raw: bytes, position: int) -> tuple[str, int, str, str]:
-        try:
-            message = decode(raw, key=self.key, position=position)
-        except CorruptDataError:
-            return raw.decode("utf-8", "replace"), 0, new_id(), "unknown"
-        role = str(message.get("role", "user"))
-        content = str(message.get("content", ""))
-        tokens = self.runtime.counter.count_message(role, content)
-        mid = str(message.get("id") or new_id())
-        stored: dict[str, Any] = {"tokens": tokens, "id": mid, "role": role, "content": content}
-        stored.update({k: v for k, v in message.items() if k not in stored})
-        return json.dumps(stored, ensure_ascii=False, separators=(",", ":")), tokens, mid, role
+        return canonical(raw, self.runtime.counter, key=self.key, position=position)
 
     def _decode_all(self, raws: Sequence[bytes], start: int) -> list[dict[str, Any]]:
         return [decode(raw, key=self.key, position=start + i) for i, raw in enumerate(raws)]
@@ -334,17 +335,27 @@ class MemoryInstance:
         last: int | None = None,
         max_tokens: int | None = None,
         archive: bool = False,
+        roles: Sequence[str] | str | None = None,
+        since: Any = None,
+        until: Any = None,
     ) -> Output:
         """Read messages, oldest first.
 
         Args:
             limit: At most this many messages (default: all).
             offset: Skip this many of the oldest messages.
-            last: Only the newest ``last`` messages.
-            max_tokens: The newest messages whose tokens fit this budget (one round trip, flat in history).
+            last: Only the newest ``last`` messages (whole tool-call groups).
+            max_tokens: The newest messages whose tokens fit this budget (whole tool-call groups; one round
+                trip, flat in history).
             archive: Read the archive of flushed and evicted messages instead (newest first).
+            roles: Only messages with these roles.
+            since: Only messages written at or after this time (a datetime or an ISO-8601 string).
+            until: Only messages written before this time.
         """
         _check_nonneg(limit=limit, offset=offset, last=last, max_tokens=max_tokens)
+        selection = transcript.Selection(roles, since, until)
+        if selection.active:
+            return self._filtered_read(selection, offset, limit, last=last, max_tokens=max_tokens, archive=archive)
         warnings: list[str] = []
         if archive:
             total, raws = self._window(self.layout.archive, offset, limit)
@@ -391,6 +402,9 @@ class MemoryInstance:
             start = total - len(raws)
             has_more = start > 0
         messages = self._decode_all(raws, start)
+        if last is not None and not archive and start > 0:  # the oldest group is cut: none of it (whole groups)
+            cut = transcript.leading_tool_run(messages)
+            messages, start, has_more = messages[cut:], start + cut, True
         out = self._out(
             "read",
             messages=messages,
@@ -405,6 +419,48 @@ class MemoryInstance:
             out["token_count"] = sum(int(m.get("tokens", 0)) for m in messages)
             out["max_tokens"] = max_tokens
         return out
+
+    def _filtered_read(
+        self,
+        selection: transcript.Selection,
+        offset: int,
+        limit: int | None,
+        *,
+        last: int | None,
+        max_tokens: int | None,
+        archive: bool,
+    ) -> Output:
+        """A read with filters: the whole list is read (no access recorded), filtered, then paged."""
+        _, raws = self._window(self.layout.archive if archive else self.layout.base, 0, None)
+        matching = [m for m in self._decode_all(raws, 0) if selection.matches(m)]
+        messages, start = transcript.page(matching, offset=offset, limit=limit, last=last, max_tokens=max_tokens)
+        newest = last is not None or max_tokens is not None
+        out = self._out(
+            "read",
+            messages=messages,
+            count=len(messages),
+            total_count=len(matching),
+            has_more=start > 0 if newest else start + len(messages) < len(matching),
+            offset=start,
+        )
+        if archive:
+            out["archive"] = True
+        if max_tokens is not None:
+            out["token_count"] = sum(int(m.get("tokens", 0)) for m in messages)
+            out["max_tokens"] = max_tokens
+        return out
+
+    def export(self, path: str | Path, *, archive: bool = False) -> Output:
+        """Write every message (or the archive) to ``path``: JSONL, or Parquet when it ends in ``.parquet``."""
+        messages = self.read(archive=archive)["messages"]
+        target = frames.export_messages(messages, path)
+        return self._out("export", success=True, path=str(target), count=len(messages))
+
+    def import_file(self, path: str | Path, *, replace: bool = False) -> Output:
+        """Append the messages of a file written by :meth:`export` (ids kept: importing twice adds nothing);
+        ``replace=True`` writes them instead (replacing the content)."""
+        messages = frames.import_messages(path)
+        return self.write(messages) if replace else self.append(messages)
 
     @staticmethod
     def _window_range(offset: int, limit: int | None, last: int | None) -> tuple[int, int] | None:
@@ -450,19 +506,10 @@ class MemoryInstance:
         nothing."""
         with redis_errors("read", self.key):
             raws = self.backend.client.lrange(self.layout.base, 0, -1)
-        picked: list[Any] = []
-        used = 0
-        for position in range(len(raws) - 1, -1, -1):
-            message = decode(raws[position], key=self.key, position=position)
-            tokens = message.get("tokens")
-            if not isinstance(tokens, int):
-                tokens = self.runtime.counter.count_message(str(message["role"]), str(message["content"]))
-            if used + tokens > budget:
-                break
-            used += tokens
-            picked.append(raws[position])
-        picked.reverse()
-        return len(raws), picked
+        messages = self._decode_all(raws, 0)
+        tokens = [count_decoded(self.runtime.counter, m) for m in messages]
+        start = transcript.newest_whole_groups(tokens, [str(m.get("role")) for m in messages], budget, None)
+        return len(raws), list(raws[start:])
 
     def delete(self) -> Output:
         """Remove the instance: messages, metadata, archive, ids, access data and backups."""
@@ -521,7 +568,7 @@ class MemoryInstance:
         encoded = [
             Encoded(
                 raw.decode("utf-8") if isinstance(raw, bytes) else raw,
-                int(m.get("tokens") or self.runtime.counter.count_message(m["role"], m["content"])),
+                count_decoded(self.runtime.counter, m),
                 str(m.get("id") or new_id()),
                 str(m["role"]),
             )
@@ -876,7 +923,7 @@ def _stamp() -> str:
 
 
 def _preview(message: Mapping[str, Any], width: int = 80) -> dict[str, Any]:
-    text = " ".join(str(message.get("content", "")).split())
+    text = " ".join(stored_text(message).split())
     return {"role": message.get("role"), "content": text if len(text) <= width else text[: width - 3] + "..."}
 
 

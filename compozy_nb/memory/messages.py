@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from compozy_nb.errors import CorruptDataError, InvalidPayloadError, LimitExceededError
+from compozy_nb.limits import check_depth
+from compozy_nb.memory import transcript
+from compozy_nb.memory.transcript import check_finite
 from compozy_nb.tokens import TokenCounter
 
-ROLES = ("user", "assistant", "system", "tool")
+ROLES = transcript.ROLES
 _COMPUTED = ("tokens", "ts")
 _MAX_ID = 128
 
@@ -45,7 +49,7 @@ def utc_now_iso() -> str:
     return f"{_second[1]}.{int((now - second) * 1000):03d}Z"
 
 
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def new_id() -> str:
@@ -54,10 +58,11 @@ def new_id() -> str:
 
 
 def normalize_payload(payload: Any, *, operation: str) -> list[dict[str, Any]]:
-    """Turn a payload (message map, list of maps, or string) into message dicts.
+    """Turn a payload (message map, list of maps, string or DataFrame) into message dicts.
 
     Roles default to ``user``; extra fields are kept. ``tokens`` and ``ts`` given in a payload are ignored
-    (they are computed).
+    (they are computed). Messages follow the OpenAI chat shapes (see :mod:`compozy_nb.memory.transcript`);
+    Anthropic content blocks are converted to them.
 
     Raises:
         InvalidPayloadError: naming the element and the rule it breaks.
@@ -67,29 +72,34 @@ def normalize_payload(payload: Any, *, operation: str) -> list[dict[str, Any]]:
     if isinstance(payload, str):
         items: list[Any] = [{"role": "user", "content": payload}]
     elif isinstance(payload, Mapping):
+        check_depth(payload)
         items = [payload]
     elif isinstance(payload, list | tuple):
+        check_depth(payload)
         items = list(payload)
+    elif _is_dataframe(payload):
+        from compozy_nb.memory.frames import frame_messages
+
+        items = frame_messages(payload)
     else:
         raise InvalidPayloadError(
-            f"unsupported payload format {type(payload).__name__}: give a message map, a list of maps or a string",
+            f"unsupported payload format {type(payload).__name__}: give a message map, a list of maps, a string "
+            "or a DataFrame",
             operation=operation,
         )
-    indexed = isinstance(payload, list | tuple)
-    return [_message(item, index if indexed else None, operation) for index, item in enumerate(items)]
+    indexed = not isinstance(payload, str | Mapping)
+    messages: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        messages.extend(_message(item, index if indexed else None, operation))
+    return messages
 
 
-def _encodable(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def _is_dataframe(value: Any) -> bool:
+    pandas = sys.modules.get("pandas")  # a DataFrame exists only once pandas is imported
+    return pandas is not None and isinstance(value, pandas.DataFrame)
 
 
-def _message(item: Any, index: int | None, operation: str) -> dict[str, Any]:
+def _message(item: Any, index: int | None, operation: str) -> list[dict[str, Any]]:
     where = f"payload[{index}]" if index is not None else "payload"
     if not isinstance(item, Mapping):
         raise InvalidPayloadError(
@@ -97,41 +107,36 @@ def _message(item: Any, index: int | None, operation: str) -> dict[str, Any]:
             operation=operation,
             field=where,
         )
-    role = item.get("role", "user")
-    if role not in ROLES:
-        raise InvalidPayloadError(
-            f"{where}.role: invalid message role {role!r}, must be one of: {', '.join(ROLES)}",
-            operation=operation,
-            field=f"{where}.role",
-        )
     content = item.get("content")
-    if isinstance(content, str) and not _encodable(content):
+    if _plain(item, content):  # the common {role, content} payload
+        return [{"role": item["role"], "content": content}]
+    check_finite(item, where, operation)
+    messages = transcript.normalize_message({k: v for k, v in item.items() if k not in _COMPUTED}, where, operation)
+    for message in messages:
+        if "id" in message:
+            message["id"] = _checked_id(message["id"], where, operation)
+    return messages
+
+
+def _plain(item: Mapping[str, Any], content: Any) -> bool:
+    return (
+        len(item) <= 2
+        and "role" in item
+        and item["role"] in transcript.ROLES
+        and isinstance(content, str)
+        and bool(content.strip())
+        and transcript.encodable(content)
+    )
+
+
+def _checked_id(mid: Any, where: str, operation: str) -> str:
+    if not isinstance(mid, str | int) or isinstance(mid, bool) or not str(mid) or len(str(mid)) > _MAX_ID:
         raise InvalidPayloadError(
-            f"{where}.content: message content is not valid Unicode text (a lone surrogate?)",
+            f"{where}.id: a message id must be a non-empty string of at most {_MAX_ID} characters",
             operation=operation,
-            field=f"{where}.content",
+            field=f"{where}.id",
         )
-    if not isinstance(content, str) or not content.strip():
-        got = "missing" if content is None else f"{type(content).__name__} {content!r}"[:60]
-        raise InvalidPayloadError(
-            f"{where}.content: message content is required and must be a non-empty string ({got})",
-            operation=operation,
-            field=f"{where}.content",
-        )
-    if len(item) <= 2 and "role" in item:  # the common {role, content} payload
-        return {"role": role, "content": content}
-    message = {k: v for k, v in item.items() if k not in _COMPUTED}
-    message["role"] = role
-    if "id" in message:
-        mid = message["id"]
-        if not isinstance(mid, str | int) or isinstance(mid, bool) or not str(mid) or len(str(mid)) > _MAX_ID:
-            raise InvalidPayloadError(
-                f"{where}.id: a message id must be a non-empty string of at most {_MAX_ID} characters",
-                operation=operation,
-                field=f"{where}.id",
-            )
-        message["id"] = str(mid)
-    return message
+    return str(mid)
 
 
 def encode(
@@ -150,25 +155,32 @@ def encode(
         LimitExceededError: the message alone exceeds ``max_message_bytes`` or the token limit.
     """
     role = str(message["role"])
-    content = str(message["content"])
-    if len(content) > max_bytes:  # before counting: tokenizing megabytes takes seconds
+    content, structured = transcript.to_stored(message)
+    text = transcript.tokenized_size(message, content)
+    if text > max_bytes:  # before counting: tokenizing megabytes takes seconds
         raise LimitExceededError(
-            f"message {index} is larger than max_message_bytes ({max_bytes}): its content alone is "
-            f"{len(content)} characters",
+            f"message {index} is larger than max_message_bytes ({max_bytes}): its content alone is {text} characters",
             operation=operation,
         )
-    tokens = counter.count_message(role, content)
+    if len(message) == 2 and not structured:  # the common {role, content} message
+        tokens = counter.count_message(role, content)
+    else:
+        tokens = transcript.count_tokens(counter, message)
     given = message.get("id")
     mid = str(given) if given else new_id()
     stored: dict[str, Any] = {"tokens": tokens, "id": mid, "role": role, "content": content, "ts": now}
     for name, value in message.items():
         if name not in stored:
             stored[name] = value
+    stored.update(structured)
     try:
         raw = _JSON.encode(stored)
         size = len(raw) if raw.isascii() else len(raw.encode("utf-8"))
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError: a lone surrogate elsewhere
-        raise InvalidPayloadError(f"message {index}: not JSON-serialisable: {exc}", operation=operation) from None
+        reason = "NaN or Infinity" if isinstance(exc, ValueError) and "float" in str(exc) else type(exc).__name__
+        raise InvalidPayloadError(
+            f"message {index}: not JSON-serialisable ({reason})", operation=operation, field=f"payload[{index}]"
+        ) from None
     if size > max_bytes:
         raise LimitExceededError(
             f"message {index} is {size} bytes, larger than max_message_bytes ({max_bytes})",
@@ -193,11 +205,53 @@ def decode(raw: bytes | str, *, key: str, position: int) -> dict[str, Any]:
     except ValueError:
         value = None
     if not isinstance(value, dict) or "content" not in value:
-        preview = raw[:60] if isinstance(raw, str) else raw[:60].decode("utf-8", "replace")
         raise CorruptDataError(
-            f"memory {key!r}: element at position {position} is not a stored message ({preview!r})",
+            f"memory {key!r}: element at position {position} is not a stored message "
+            f"({len(raw)} bytes that are not a JSON object with a content field)",
             key=key,
             position=position,
         )
     value.setdefault("role", "user")
-    return value
+    return transcript.from_stored(value)
+
+
+def stored_text(message: Mapping[str, Any]) -> str:
+    """The text of a decoded message, whatever its content shape (what Compozy reads as its content)."""
+    return transcript.text_projection(message.get("content"))
+
+
+def count_decoded(counter: TokenCounter, message: Mapping[str, Any]) -> int:
+    """Tokens of a decoded message: its recorded count, else counted by the rule of :func:`encode`."""
+    recorded = message.get("tokens")
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 0:
+        return recorded
+    fields = {k: v for k, v in message.items() if k not in ("tokens", "id", "ts")}
+    return transcript.count_tokens(counter, fields)
+
+
+def canonical(raw: bytes | str, counter: TokenCounter, *, key: str, position: int) -> tuple[str, int, str, str]:
+    """One element of a list written by another tool, in our layout: (raw, tokens, id, role).
+
+    Messages keep their role, content (and its structured form) and every other field; an element that is
+    not a message is kept as it is (0 tokens, role ``unknown``).
+    """
+    try:
+        message = decode(raw, key=key, position=position)
+    except CorruptDataError:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        return text, 0, new_id(), "unknown"
+    role = str(message.get("role", "user"))
+    fields = {k: v for k, v in message.items() if k not in ("tokens", "id")}
+    if not isinstance(fields.get("content"), str | list | None):
+        fields["content"] = str(fields["content"])
+    tokens = transcript.count_tokens(counter, fields)
+    mid = str(message.get("id") or new_id())
+    content, structured = transcript.to_stored(fields)
+    stored: dict[str, Any] = {"tokens": tokens, "id": mid, "role": role, "content": content}
+    stored.update({k: v for k, v in fields.items() if k not in stored})
+    stored.update(structured)
+    try:
+        return _JSON.encode(stored), tokens, mid, role
+    except ValueError:  # NaN written by another tool: keep the element as it is
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        return text, 0, mid, role

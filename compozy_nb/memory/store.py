@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
@@ -72,6 +73,21 @@ class Scripts:
                 return self._client.eval(script_source(name), len(keys), *keys, *args)
 
 
+_SCRIPT_LOCATION = re.compile(  # Redis 7, and the embedded backend's Lua (fakeredis)
+    r"\s*script: [0-9a-f]{40}, on @user_script:\d+\.?"
+    r"|@?user_script:[\d?]+:\s*"
+    r"|\[string \"[^\"]*\"\]:\d+:\s*"
+    r"|\s*stack traceback:.*"
+    r"|Error running script \(call to f_[0-9a-f]{40}\):\s*",
+    re.DOTALL,
+)
+
+
+def script_free(text: str) -> str:
+    """A Redis script error without the script's SHA and ``user_script:NNN`` locations (internal details)."""
+    return _SCRIPT_LOCATION.sub(" ", text).strip()
+
+
 @contextmanager
 def redis_errors(operation: str, key: str | None) -> Iterator[None]:
     """Translate redis-py exceptions raised inside the block."""
@@ -82,7 +98,7 @@ def redis_errors(operation: str, key: str | None) -> Iterator[None]:
     except UNAVAILABLE as exc:
         raise BackendError(f"Redis unavailable during {operation}: {exc}", operation=operation, key=key) from None
     except redis.exceptions.ResponseError as exc:
-        text = str(exc)
+        text = script_free(str(exc))
         if text.startswith("FOREIGN_DATA") or "FOREIGN_DATA" in text[:40]:
             raise ForeignDataError(text, operation=operation, key=key) from None
         if isinstance(exc, redis.exceptions.ReadOnlyError) or "write against a read only replica" in text:

@@ -80,6 +80,9 @@ def _memory_parser(sub: Any) -> None:
     p.add_argument("--last", type=int, default=None, help="the newest N")
     p.add_argument("--max-tokens", dest="max_tokens", type=int, default=None, help="newest within a token budget")
     p.add_argument("--archive", action="store_true", help="read the archive (flushed/evicted) instead")
+    p.add_argument("--role", dest="roles", action="append", default=None, help="only this role (repeatable)")
+    p.add_argument("--since", default=None, help="only messages written at/after this ISO-8601 time")
+    p.add_argument("--until", default=None, help="only messages written before this ISO-8601 time")
     for op, text in (("write", "replace the messages"), ("append", "add messages")):
         p = ops.add_parser(op, help=text)
         _instance_options(p)
@@ -444,7 +447,16 @@ class Compozy(Magics):
             since = int(args.since) if args.since and args.since.isdigit() else args.since
             return mem.log(since=since, limit=args.limit)
         if args.op == "read":
-            return mem.read(args.limit, args.offset, last=args.last, max_tokens=args.max_tokens, archive=args.archive)
+            return mem.read(
+                args.limit,
+                args.offset,
+                last=args.last,
+                max_tokens=args.max_tokens,
+                archive=args.archive,
+                roles=args.roles,
+                since=args.since,
+                until=args.until,
+            )
         if args.op == "flush":
             return mem.flush(args.strategy, dry_run=args.dry_run, force=args.force, threshold=args.threshold)
         if args.op == "clear":

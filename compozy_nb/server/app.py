@@ -586,12 +586,20 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         key: KeyQuery,
         limit: Annotated[int, Query(le=READ_LIMIT_MAX, description="≤ 0 means 50")] = READ_LIMIT_DEFAULT,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+        role: Annotated[list[str] | None, Query(description="only these roles (repeatable)")] = None,
+        since: Annotated[str | None, Query(description="only messages written at/after (ISO-8601)")] = None,
+        until: Annotated[str | None, Query(description="only messages written before (ISO-8601)")] = None,
     ) -> JSONResponse:
         """Messages, oldest first: ``{key, messages, total_count, has_more, limit, offset, count}``.
 
-        Runs on the event loop over redis.asyncio (the async path)."""
+        Runs on the event loop over redis.asyncio (the async path); with filters (``role``, ``since``,
+        ``until``) in a worker thread."""
         limit = limit if limit > 0 else READ_LIMIT_DEFAULT
-        out = await AsyncMemory(engine.memory(memory_ref, key)).read(limit=limit, offset=offset)
+        mem = engine.memory(memory_ref, key)
+        if role is not None or since is not None or until is not None:
+            out = await anyio.to_thread.run_sync(lambda: mem.read(limit, offset, roles=role, since=since, until=until))
+        else:
+            out = await AsyncMemory(mem).read(limit=limit, offset=offset)
         return _ok("memory read successfully", {**out, "limit": limit, "offset": offset})
 
     @app.post(f"{base}/write", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)

@@ -56,11 +56,15 @@ class ChatResponse:
     completion_tokens: int
     finish_reason: str = "stop"
     role: str = "assistant"
+    tool_calls: list[dict[str, Any]] | None = None
+    """The tool calls of the reply (OpenAI shape), when the model asked for tools."""
 
 
 def _count_prompt(messages: Sequence[Mapping[str, Any]]) -> int:
     counter = get_counter(None)
-    return sum(counter.count_message(str(m.get("role", "")), str(m.get("content", ""))) for m in messages)
+    from compozy_nb.memory.transcript import count_tokens
+
+    return sum(count_tokens(counter, m) for m in messages)
 
 
 class Registry:
@@ -68,6 +72,7 @@ class Registry:
 
     def __init__(self) -> None:
         self.functions: dict[str, PythonLLM] = {}
+        self.tools: dict[str, Callable[..., Any]] = {}
         self._turns: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -76,6 +81,17 @@ class Registry:
 
         def decorate(fn: PythonLLM) -> PythonLLM:
             self.functions[name] = fn
+            return fn
+
+        return decorate(func) if func is not None else decorate
+
+    def register_tool(self, name: str, func: Callable[..., Any] | None = None) -> Any:
+        """Register a Python tool that a workflow runs when the model calls ``name`` (its JSON arguments as
+        keyword arguments; the result, JSON-encoded unless a string, is the tool message). Usable as a
+        decorator: ``@registry.register_tool("get_weather")``."""
+
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.tools[name] = fn
             return fn
 
         return decorate(func) if func is not None else decorate
@@ -168,11 +184,14 @@ def _python_reply(result: Any, request: ChatRequest, name: str) -> ChatResponse:
     """Check the shape a Python LLM returned: text, or ``{"content": str, "usage"?: {...}, "model"?, ...}``."""
     if isinstance(result, str):
         reply: dict[str, Any] = {"content": result}
-    elif isinstance(result, Mapping) and isinstance(result.get("content"), str):
+    elif isinstance(result, Mapping) and (
+        isinstance(result.get("content"), str) or (result.get("content") is None and result.get("tool_calls"))
+    ):
         reply = dict(result)
     else:
         raise ProviderError(
-            f"python LLM '{name}' must return a string or a dict with 'content' (a string), got {_describe(result)}",
+            f"python LLM '{name}' must return a string or a dict with 'content' (a string, or None with "
+            f"'tool_calls'), got {_describe(result)}",
             provider="python",
         )
     where = f"python LLM '{name}'"
@@ -181,7 +200,8 @@ def _python_reply(result: Any, request: ChatRequest, name: str) -> ChatResponse:
             raise ProviderError(
                 f"{where}: '{optional}' must be a string, got {_describe(reply[optional])}", provider="python"
             )
-    content = reply["content"]
+    content = reply["content"] if isinstance(reply.get("content"), str) else ""  # None with tool_calls
+    calls = reply.get("tool_calls")
     prompt_tokens, completion_tokens = _usage(reply.get("usage"), request, content, where)
     return ChatResponse(
         content,
@@ -189,7 +209,8 @@ def _python_reply(result: Any, request: ChatRequest, name: str) -> ChatResponse:
         "python",
         prompt_tokens,
         completion_tokens,
-        str(reply.get("finish_reason") or "stop"),
+        str(reply.get("finish_reason") or ("tool_calls" if calls else "stop")),
+        tool_calls=list(calls) if isinstance(calls, list) and calls else None,
     )
 
 
@@ -325,6 +346,9 @@ def call_openai(request: ChatRequest, *, retries: int = 3, backoff: float = 0.5)
         body["temperature"] = request.temperature
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
+    for name in ("tools", "tool_choice"):
+        if request.options.get(name) is not None:
+            body[name] = request.options[name]
     headers = {"Content-Type": "application/json"}
     if target.api_key:
         headers["Authorization"] = f"Bearer {target.api_key}"
@@ -488,6 +512,7 @@ def _parse_openai(data: Any, request: ChatRequest, target: _Target, where: str) 
     try:
         choice = data["choices"][0]
         content = choice["message"].get("content") or ""
+        calls = choice["message"].get("tool_calls") or None
     except (KeyError, IndexError, TypeError, AttributeError):
         raise ProviderError(
             f"openai: unexpected reply shape ({where}): {excerpt(json.dumps(data)[:2000], target.secrets)}",
@@ -507,6 +532,7 @@ def _parse_openai(data: Any, request: ChatRequest, target: _Target, where: str) 
         prompt_tokens,
         completion_tokens,
         str(finish) if isinstance(finish, str) and finish else "stop",
+        tool_calls=list(calls) if isinstance(calls, list) else None,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -15,9 +16,10 @@ from compozy_nb.config.workflow import BasicTask, Workflow, WorkflowMemoryTask
 from compozy_nb.errors import CompozyNbError, ConfigError, MemoryNotFoundError, TemplateError
 from compozy_nb.memory.instance import MemoryInstance, run_operation
 from compozy_nb.memory.log import attributed
+from compozy_nb.memory.transcript import text_projection
 from compozy_nb.results import RunResult
 from compozy_nb.templating import format_value, referenced_paths, render, render_key, render_value
-from compozy_nb.workflow.providers import ChatRequest, complete
+from compozy_nb.workflow.providers import ChatRequest, ChatResponse, complete
 
 if TYPE_CHECKING:
     from compozy_nb.project import Project
@@ -30,7 +32,7 @@ def transcript(value: Any) -> str:
     """Format a value for a text field: a read output or a message list becomes ``role: content`` lines."""
     messages = value.get("messages") if isinstance(value, Mapping) and "messages" in value else value
     if isinstance(messages, list) and all(isinstance(m, Mapping) and "content" in m for m in messages):
-        return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)
+        return "\n".join(f"{m.get('role', 'user')}: {text_projection(m.get('content'))}" for m in messages)
     return format_value(value)
 
 
@@ -284,11 +286,12 @@ def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any]
             runtime, _render_key(template, context, f"memory[{index}].key"), project.backend, project.name
         )
         read = instance.read(max_tokens=ref.max_context_tokens) if ref.max_context_tokens else instance.read()
-        history.extend({"role": m["role"], "content": m["content"]} for m in read["messages"])
+        history.extend(_prompt_message(m) for m in read["messages"])
         attached.append((instance, ref.mode))
     system = [m for m in messages if m["role"] == "system"]
     rest = [m for m in messages if m["role"] != "system"]
-    prompt = [{"role": m["role"], "content": m["content"]} for m in [*system, *history, *rest]]
+    own = [{"role": m["role"], "content": m["content"]} for m in [*system, *rest]]
+    prompt = [*own[: len(system)], *history, *own[len(system) :]]
     options: dict[str, Any] = {
         "replies": task.replies,
         "reply_template": task.reply_template,
@@ -296,6 +299,8 @@ def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any]
         "api_key_env": task.api_key_env,
         "function": task.function,
         "input": context.get("input", {}),
+        "tools": task.tools,
+        "tool_choice": task.tool_choice,
     }
     defaults = project.provider_defaults(task.provider)
     for name in ("base_url", "api_key_env", "max_reply_bytes"):
@@ -305,14 +310,20 @@ def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any]
         prompt, task.model or defaults.get("model"), task.temperature, task.max_tokens, task.timeout, options
     )
     reply = complete(task.provider, request, project.llms, f"{workflow_id}/{task.id}")
-    if reply.content.strip():
+    reply, turn = _run_tools(project, task, request, reply, f"{workflow_id}/{task.id}")
+    if reply.content.strip() or turn:
         last_user = next((m for m in reversed(rest) if m["role"] == "user"), None)
-        exchange = [*([last_user] if last_user else []), {"role": "assistant", "content": reply.content}]
+        final = [{"role": "assistant", "content": reply.content}] if reply.content.strip() else []
+        exchange = [*([last_user] if last_user else []), *turn, *final]
         for instance, mode in attached:
             if mode == "read-write":
                 instance.append(exchange)
     redact = _run_redactor(project, [instance for instance, _ in attached])
+    extra = {"tool_calls": reply.tool_calls} if reply.tool_calls else {}
+    if turn:
+        extra["turn"] = turn
     return {
+        **extra,
         "content": redact(reply.content),
         "role": reply.role,
         "model": reply.model,
@@ -321,6 +332,51 @@ def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any]
         "finish_reason": reply.finish_reason,
         "prompt": [{**m, "content": redact(m["content"])} for m in prompt],
     }
+
+
+def _prompt_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored message as sent to a model: every field but our ``tokens``, ``id`` and ``ts``."""
+    return {k: v for k, v in message.items() if k not in ("tokens", "id", "ts")}
+
+
+def _run_tools(
+    project: Project, task: BasicTask, request: ChatRequest, reply: ChatResponse, slot: str
+) -> tuple[ChatResponse, list[dict[str, Any]]]:
+    """While the model calls tools registered in ``project.llms.tools`` (at most ``task.max_tool_steps``
+    rounds), run them and call the model again with the results. Returns the last reply and the messages of
+    the completed rounds (each assistant tool-call message followed by its tool results). A reply calling an
+    unregistered tool ends the loop: its calls are in the task output, not stored (an unanswered call would
+    make the next prompt invalid)."""
+    turn: list[dict[str, Any]] = []
+    for _ in range(task.max_tool_steps):
+        calls = reply.tool_calls or []
+        if not calls or not all(_tool_name(call) in project.llms.tools for call in calls):
+            break
+        group = [{"role": "assistant", "content": reply.content or None, "tool_calls": calls}]
+        group.extend(_run_tool(project, call) for call in calls)
+        turn.extend(group)
+        request.messages.extend(group)
+        reply = complete(task.provider, request, project.llms, slot)
+    return reply, turn
+
+
+def _tool_name(call: Any) -> str:
+    function = call.get("function") if isinstance(call, Mapping) else None
+    return str(function.get("name", "")) if isinstance(function, Mapping) else ""
+
+
+def _run_tool(project: Project, call: Mapping[str, Any]) -> dict[str, Any]:
+    """One tool call run: the tool message answering it. A tool that fails answers with its error text."""
+    name = _tool_name(call)
+    try:
+        arguments = json.loads(call["function"].get("arguments") or "{}")
+        if not isinstance(arguments, dict):
+            raise TypeError("the arguments are not a JSON object")
+        result = project.llms.tools[name](**arguments)
+        text = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, default=str)
+    except Exception as exc:  # the model sees the failure, as with any tool error
+        text = f"error: {type(exc).__name__}: {exc}"
+    return {"role": "tool", "tool_call_id": str(call.get("id", "")), "content": text}
 
 
 def _run_redactor(project: Project, instances: Sequence[MemoryInstance]) -> Callable[[Any], Any]:

@@ -84,16 +84,23 @@ local prefix_system = {}      -- system messages seen in that prefix, {pos, raw}
 local drop_new = {}
 local function satisfied() return removed_msgs >= need_msgs and removed_tokens >= need_tokens end
 
+-- whole tool-call groups: a message and the tool run after it go together; a group led by a system message is
+-- kept whole, a leading tool run (its call removed elsewhere) is a group of its own
 local pos = 0
 local chunk = 8
 if need_msgs > 0 then chunk = need_msgs + 4 end
-while pos < count and not satisfied() do
+local group_mode = nil        -- 'evict' or 'keep': what happens to the group being scanned
+local stop = false
+while pos < count and not stop do
   local raws = redis.call('LRANGE', LIST, pos, pos + chunk - 1)
   if #raws == 0 then break end
   for _, raw in ipairs(raws) do
-    if satisfied() then break end
     local t, id, role = msg_info(raw)
-    if role == 'system' then
+    if role ~= 'tool' or group_mode == nil then  -- a group starts here
+      if satisfied() then stop = true; break end
+      if role == 'system' then group_mode = 'keep' else group_mode = 'evict' end
+    end
+    if group_mode == 'keep' then
       prefix_system[#prefix_system + 1] = {pos, raw}
     else
       role = role or 'unknown'
@@ -111,15 +118,28 @@ end
 local last_plain = 0
 for i, m in ipairs(new) do if m.role ~= 'system' then last_plain = i end end
 local evicted_new_tokens = 0
-for i, m in ipairs(new) do
-  if satisfied() then break end
-  if m.role ~= 'system' and i ~= last_plain then
-    drop_new[i] = true
-    evicted_raws[#evicted_raws + 1] = m.raw
-    removed_msgs = removed_msgs + 1
-    removed_tokens = removed_tokens + m.tokens
-    evicted_new_tokens = evicted_new_tokens + m.tokens
+local function drop(i)
+  drop_new[i] = true
+  evicted_raws[#evicted_raws + 1] = new[i].raw
+  removed_msgs = removed_msgs + 1
+  removed_tokens = removed_tokens + new[i].tokens
+  evicted_new_tokens = evicted_new_tokens + new[i].tokens
+end
+-- the batch's leading tool run belongs to the last stored group: it goes when that group went (or when it has none)
+local i = 1
+while i <= #new and new[i].role == 'tool' do i = i + 1 end
+local orphan = pos >= count and group_mode ~= 'keep' and i > 1  -- the stored group it answers is gone (or none)
+if orphan and (count > 0 or (not satisfied() and last_plain >= i)) then
+  for k = 1, i - 1 do drop(k) end
+end
+while i <= #new and not satisfied() do
+  local j = i
+  while j + 1 <= #new and new[j + 1].role == 'tool' do j = j + 1 end
+  if last_plain >= i and last_plain <= j then break end  -- the caller's newest message: never evicted
+  if new[i].role ~= 'system' then
+    for k = i, j do drop(k) end
   end
+  i = j + 1
 end
 if not satisfied() then
   return redis.error_reply('LIMIT_EXCEEDED the messages do not fit the memory limits even after evicting '

@@ -3,6 +3,8 @@
 -- and update the counters. Without a summary, a message already gone (a racing flush) is not counted.
 -- With a summary, the plan is applied only if every planned message is still there (else nothing
 -- changes and summary_written is -1: the caller re-plans), so a summary never covers a message twice.
+-- Tool messages right after a removed message go with it (whole tool-call groups: the plan has them, this also
+-- covers tool results appended since the plan was made).
 -- ARGV: op, ttl_ms, archive_max, now_iso, summary_raw ('' = none), summary_tokens, summary_id, track, n, raw...
 -- op: the call's operation id (a re-send of a call that ran returns its recorded result, writing nothing).
 -- Returns {removed, message_count, token_count, summary_written}.
@@ -34,10 +36,18 @@ local kept, removed, removed_ids = {}, {}, {}
 local roles = {}
 local removed_tokens = 0
 local summary_written = 0
+local extra = 0           -- tool messages removed with the message they answer (appended after the plan was made)
+local in_removed = false
 for _, raw in ipairs(all) do
   local c = wanted[raw]
-  if c and c > 0 then
-    wanted[raw] = c - 1
+  local follows = false
+  if not (c and c > 0) and in_removed then
+    local _, _, r = msg_info(raw)
+    follows = r == 'tool'
+  end
+  if (c and c > 0) or follows then
+    if c and c > 0 then wanted[raw] = c - 1 else extra = extra + 1 end
+    in_removed = true
     local t, id, role = msg_info(raw)
     role = role or 'unknown'
     removed[#removed + 1] = raw
@@ -50,9 +60,10 @@ for _, raw in ipairs(all) do
     end
   else
     kept[#kept + 1] = raw
+    in_removed = false
   end
 end
-if summary_raw ~= '' and #removed < n then
+if summary_raw ~= '' and (#removed - extra < n or extra > 0) then  -- the summary would not cover them: re-plan
   return {0, count, tokens, -1}
 end
 if #removed == 0 then return {0, count, tokens, 0} end

@@ -3,7 +3,8 @@
 -- ARGV: mode, a, b, track_access, now_ms.
 --   mode 'range':  a = offset, b = limit ('-1' = all)          -> the window, oldest first
 --   mode 'last':   a = n                                        -> the newest n, oldest first
---   mode 'budget': a = max_tokens                               -> the newest messages that fit, oldest first
+--   mode 'budget': a = max_tokens                               -> the newest whole tool-call groups that fit
+--                  (a message and the tool run after it: all or nothing), oldest first
 -- Returns {total, raw...}; FOREIGN_DATA error when a budget read meets messages without token counts.
 local mode = ARGV[1]
 local a = int_arg(ARGV[2], MAX_INT)
@@ -34,18 +35,27 @@ else
   local chunk = 16
   if avg > 0 then chunk = math.floor(a / avg) + 4 end
   local done = false
+  local group, group_tokens = {}, 0  -- a tool run waiting for the message it answers (whole groups only)
   while from > 0 and not done do
     local start = math.max(0, from - chunk)
     local raws = redis.call('LRANGE', LIST, start, from - 1)
     for i = #raws, 1, -1 do
-      local t = msg_info(raws[i])
+      local t, _, role = msg_info(raws[i])
       if t == nil then return foreign_error() end
-      if used + t > a then done = true; break end
-      used = used + t
-      picked[#picked + 1] = raws[i]
+      group[#group + 1] = raws[i]
+      group_tokens = group_tokens + t
+      if role ~= 'tool' then
+        if used + group_tokens > a then done = true; break end
+        used = used + group_tokens
+        for _, raw in ipairs(group) do picked[#picked + 1] = raw end
+        group, group_tokens = {}, 0
+      end
     end
     from = start
     chunk = chunk * 2
+  end
+  if not done and #group > 0 and used + group_tokens <= a then  -- a leading tool run is a group of its own
+    for _, raw in ipairs(group) do picked[#picked + 1] = raw end
   end
   out = {}
   for i = #picked, 1, -1 do out[#out + 1] = picked[i] end
