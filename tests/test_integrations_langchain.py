@@ -356,3 +356,52 @@ def test_text_histories_round_trip_through_the_engine(pairs: list[tuple[str, str
     sent = [classes[role](text, id=f"m{i}") for i, (role, text) in enumerate(pairs)]
     h.add_messages(sent)
     assert h.messages == sent
+
+
+# ---------------------------------------------------------------------------------------------- tool calls end to end
+def tool_turn() -> list[BaseMessage]:
+    return [
+        HumanMessage("Weather in Paris?", id="u1"),
+        AIMessage("", tool_calls=[{"name": "weather", "args": {"city": "Paris"}, "id": "call_1"}], id="a1"),
+        ToolMessage("18 °C", tool_call_id="call_1", id="t1"),
+        AIMessage("It is 18 °C in Paris.", id="a2"),
+    ]
+
+
+def test_a_tool_call_turn_is_stored_in_the_openai_shape_and_read_back(project: Project) -> None:
+    h = history(project)
+    h.add_messages(tool_turn())
+    rows = stored(h.memory)
+    assert [m["role"] for m in rows] == ["user", "assistant", "tool", "assistant"]
+    assert rows[1]["content"] == ""  # Compozy reads a string
+    assert rows[1]["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    ]
+    assert rows[2]["tool_call_id"] == "call_1"
+    assert h.messages == tool_turn()
+    assert asyncio.run(h.aget_messages()) == tool_turn()
+
+
+def test_a_budget_window_never_starts_inside_a_tool_call_group(project: Project) -> None:
+    h = history(project)
+    h.add_messages([HumanMessage("hello " * 30, id="u0"), *tool_turn()])
+    for budget in range(10, 120, 5):
+        window = history(project, max_tokens=budget).messages
+        assert not window or not isinstance(window[0], ToolMessage)
+
+
+def test_content_parts_and_developer_messages_round_trip_through_redis(project: Project) -> None:
+    h = history(project)
+    parts = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+    ]
+    sent = [
+        SystemMessage("rules", additional_kwargs={"__openai_role__": "developer"}, id="d1"),
+        HumanMessage(content=parts, id="u1"),
+    ]
+    h.add_messages(sent)
+    rows = stored(h.memory)
+    assert rows[0]["role"] == "developer"
+    assert isinstance(rows[1]["content"], str) and "what is this?" in rows[1]["content"]
+    assert h.messages == sent

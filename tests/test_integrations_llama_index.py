@@ -292,3 +292,33 @@ def test_import_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "llama_index.core.storage.chat_store.base_db", None)
     with pytest.raises(ImportError, match=r"extra 'llama-index'.*compozy-nb\[llama-index\]"):
         import compozy_nb.integrations.llama_index  # noqa: F401
+
+
+# ---------------------------------------------------------------------------------------------- tool calls end to end
+def test_a_tool_call_turn_is_stored_in_the_openai_shape_and_read_back(project: Project) -> None:
+    store = CompozyChatStore(project, "conv")
+    turn = [
+        user("Weather in Paris?"),
+        ChatMessage(
+            role="assistant",
+            blocks=[ToolCallBlock(tool_call_id="call_1", tool_name="weather", tool_kwargs={"city": "Paris"})],
+        ),
+        ChatMessage(role="tool", content="18 °C", additional_kwargs={"tool_call_id": "call_1"}),
+        assistant("It is 18 °C in Paris."),
+    ]
+    store.set_messages("k", turn)
+    rows = stored(store.memory("k"))
+    assert [m["role"] for m in rows] == ["user", "assistant", "tool", "assistant"]
+    assert rows[1]["content"] == "" and rows[1]["tool_calls"][0]["function"]["name"] == "weather"
+    assert rows[2]["tool_call_id"] == "call_1"
+    assert store.get_messages("k") == turn
+
+
+def test_image_blocks_round_trip_through_redis(project: Project) -> None:
+    store = CompozyChatStore(project, "conv")
+    message = ChatMessage(
+        role="user", blocks=[TextBlock(text="what is this?"), ImageBlock(url="https://example.com/cat.png")]
+    )
+    store.add_message("k", message)
+    assert isinstance(stored(store.memory("k"))[0]["content"], str)
+    assert store.get_messages("k") == [message]
