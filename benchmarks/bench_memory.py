@@ -71,12 +71,17 @@ QUICK = Settings(iterations=300, budget_iterations=200, block=10, warmup=50, sta
 class Bench:
     """The data set and clients of one run."""
 
-    def __init__(self, url: str, settings: Settings) -> None:
+    def __init__(self, url: str, settings: Settings, *, log: bool = True) -> None:
         self.settings = settings
         self.project_name = f"bench{uuid.uuid4().hex[:8]}"
         self.project = Project(self.project_name, redis_url=url)
-        self.project.add_memory(MemoryResource(id="bench_window", max_messages=MAX_MESSAGES, persistence={"ttl": TTL}))
-        self.project.add_memory(MemoryResource(id="bench_big", max_messages=1_000_000, persistence={"ttl": TTL}))
+        logging = {"enabled": log}
+        self.project.add_memory(
+            MemoryResource(id="bench_window", max_messages=MAX_MESSAGES, persistence={"ttl": TTL}, log=logging)
+        )
+        self.project.add_memory(
+            MemoryResource(id="bench_big", max_messages=1_000_000, persistence={"ttl": TTL}, log=logging)
+        )
         # the baseline: a plain redis-py client (hiredis parser when installed), its own connection
         self.raw = redis.Redis.from_url(url)
         self.raw_append = self.raw.register_script(RAW_APPEND_LUA)
@@ -392,6 +397,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a ~15 s smoke run (fewer iterations)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a ratio misses its target")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of 2,000 appends")
+    parser.add_argument(
+        "--log",
+        choices=("on", "off"),
+        default="on",
+        help="the memories' operation log (on, the default users get; off shows the engine without it)",
+    )
     return parser.parse_args(argv)
 
 
@@ -418,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     url, server = server_url(args)
     try:
-        bench = Bench(url, settings)
+        bench = Bench(url, settings, log=args.log == "on")
         try:
             print(describe(url, bench.raw))
             print(
