@@ -25,6 +25,9 @@ MAX_DEPTH = 64
 """Deepest nesting of maps and lists accepted anywhere input enters (a message with metadata needs ~5)."""
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None), bytes))  # skipped without the slower ABC checks
+
+
 def nesting_depth(value: Any, stop_after: int | None = None) -> int:
     """How deeply maps and lists nest in ``value`` (a scalar is 0, ``[]`` is 1), without recursion.
 
@@ -49,7 +52,11 @@ def nesting_depth(value: Any, stop_after: int | None = None) -> int:
         deepest = max(deepest, depth)
         if stop_after is not None and deepest > stop_after:
             return deepest
-        stack.extend((child, depth) for child in children if isinstance(child, Mapping | list | tuple))
+        stack.extend(
+            (child, depth)
+            for child in children
+            if type(child) not in _SCALARS and isinstance(child, Mapping | list | tuple)
+        )
     return deepest
 
 

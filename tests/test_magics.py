@@ -332,6 +332,10 @@ def test_tab_completion_of_subcommands_refs_and_options(ip: object) -> None:
     assert complete("%compozy memory read no") == ["notes"]
     assert complete("%compozy run rem") == ["remember"]
     assert set(complete("%compozy memory read notes --ma")) == {"--max-tokens"}
+    # the first line of a %%compozy cell completes the same way
+    assert complete("%%compozy mem") == ["memory"]
+    assert complete("%%compozy memory read no") == ["notes"]
+    assert set(complete("%%compozy memory append notes --pa")) == {"--payload"}
 
 
 def test_curly_variables_are_interpolated_in_keys_and_vars(ip: object, backend: Backend) -> None:

@@ -3,9 +3,9 @@
 Each script that changes a memory (append incl. eviction on write, write, restore, flush incl. summaries, clear,
 adoption of a Compozy list) ends with ``log_event(...)`` (``scripts/_common.lua``), which XADDs one entry to
 a capped stream next to the memory (``…:<key>:log``, same hash tag on a cluster, same TTL). The last script
-argument is a small JSON object made here (:func:`log_argument`): whether the log is on, its cap, the operation,
-its source and what only Python knows (the strategy, the redacted spans). Compozy never reads the stream; ``clear``
-keeps it and logs that it ran; ``delete`` removes it with the rest of the memory.
+argument is a short tab-separated string made here (:func:`log_argument`): whether the log is on, its cap, the
+operation, its source and what only Python knows (the strategy, the redacted spans). Compozy never reads the
+stream; ``clear`` keeps it and logs that it ran; ``delete`` removes it with the rest of the memory.
 
 Read side: :func:`read_log` (``mem.log()``), :func:`why` (``mem.why(message_id)``).
 """
@@ -115,22 +115,19 @@ def note_redactions(count: int) -> None:
 
 
 def log_argument(enabled: bool, max_events: int, ttl_ms: int, operation: str, strategy: str | None = None) -> str:
-    """The JSON object the scripts' ``log_event`` reads from their last argument."""
+    """The string the scripts' ``log_event`` reads from their last argument (parsed in scripts/_common.lua)."""
     redacted = _redacted.get() if operation in ("append", "write") else 0  # set by the encoding just before
-    return _log_json(enabled, max_events, ttl_ms, operation, _source.get(), strategy, redacted)
+    return _log_text(enabled, max_events, ttl_ms, operation, _source.get(), strategy, redacted)
 
 
 @functools.lru_cache(maxsize=512)
-def _log_json(
+def _log_text(
     enabled: bool, max_events: int, ttl_ms: int, operation: str, source: str, strategy: str | None, redacted: int
 ) -> str:
-    config: dict[str, Any] = {"_log": 1, "on": enabled, "max": max_events, "ttl": ttl_ms, "op": operation}
-    config["source"] = source
-    if strategy:
-        config["strategy"] = strategy
-    if redacted:
-        config["redacted"] = redacted
-    return json.dumps(config, separators=(",", ":"))
+    # a tab-separated string, cheap to parse in every write script (scripts/_common.lua); names are identifiers
+    if not enabled:
+        return "_log:0"
+    return "\t".join(("_log:1", str(max_events), str(ttl_ms), operation, source, strategy or "", str(redacted)))
 
 
 def log_read(instance: MemoryInstance, count: int) -> None:

@@ -72,10 +72,12 @@ def normalize_payload(payload: Any, *, operation: str) -> list[dict[str, Any]]:
     if isinstance(payload, str):
         items: list[Any] = [{"role": "user", "content": payload}]
     elif isinstance(payload, Mapping):
-        check_depth(payload)
+        if not _plain(payload, payload.get("content")):  # a plain {role, content} map is one level deep
+            check_depth(payload)
         items = [payload]
     elif isinstance(payload, list | tuple):
-        check_depth(payload)
+        if not all(isinstance(item, Mapping) and _plain(item, item.get("content")) for item in payload):
+            check_depth(payload)
         items = list(payload)
     elif _is_dataframe(payload):
         from compozy_nb.memory.frames import frame_messages

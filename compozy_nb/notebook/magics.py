@@ -534,7 +534,8 @@ def load_ipython_extension(ipython: Any) -> None:
     if magics not in ipython.configurables:  # IPython's Magics usually adds itself
         ipython.configurables.append(magics)
     if not getattr(ipython, "_compozy_nb_completer", False):
-        ipython.set_hook("complete_command", lambda _self, event: _complete(ipython, event), str_key="%compozy")
+        for magic in ("%compozy", "%%compozy"):  # a line, and the first line of a cell
+            ipython.set_hook("complete_command", lambda _self, event: _complete(ipython, event), str_key=magic)
         ipython._compozy_nb_completer = True
     if previous is not None:
         info = previous.describe()

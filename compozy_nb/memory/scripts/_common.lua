@@ -153,18 +153,23 @@ local function expire_all(ttl_ms, track)
   if track then redis.call('PEXPIRE', ACCESS, ttl_ms) end
 end
 
--- The operation log (memory/log.py): the caller adds one last argument, {"_log":1, "on", "max", "ttl", "op",
--- "source", "strategy"?, "redacted"?}, taken off ARGV here, so every script sees only its own arguments. KEYS[7]
--- is the capped stream next to the memory. log_event(fields) adds one entry in the same script as the change it
--- describes: lists are JSON arrays, numbers integers; an absent or invalid log argument logs nothing.
+-- The operation log (memory/log.py): the caller adds one last argument, taken off ARGV here so every script
+-- sees only its own arguments: '_log:0' (off) or '_log:1' then, tab-separated, the cap, the TTL in ms, the
+-- operation, its source, the flush strategy ('' if none) and the redacted span count ('' or 0 if none). A
+-- delimited string, not JSON: decoding it runs in every write script. KEYS[7] is the capped stream next to the
+-- memory. log_event(fields) adds one entry in the same script as the change it describes: lists are JSON
+-- arrays, numbers integers; an absent or invalid log argument logs nothing.
 local LOG = KEYS[7]
 local LOG_CFG = nil
-if LOG and string.sub(ARGV[#ARGV] or '', 1, 8) == '{"_log":' then
-  local ok, cfg = pcall(cjson.decode, table.remove(ARGV))
-  if ok and type(cfg) == 'table' and cfg['on'] == true and type(cfg['op']) == 'string'
-      and type(cfg['source']) == 'string' and int_arg(tostring(cfg['max']), MAX_INT)
-      and int_arg(tostring(cfg['ttl']), MAX_TTL_MS) and cfg['max'] >= 1 then
-    LOG_CFG = cfg
+if LOG and string.sub(ARGV[#ARGV] or '', 1, 5) == '_log:' then
+  local max, ttl, lop, source, strategy, redacted = string.match(table.remove(ARGV),
+    '^_log:1\t(%d+)\t(%d+)\t([%w_]+)\t([%w_]+)\t([%w_]*)\t(%d*)$')
+  max, ttl = int_arg(max, MAX_INT), int_arg(ttl, MAX_TTL_MS)
+  if max and ttl and max >= 1 then
+    LOG_CFG = {max = max, ttl = ttl, op = lop, source = source}
+    if strategy ~= '' then LOG_CFG['strategy'] = strategy end
+    local spans = int_arg(redacted, MAX_INT)
+    if spans and spans > 0 then LOG_CFG['redacted'] = spans end
   end
 end
 
