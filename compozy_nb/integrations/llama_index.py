@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from compozy_nb.errors import ConfigError, InvalidPayloadError
-from compozy_nb.integrations._common import KeyMap, async_memory, atake, missing_extra, take
+from compozy_nb.integrations._common import KeyMap, Prototype, async_memory, atake, missing_extra, take
 
 try:
     from llama_index.core.base.llms.types import (
@@ -111,6 +111,9 @@ def _openai_call(call: Any) -> dict[str, Any]:
 
 _ROLES = {role.value: role for role in MessageRole}
 _PLAIN_FIELDS = frozenset(("role", "content", "id", "tokens", "ts"))
+# a text message is built from these (integrations/_common.py: cheaper than two validating constructors)
+_TEXT_MESSAGE = Prototype(ChatMessage, role=MessageRole.USER)
+_TEXT_BLOCK = Prototype(TextBlock, text="")
 
 
 def from_openai(message: Mapping[str, Any]) -> ChatMessage:
@@ -118,7 +121,7 @@ def from_openai(message: Mapping[str, Any]) -> ChatMessage:
     content = message.get("content")
     role = _ROLES.get(str(message.get("role", "user")), MessageRole.USER)
     if isinstance(content, str) and _PLAIN_FIELDS.issuperset(message):  # a text message: the common case
-        return ChatMessage(role=role, blocks=[TextBlock(text=content)] if content else [])
+        return _TEXT_MESSAGE.build(role=role, blocks=[_TEXT_BLOCK.build(text=content)] if content else [])
     return _from_openai_full(role, message)
 
 
