@@ -162,9 +162,9 @@ class Prototype(Generic[M]):
         self._base: dict[str, Any] = dict(vars(prototype))
         self._fresh = [name for name, value in self._base.items() if isinstance(value, dict | list | set)]
         self._extra = getattr(prototype, "__pydantic_extra__", None)
-        self._private = getattr(prototype, "__pydantic_private__", None)
-        fresh_values = [self._base[name] for name in self._fresh]
-        self._usable: bool | None = None if not any(fresh_values) and not self._private else False
+        # None: checked at the first build; False (always construct): private state, or non-empty mutable defaults
+        usable = not getattr(prototype, "__pydantic_private__", None) and not any(self._base[n] for n in self._fresh)
+        self._usable: bool | None = None if usable else False
 
     def build(self, **values: Any) -> M:
         """A message with ``values`` (validated by the caller's types: strings, ids, roles)."""

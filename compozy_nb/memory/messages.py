@@ -69,15 +69,12 @@ def normalize_payload(payload: Any, *, operation: str) -> list[dict[str, Any]]:
     """
     if payload is None:
         raise InvalidPayloadError(f"{operation} operation requires payload", operation=operation)
+    nested = isinstance(payload, Mapping | list | tuple)  # what the caller built: its depth is unchecked
     if isinstance(payload, str):
         items: list[Any] = [{"role": "user", "content": payload}]
     elif isinstance(payload, Mapping):
-        if not _plain(payload, payload.get("content")):  # a plain {role, content} map is one level deep
-            check_depth(payload)
         items = [payload]
     elif isinstance(payload, list | tuple):
-        if not all(isinstance(item, Mapping) and _plain(item, item.get("content")) for item in payload):
-            check_depth(payload)
         items = list(payload)
     elif _is_dataframe(payload):
         from compozy_nb.memory.frames import frame_messages
@@ -89,10 +86,18 @@ def normalize_payload(payload: Any, *, operation: str) -> list[dict[str, Any]]:
             "or a DataFrame",
             operation=operation,
         )
+    # the common {role, content} message, decided once per item: it nests one level, so only a payload with
+    # other items is walked for its depth
+    plain = [isinstance(item, Mapping) and _plain(item, item.get("content")) for item in items]
+    if nested and not all(plain):
+        check_depth(payload)
     indexed = not isinstance(payload, str | Mapping)
     messages: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
-        messages.extend(_message(item, index if indexed else None, operation))
+    for index, (item, is_plain) in enumerate(zip(items, plain, strict=True)):
+        if is_plain:
+            messages.append({"role": item["role"], "content": item["content"]})
+        else:
+            messages.extend(_message(item, index if indexed else None, operation))
     return messages
 
 
@@ -109,9 +114,6 @@ def _message(item: Any, index: int | None, operation: str) -> list[dict[str, Any
             operation=operation,
             field=where,
         )
-    content = item.get("content")
-    if _plain(item, content):  # the common {role, content} payload
-        return [{"role": item["role"], "content": content}]
     check_finite(item, where, operation)
     messages = transcript.normalize_message({k: v for k, v in item.items() if k not in _COMPUTED}, where, operation)
     for message in messages:
