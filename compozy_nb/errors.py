@@ -7,7 +7,59 @@ report) and optional context: the ``operation``, the memory ``key`` and, for con
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
+
+
+class ErrorCode(StrEnum):
+    """Every error code the package reports, in one place.
+
+    Members are strings (``ErrorCode.INVALID_KEY == "INVALID_KEY"``) so they serialise as the bare code in
+    JSON and compare equal to the codes callers already match on. The HTTP server maps each one to a status
+    (``compozy_nb.server.errors.STATUS_BY_CODE``, which must list them all). ``repr`` is the bare string's,
+    so run maps, ``to_dict()`` results and DataFrames show ``'INVALID_KEY'``, not the enum member.
+    """
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    COMPOZY_ERROR = "COMPOZY_ERROR"
+    """Base code of :class:`CompozyNbError` (not raised as such by the package)."""
+    # configuration and input
+    INVALID_CONFIG = "INVALID_CONFIG"
+    INVALID_KEY = "INVALID_KEY"
+    INVALID_PAYLOAD = "INVALID_PAYLOAD"
+    TEMPLATE_ERROR = "TEMPLATE_ERROR"
+    PRIVACY_ERROR = "PRIVACY_ERROR"
+    CONFIRM_REQUIRED = "CONFIRM_REQUIRED"
+    LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
+    # lookups
+    MEMORY_NOT_FOUND = "MEMORY_NOT_FOUND"
+    WORKFLOW_NOT_FOUND = "WORKFLOW_NOT_FOUND"
+    TASK_NOT_FOUND = "TASK_NOT_FOUND"
+    # storage
+    BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
+    BACKEND_OUT_OF_MEMORY = "BACKEND_OUT_OF_MEMORY"
+    CORRUPT_DATA = "CORRUPT_DATA"
+    FOREIGN_DATA = "FOREIGN_DATA"
+    MEMORY_OPERATION_ERROR = "MEMORY_OPERATION_ERROR"
+    # the LLM behind a basic task or a summarizer
+    PROVIDER_ERROR = "PROVIDER_ERROR"
+    PROVIDER_AUTH_ERROR = "PROVIDER_AUTH_ERROR"
+    PROVIDER_TIMEOUT = "PROVIDER_TIMEOUT"
+    FLUSH_FAILED = "FLUSH_FAILED"
+    # environment
+    MISSING_DEPENDENCY = "MISSING_DEPENDENCY"
+    # reported by the HTTP server only
+    INVALID_REQUEST = "INVALID_REQUEST"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    HOST_NOT_ALLOWED = "HOST_NOT_ALLOWED"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    """A bug: an exception that is not a :class:`CompozyNbError` (reported without its traceback)."""
 
 
 class CompozyNbError(Exception):
@@ -19,11 +71,11 @@ class CompozyNbError(Exception):
         context: Extra facts (``operation``, ``key``, ``source``, ``field`` ...), all JSON-serialisable.
     """
 
-    code: str = "COMPOZY_ERROR"
+    code: ErrorCode = ErrorCode.COMPOZY_ERROR
 
-    def __init__(self, message: str, *, code: str | None = None, **context: Any) -> None:
+    def __init__(self, message: str, *, code: ErrorCode | None = None, **context: Any) -> None:
         if code is not None:
-            self.code = code
+            self.code = ErrorCode(code)  # a string that is not a code fails here, not in the HTTP layer
         self.message = message
         self.context: dict[str, Any] = {k: v for k, v in context.items() if v is not None}
         super().__init__(self._format())
@@ -48,67 +100,74 @@ class CompozyNbError(Exception):
 class ConfigError(CompozyNbError, ValueError):
     """Invalid configuration: YAML, resource, task, workflow, unknown operation, unsafe regex."""
 
-    code = "INVALID_CONFIG"
+    code = ErrorCode.INVALID_CONFIG
 
 
 class MemoryNotFoundError(CompozyNbError, LookupError):
     """A ``memory_ref`` that names no registered memory resource."""
 
-    code = "MEMORY_NOT_FOUND"
+    code = ErrorCode.MEMORY_NOT_FOUND
 
 
 class InvalidKeyError(CompozyNbError, ValueError):
     """A rendered memory key that breaks Compozy's key rules."""
 
-    code = "INVALID_KEY"
+    code = ErrorCode.INVALID_KEY
 
 
 class InvalidPayloadError(CompozyNbError, ValueError):
     """A payload that is not a message, a list of messages or a string."""
 
-    code = "INVALID_PAYLOAD"
+    code = ErrorCode.INVALID_PAYLOAD
 
 
 class TemplateError(CompozyNbError, ValueError):
     """A template that is malformed, breaks the sandbox or names a missing variable."""
 
-    code = "TEMPLATE_ERROR"
+    code = ErrorCode.TEMPLATE_ERROR
 
 
 class ConfirmRequiredError(CompozyNbError, ValueError):
     """``clear`` called without ``confirm: true``."""
 
-    code = "CONFIRM_REQUIRED"
+    code = ErrorCode.CONFIRM_REQUIRED
 
 
 class LimitExceededError(CompozyNbError, ValueError):
     """A write that cannot fit the memory's limits even after evicting everything evictable."""
 
-    code = "LIMIT_EXCEEDED"
+    code = ErrorCode.LIMIT_EXCEEDED
 
 
 class PrivacyError(CompozyNbError):
     """Redaction could not be applied (e.g. a pattern ran past its time bound)."""
 
-    code = "PRIVACY_ERROR"
+    code = ErrorCode.PRIVACY_ERROR
 
 
 class BackendError(CompozyNbError, ConnectionError):
     """Redis (or the embedded backend) is unreachable or failed."""
 
-    code = "BACKEND_UNAVAILABLE"
+    code = ErrorCode.BACKEND_UNAVAILABLE
 
 
 class CorruptDataError(CompozyNbError):
     """Stored data that cannot be decoded (e.g. a list element that is not JSON)."""
 
-    code = "CORRUPT_DATA"
+    code = ErrorCode.CORRUPT_DATA
 
 
 class MemoryOperationError(CompozyNbError):
     """An operation failed for a reason not covered by a more specific class."""
 
-    code = "MEMORY_OPERATION_ERROR"
+    code = ErrorCode.MEMORY_OPERATION_ERROR
+
+
+class ProviderError(CompozyNbError):
+    """The LLM call failed (HTTP error, timeout, bad reply): ``PROVIDER_ERROR``, ``PROVIDER_TIMEOUT``,
+    ``PROVIDER_AUTH_ERROR``."""
+
+    code = ErrorCode.PROVIDER_ERROR
 
 
 __all__ = [
@@ -117,11 +176,13 @@ __all__ = [
     "ConfigError",
     "ConfirmRequiredError",
     "CorruptDataError",
+    "ErrorCode",
     "InvalidKeyError",
     "InvalidPayloadError",
     "LimitExceededError",
     "MemoryNotFoundError",
     "MemoryOperationError",
     "PrivacyError",
+    "ProviderError",
     "TemplateError",
 ]

@@ -24,7 +24,7 @@ from compozy_nb.config.project import (
 )
 from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask, Workflow
-from compozy_nb.errors import CompozyNbError, ConfigError, MemoryNotFoundError, TemplateError
+from compozy_nb.errors import CompozyNbError, ConfigError, ErrorCode, MemoryNotFoundError, TemplateError
 from compozy_nb.memory.flush import Summarizer, truncate_tokens
 from compozy_nb.memory.instance import MemoryInstance, MemoryRuntime, Output
 from compozy_nb.results import RunResult
@@ -413,7 +413,7 @@ class Project:
             known = ", ".join(sorted(self.workflows)) or "none registered"
             raise ConfigError(
                 f"workflow not found: '{workflow_id}' (known: {known})",
-                code="WORKFLOW_NOT_FOUND",
+                code=ErrorCode.WORKFLOW_NOT_FOUND,
                 workflow=workflow_id,
             )
         return WorkflowHandle(self, self.workflows[workflow_id])

@@ -23,6 +23,7 @@ from compozy_nb.errors import (
     CompozyNbError,
     ConfigError,
     ConfirmRequiredError,
+    ErrorCode,
     InvalidKeyError,
     InvalidPayloadError,
     MemoryOperationError,
@@ -296,7 +297,7 @@ class MemoryInstance:
             error = (
                 exc.to_dict()
                 if isinstance(exc, CompozyNbError)
-                else {"code": "FLUSH_FAILED", "message": type(exc).__name__}
+                else {"code": ErrorCode.FLUSH_FAILED, "message": type(exc).__name__}
             )
             out["summary_flush"] = {"flushed_count": 0, "summary_generated": False, "error": error}
             warnings.warn(
@@ -848,7 +849,7 @@ class MemoryInstance:
         text = self.runtime.summarizer(originals, previous, budget)
         if not isinstance(text, str) or not text.strip():
             raise CompozyNbError(
-                "the summarizer returned no text", code="FLUSH_FAILED", operation="flush", key=self.key
+                "the summarizer returned no text", code=ErrorCode.FLUSH_FAILED, operation="flush", key=self.key
             )
         text = flushing.truncate_tokens(self.runtime.privacy.redact(text), self.runtime.counter, budget)
         folded = sum(int(s.message.get("summarized_count", 0)) for s in plan.remove if s.is_summary)
@@ -893,12 +894,12 @@ def is_ours(fields: Sequence[Any], length: int, last: Any, first: Any = None) ->
 
 def cannot_write(exc: BackendError) -> bool:
     """Whether Redis refused a write it could serve as a read: out of memory, or a read-only replica."""
-    return exc.code == "BACKEND_OUT_OF_MEMORY" or exc.context.get("reason") == "read_only_replica"
+    return exc.code == ErrorCode.BACKEND_OUT_OF_MEMORY or exc.context.get("reason") == "read_only_replica"
 
 
 def access_skipped_warning(exc: BackendError) -> str:
     """The warning of an LRU read whose access record Redis refused."""
-    why = "is out of memory" if exc.code == "BACKEND_OUT_OF_MEMORY" else "is a read-only replica"
+    why = "is out of memory" if exc.code == ErrorCode.BACKEND_OUT_OF_MEMORY else "is a read-only replica"
     return f"Redis {why}: the messages were read but their access times were not recorded (LRU order is stale)"
 
 
@@ -936,7 +937,7 @@ def _is_connection_error(exc: BaseException) -> bool:
 def _unhealthy_warning(exc: BackendError) -> str:
     if exc.context.get("reason") == "read_only_replica":
         return "Redis is a read-only replica"
-    if exc.code == "BACKEND_OUT_OF_MEMORY":
+    if exc.code == ErrorCode.BACKEND_OUT_OF_MEMORY:
         return "Redis is out of memory"
     return "Redis is unreachable"
 

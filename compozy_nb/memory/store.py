@@ -15,6 +15,7 @@ import redis
 from compozy_nb.errors import (
     BackendError,
     CompozyNbError,
+    ErrorCode,
     LimitExceededError,
     MemoryOperationError,
 )
@@ -23,7 +24,7 @@ from compozy_nb.errors import (
 class ForeignDataError(MemoryOperationError):
     """Internal: the list was written by another tool and must be adopted first (handled by the instance)."""
 
-    code = "FOREIGN_DATA"
+    code = ErrorCode.FOREIGN_DATA
 
 
 # "Redis cannot serve this now" -> BACKEND_UNAVAILABLE. ClusterDownError (CLUSTERDOWN) and TryAgainError
@@ -112,7 +113,7 @@ def redis_errors(operation: str, key: str | None) -> Iterator[None]:
         if text.startswith("OOM") or "used memory > 'maxmemory'" in text:
             raise BackendError(
                 f"Redis is out of memory (maxmemory reached) during {operation}: nothing was written",
-                code="BACKEND_OUT_OF_MEMORY",
+                code=ErrorCode.BACKEND_OUT_OF_MEMORY,
                 operation=operation,
                 key=key,
             ) from None

@@ -12,7 +12,7 @@ import html
 from collections.abc import Callable
 from typing import Any
 
-from compozy_nb.errors import ConfigError
+from compozy_nb.errors import ConfigError, ErrorCode
 from compozy_nb.notebook import views
 from compozy_nb.notebook.frames import key_variables
 
@@ -25,7 +25,7 @@ def _widgets() -> Any:
         import ipywidgets
     except ImportError:  # pragma: no cover - ipywidgets is in the notebook and test extras
         raise ConfigError(
-            "the inspector needs ipywidgets: pip install 'compozy-nb[notebook]'", code="MISSING_DEPENDENCY"
+            "the inspector needs ipywidgets: pip install 'compozy-nb[notebook]'", code=ErrorCode.MISSING_DEPENDENCY
         ) from None
     return ipywidgets
 

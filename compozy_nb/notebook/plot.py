@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from compozy_nb.errors import ConfigError
+from compozy_nb.errors import ConfigError, ErrorCode
 
 if TYPE_CHECKING:
     from compozy_nb.memory.instance import MemoryInstance
@@ -36,7 +36,7 @@ def _matplotlib() -> Any:
     except ImportError:
         raise ConfigError(
             "mem.plot() needs matplotlib: pip install 'compozy-nb[notebook]' (or 'compozy-nb[plot]')",
-            code="MISSING_DEPENDENCY",
+            code=ErrorCode.MISSING_DEPENDENCY,
         ) from None
     return matplotlib
 

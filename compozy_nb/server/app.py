@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask
-from compozy_nb.errors import BackendError, CompozyNbError, ConfigError
+from compozy_nb.errors import BackendError, CompozyNbError, ConfigError, ErrorCode
 from compozy_nb.memory.aio import AsyncMemory
 from compozy_nb.memory.instance import MemoryInstance, Output
 from compozy_nb.memory.keys import validate_key
@@ -284,7 +284,7 @@ class BearerAuth:
             return
         message = "missing bearer token" if header is None else "invalid bearer token"
         hint = "send 'Authorization: Bearer <COMPOZY_API_KEY>'"
-        body = error_envelope(401, "UNAUTHORIZED", f"{message}: {hint}")
+        body = error_envelope(401, ErrorCode.UNAUTHORIZED, f"{message}: {hint}")
         response = _JSON(body, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="compozy-nb"'})
         await response(scope, receive, send)
 
@@ -399,11 +399,11 @@ def create_app(
 
 
 _HTTP_CODES = {
-    400: "INVALID_REQUEST",  # e.g. FastAPI's "There was an error parsing the body"
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    408: "REQUEST_TIMEOUT",
-    413: "REQUEST_TOO_LARGE",
+    400: ErrorCode.INVALID_REQUEST,  # e.g. FastAPI's "There was an error parsing the body"
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    408: ErrorCode.REQUEST_TIMEOUT,
+    413: ErrorCode.REQUEST_TOO_LARGE,
 }
 
 
@@ -418,7 +418,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = _HTTP_CODES.get(exc.status_code, "INVALID_REQUEST" if exc.status_code < 500 else "INTERNAL_ERROR")
+        fallback = ErrorCode.INVALID_REQUEST if exc.status_code < 500 else ErrorCode.INTERNAL_ERROR
+        code = _HTTP_CODES.get(exc.status_code, fallback)
         message = str(exc.detail)
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}"
@@ -431,7 +432,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("compozy-nb: unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
         return _JSON(
-            error_envelope(500, "INTERNAL_ERROR", "internal server error", details={"type": type(exc).__name__}),
+            error_envelope(
+                500, ErrorCode.INTERNAL_ERROR, "internal server error", details={"type": type(exc).__name__}
+            ),
             status_code=500,
         )
 
@@ -496,14 +499,14 @@ def _merge_task(engine: _Engine, workflow_id: str, task_id: str, fields: dict[st
         raise ConfigError(
             f"workflow not found: '{workflow_id}' (known: {known}); a request for an undefined "
             f"task must be complete (missing: {', '.join(missing)})",
-            code="WORKFLOW_NOT_FOUND",
+            code=ErrorCode.WORKFLOW_NOT_FOUND,
             workflow=workflow_id,
         )
     known = ", ".join(t.id for t in workflow.tasks)
     raise ConfigError(
         f"task not found: '{task_id}' in workflow '{workflow_id}' (tasks: {known}); a request "
         f"for an undefined task must be complete (missing: {', '.join(missing)})",
-        code="TASK_NOT_FOUND",
+        code=ErrorCode.TASK_NOT_FOUND,
         workflow=workflow_id,
         task=task_id,
     )
@@ -660,7 +663,7 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         if not out.get("healthy"):
             message = f"memory unhealthy: {out.get('error', 'Redis is unreachable')}"
             return _JSON(
-                error_envelope(503, "BACKEND_UNAVAILABLE", message, data=out),
+                error_envelope(503, ErrorCode.BACKEND_UNAVAILABLE, message, data=out),
                 status_code=503,
                 headers={"Retry-After": "1"},
             )

@@ -15,46 +15,60 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from compozy_nb.errors import CompozyNbError
+from compozy_nb.errors import CompozyNbError, ErrorCode
 
-STATUS_BY_CODE: dict[str, int] = {
+STATUS_BY_CODE: dict[ErrorCode, int] = {
     # 400: the request is wrong and retrying it unchanged will fail again.
-    "INVALID_REQUEST": 400,
-    "INVALID_CONFIG": 400,
-    "INVALID_KEY": 400,
-    "INVALID_PAYLOAD": 400,
-    "TEMPLATE_ERROR": 400,
-    "PRIVACY_ERROR": 400,
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.INVALID_CONFIG: 400,
+    ErrorCode.INVALID_KEY: 400,
+    ErrorCode.INVALID_PAYLOAD: 400,
+    ErrorCode.TEMPLATE_ERROR: 400,
+    ErrorCode.PRIVACY_ERROR: 400,
     # 413: what was sent does not fit the memory's limits (max_message_bytes, token or message limits).
-    "LIMIT_EXCEEDED": 413,
-    "UNAUTHORIZED": 401,
+    ErrorCode.LIMIT_EXCEEDED: 413,
+    ErrorCode.REQUEST_TOO_LARGE: 413,
+    ErrorCode.UNAUTHORIZED: 401,
     # 403: authentication is off and the Host header is not a local name (DNS rebinding protection).
-    "HOST_NOT_ALLOWED": 403,
-    "NOT_FOUND": 404,
-    "MEMORY_NOT_FOUND": 404,
-    "WORKFLOW_NOT_FOUND": 404,
-    "TASK_NOT_FOUND": 404,
-    "METHOD_NOT_ALLOWED": 405,
-    "REQUEST_TIMEOUT": 408,
-    "CONFIRM_REQUIRED": 409,
+    ErrorCode.HOST_NOT_ALLOWED: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.MEMORY_NOT_FOUND: 404,
+    ErrorCode.WORKFLOW_NOT_FOUND: 404,
+    ErrorCode.TASK_NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.CONFIRM_REQUIRED: 409,
     # The LLM behind a basic task or a summarizer failed: a gateway error, not ours.
-    "PROVIDER_ERROR": 502,
-    "PROVIDER_AUTH_ERROR": 502,
-    "FLUSH_FAILED": 502,
-    "BACKEND_UNAVAILABLE": 503,
-    "BACKEND_OUT_OF_MEMORY": 507,
-    "PROVIDER_TIMEOUT": 504,
+    ErrorCode.PROVIDER_ERROR: 502,
+    ErrorCode.PROVIDER_AUTH_ERROR: 502,
+    ErrorCode.FLUSH_FAILED: 502,
+    ErrorCode.BACKEND_UNAVAILABLE: 503,
+    ErrorCode.BACKEND_OUT_OF_MEMORY: 507,
+    ErrorCode.PROVIDER_TIMEOUT: 504,
     # Stored data we cannot decode, a key holding another Redis type, bugs: the server's problem.
-    "CORRUPT_DATA": 500,
-    "MEMORY_OPERATION_ERROR": 500,
-    "INTERNAL_ERROR": 500,
+    ErrorCode.CORRUPT_DATA: 500,
+    ErrorCode.MEMORY_OPERATION_ERROR: 500,
+    ErrorCode.INTERNAL_ERROR: 500,
+    # Never answered with: the base class's code, an engine-internal signal, a notebook-only failure.
+    ErrorCode.COMPOZY_ERROR: 500,
+    ErrorCode.FOREIGN_DATA: 500,
+    ErrorCode.MISSING_DEPENDENCY: 500,
 }
-"""HTTP status of each error code; a code not listed is a 500."""
+"""HTTP status of each error code: every :class:`~compozy_nb.errors.ErrorCode` is listed (checked at import)."""
+
+_UNLISTED = set(ErrorCode) - set(STATUS_BY_CODE)
+if _UNLISTED:  # pragma: no cover - fails the import, and with it every server test
+    raise RuntimeError(f"STATUS_BY_CODE lists no HTTP status for {sorted(_UNLISTED)}")
 
 
 def http_status(code: str) -> int:
-    """The HTTP status for an error ``code`` (500 for a code not in :data:`STATUS_BY_CODE`)."""
-    return STATUS_BY_CODE.get(code, 500)
+    """The HTTP status for an error ``code``.
+
+    Raises:
+        ValueError: ``code`` is not an :class:`~compozy_nb.errors.ErrorCode` (a bug: every code the package
+            reports is one, so an unknown code is never silently answered as some status).
+    """
+    return STATUS_BY_CODE[ErrorCode(code)]
 
 
 def envelope(status: int, message: str, data: Any) -> dict[str, Any]:
@@ -64,7 +78,7 @@ def envelope(status: int, message: str, data: Any) -> dict[str, Any]:
 
 def error_envelope(
     status: int,
-    code: str,
+    code: ErrorCode,
     message: str,
     *,
     field: str | None = None,
@@ -122,7 +136,7 @@ def validation_error(errors: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     message = first["message"] if len(problems) == 1 else "; ".join(p["message"] for p in problems[:5])
     if len(problems) > 5:
         message += f" (and {len(problems) - 5} more)"
-    return error_envelope(400, "INVALID_REQUEST", message, field=first["field"], details=problems)
+    return error_envelope(400, ErrorCode.INVALID_REQUEST, message, field=first["field"], details=problems)
 
 
 def _problem_text(err: Mapping[str, Any], loc: tuple[Any, ...]) -> str:

@@ -20,6 +20,7 @@ import anyio.to_thread
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from compozy_nb.errors import ErrorCode
 from compozy_nb.limits import MAX_DEPTH, nesting_depth
 from compozy_nb.server.errors import error_envelope
 
@@ -40,7 +41,7 @@ DEFAULT_BODY_TIMEOUT = 30.0
 """Seconds a client may take to send a request body before the connection is closed."""
 
 
-def _respond(status: int, code: str, message: str, close: bool = False) -> JSONResponse:
+def _respond(status: int, code: ErrorCode, message: str, close: bool = False) -> JSONResponse:
     headers = {"Connection": "close"} if close else None
     return JSONResponse(error_envelope(status, code, message), status_code=status, headers=headers)
 
@@ -102,7 +103,7 @@ class HostCheck:
             f"host {host_name(header or '')[:100]!r} is not allowed: without an API key only localhost and the "
             f"names in {ALLOWED_HOSTS_ENV} are served (DNS rebinding protection)"
         )
-        await _respond(403, "HOST_NOT_ALLOWED", message)(scope, receive, send)
+        await _respond(403, ErrorCode.HOST_NOT_ALLOWED, message)(scope, receive, send)
 
 
 class _RefusedError(Exception):
@@ -143,7 +144,7 @@ class RequestGuard:
             body = await self._read_body(receive)
             if self._may_be_too_deep(body) and await anyio.to_thread.run_sync(self._too_deep, body):
                 message = f"request body: JSON nested deeper than {self.max_depth} levels (maps and lists)"
-                raise _RefusedError(_respond(400, "INVALID_PAYLOAD", message))
+                raise _RefusedError(_respond(400, ErrorCode.INVALID_PAYLOAD, message))
         except _RefusedError as refused:
             await refused.response(scope, receive, send)
             return
@@ -153,7 +154,7 @@ class RequestGuard:
         declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             message = f"request body is {int(declared)} bytes, more than {self.max_bytes}"
-            raise _RefusedError(_respond(413, "REQUEST_TOO_LARGE", message, close=True))
+            raise _RefusedError(_respond(413, ErrorCode.REQUEST_TOO_LARGE, message, close=True))
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
@@ -162,18 +163,18 @@ class RequestGuard:
             while True:
                 message = await receive()
                 if message["type"] != "http.request":  # the client went away
-                    raise _RefusedError(_respond(400, "INVALID_REQUEST", "client disconnected", close=True))
+                    raise _RefusedError(_respond(400, ErrorCode.INVALID_REQUEST, "client disconnected", close=True))
                 chunk = message.get("body", b"")
                 received += len(chunk)
                 if received > self.max_bytes:
                     message_text = f"request body is more than {self.max_bytes} bytes"
-                    raise _RefusedError(_respond(413, "REQUEST_TOO_LARGE", message_text, close=True))
+                    raise _RefusedError(_respond(413, ErrorCode.REQUEST_TOO_LARGE, message_text, close=True))
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)
         assert scope.cancelled_caught
         message_text = f"request body not received within {self.body_timeout:g} s; closing the connection"
-        raise _RefusedError(_respond(408, "REQUEST_TIMEOUT", message_text, close=True))
+        raise _RefusedError(_respond(408, ErrorCode.REQUEST_TIMEOUT, message_text, close=True))
 
     def _may_be_too_deep(self, body: bytes) -> bool:
         """Cheap test on the event loop: a body with at most ``max_depth`` brackets cannot nest deeper."""

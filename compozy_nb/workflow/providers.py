@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from compozy_nb._secrets import excerpt, mask_url, scrub, scrub_exact
-from compozy_nb.errors import CompozyNbError, ConfigError
+from compozy_nb.errors import CompozyNbError, ConfigError, ErrorCode, ProviderError
 from compozy_nb.templating import render
 from compozy_nb.tokens import get_counter
 
@@ -25,12 +25,6 @@ DEFAULT_MAX_REPLY_BYTES = 4 * 1024 * 1024
 """Largest reply body read from an OpenAI-compatible server (``max_reply_bytes`` changes it)."""
 RETRY_STATUSES = frozenset({429, 500, 502, 503})
 """Answers after which a request is sent again (the server says it did not produce a completion)."""
-
-
-class ProviderError(CompozyNbError):
-    """The LLM call failed (HTTP error, timeout, bad reply)."""
-
-    code = "PROVIDER_ERROR"
 
 
 @dataclass
@@ -167,7 +161,7 @@ def _run_with_deadline(func: PythonLLM, messages: list[Message], timeout: float,
         raise ProviderError(
             f"python LLM '{name}' did not return within {timeout:g} s (timeout); "
             "the function keeps running in a background thread",
-            code="PROVIDER_TIMEOUT",
+            code=ErrorCode.PROVIDER_TIMEOUT,
             provider="python",
         )
     error = box.get("error")
@@ -440,7 +434,7 @@ def _wait(delay: float, deadline: float, total: float, after: str) -> None:
     if time.monotonic() + delay >= deadline:
         raise ProviderError(
             f"openai: {after}; a retry in {delay:g} s would pass the task's timeout of {total:g} s",
-            code="PROVIDER_TIMEOUT",
+            code=ErrorCode.PROVIDER_TIMEOUT,
             provider="openai",
         )
     time.sleep(delay)
@@ -449,7 +443,7 @@ def _wait(delay: float, deadline: float, total: float, after: str) -> None:
 def _timeout(target: _Target, total: float) -> ProviderError:
     return ProviderError(
         f"openai: no complete answer from {target.shown} within the task's timeout of {total:g} s",
-        code="PROVIDER_TIMEOUT",
+        code=ErrorCode.PROVIDER_TIMEOUT,
         provider="openai",
         url=target.shown,
     )
@@ -486,7 +480,9 @@ def _openai_response(reply: _Reply, target: _Target, request: ChatRequest) -> Ch
         )
     if reply.status in (401, 403):
         raise ProviderError(
-            f"openai: authentication failed ({where}): check {target.key_env}", code="PROVIDER_AUTH_ERROR", **context
+            f"openai: authentication failed ({where}): check {target.key_env}",
+            code=ErrorCode.PROVIDER_AUTH_ERROR,
+            **context,
         )
     if reply.status >= 400 or reply.status < 200:
         raise ProviderError(f"openai: {where}: {_error_text(text, target)}", **context)

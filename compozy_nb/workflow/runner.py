@@ -13,7 +13,7 @@ from compozy_nb._secrets import excerpt
 from compozy_nb.config._yaml import Document
 from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask, Workflow, WorkflowMemoryTask
-from compozy_nb.errors import CompozyNbError, ConfigError, MemoryNotFoundError, TemplateError
+from compozy_nb.errors import CompozyNbError, ConfigError, ErrorCode, MemoryNotFoundError, TemplateError
 from compozy_nb.memory.instance import MemoryInstance, run_operation
 from compozy_nb.memory.log import attributed
 from compozy_nb.memory.transcript import text_projection
@@ -474,7 +474,7 @@ def _error_of(exc: Exception) -> dict[str, Any]:
     a library raising something unexpected) is INTERNAL_ERROR, with its type and a scrubbed excerpt."""
     if isinstance(exc, CompozyNbError):
         return {"code": exc.code, "message": str(exc)}
-    return {"code": "INTERNAL_ERROR", "message": f"{type(exc).__name__}: {excerpt(str(exc))}"}
+    return {"code": ErrorCode.INTERNAL_ERROR, "message": f"{type(exc).__name__}: {excerpt(str(exc))}"}
 
 
 def _ms(started: float) -> float:
