@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "OPERATIONS": "compozy_nb.memory.instance",
+    "AsyncMemory": "compozy_nb.memory.aio",
     "Backend": "compozy_nb.backends",
     "BackendError": "compozy_nb.errors",
     "CompozyNbError": "compozy_nb.errors",
@@ -46,6 +47,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "OPERATIONS",
+    "AsyncMemory",
     "Backend",
     "BackendError",
     "CompozyNbError",
@@ -101,6 +103,7 @@ if TYPE_CHECKING:
         ProviderError,
         TemplateError,
     )
+    from compozy_nb.memory.aio import AsyncMemory
     from compozy_nb.memory.instance import OPERATIONS, MemoryInstance
     from compozy_nb.notebook.inspector import inspect
     from compozy_nb.project import Project

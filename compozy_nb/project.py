@@ -25,6 +25,7 @@ from compozy_nb.config.project import (
 from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask, Workflow
 from compozy_nb.errors import CompozyNbError, ConfigError, ErrorCode, MemoryNotFoundError, TemplateError
+from compozy_nb.memory.aio import AsyncMemory
 from compozy_nb.memory.flush import Summarizer, truncate_tokens
 from compozy_nb.memory.instance import MemoryInstance, MemoryRuntime, Output
 from compozy_nb.results import RunResult
@@ -357,6 +358,16 @@ class Project:
                 )
             key = render_key(template, runner.base_context("adhoc", variables, uuid.uuid4().hex), "key")
         return MemoryInstance(runtime, key, self.backend, self.name)
+
+    def amemory(self, memory_ref: str, key: str | None = None, **variables: Any) -> AsyncMemory:
+        """:meth:`memory` for async code: the same instance behind
+        :class:`~compozy_nb.memory.aio.AsyncMemory`, whose 8 operations are awaitable
+        (``await project.amemory("conversation", key="user:42").append("hi")``).
+
+        Raises:
+            MemoryNotFoundError, TemplateError, InvalidKeyError.
+        """
+        return AsyncMemory(self.memory(memory_ref, key, **variables))
 
     def execute(
         self,

@@ -36,6 +36,7 @@ def test_all_is_curated() -> None:
         "PrivacyError",
         "ProviderError",
         "ErrorCode",
+        "AsyncMemory",
         "Project",
         "RunResult",
         "Simulation",

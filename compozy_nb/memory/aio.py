@@ -1,10 +1,12 @@
-"""The async path: append, read, write, delete and clear of a memory instance over ``redis.asyncio``, for
-servers.
+"""The async transport: all 8 operations of a memory instance over ``redis.asyncio`` (standalone and
+cluster), for servers and async agents.
 
 The same instance prepares the arguments and builds the outputs (no operation is written twice); only the
-Redis round trip is awaited, so concurrent requests on one event loop do not wait for each other. The rare
-paths that need more than one round trip - adopting a list written by another tool, a summary flush due
-after an append - run the synchronous engine in a worker thread.
+Redis round trips are awaited, so concurrent calls on one event loop do not wait for each other. Operations
+of more than one round trip (stats, health, flush, adopting a list another tool wrote, the summary flush an
+append can trigger) are the instance's step generators (memory/steps.py) driven here with ``await``; the
+CPU-heavy or blocking steps among them (tokenizing, decoding a whole list, planning a flush, calling the
+summarizer) and payload encoding run in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -12,21 +14,29 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import redis
 
 from compozy_nb.backends import Backend
-from compozy_nb.errors import BackendError
-from compozy_nb.memory.instance import MemoryInstance, Output, _check_nonneg, cannot_write
+from compozy_nb.memory.instance import MemoryInstance, Output, tolerated
+from compozy_nb.memory.steps import Command, Runner, Script, Step, Steps, Work
 from compozy_nb.memory.store import ForeignDataError, redis_errors, script_sha, script_source
+
+T = TypeVar("T")
 
 MAX_IN_FLIGHT = 64  # below the async client's 100 connections: more requests wait instead of failing
 _limits: weakref.WeakKeyDictionary[Backend, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 class AsyncMemory:
-    """``await AsyncMemory(instance).append(payload)`` / ``.read(...)``: the same outputs as the sync methods."""
+    """``await AsyncMemory(instance).append(payload)``, ``.read(...)``, ``.flush(...)`` ...: the 8 operations of
+    :class:`~compozy_nb.memory.instance.MemoryInstance` with the same arguments, outputs and errors.
+
+    Example:
+        >>> mem = project.amemory("conversation", key="user:42")  # doctest: +SKIP
+        >>> await mem.append("hello")  # doctest: +SKIP
+    """
 
     def __init__(self, instance: MemoryInstance) -> None:
         self.instance = instance
@@ -36,10 +46,47 @@ class AsyncMemory:
             limit = _limits[instance.backend] = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._limit = limit
 
-    async def _script(self, name: str, args: Sequence[Any], operation: str) -> Any:
+    @property
+    def key(self) -> str:
+        """The instance's rendered key."""
+        return self.instance.key
+
+    def __repr__(self) -> str:
+        return f"AsyncMemory({self.instance!r})"
+
+    async def _drive(self, steps: Steps[T]) -> T:
+        """Run an operation's steps (memory/steps.py), awaiting each; see ``MemoryInstance._drive``."""
+        run = Runner(steps)
+        while (step := run.next()) is not None:
+            try:
+                run.done(await self._execute(step))
+            except Exception as exc:  # thrown in at the step's yield: the operation decides
+                run.failed(exc)
+        return cast(T, run.result)
+
+    async def _execute(self, step: Step) -> Any:
+        if isinstance(step, Work):
+            return await asyncio.to_thread(step.func)
+        if isinstance(step, Script):
+            return await self._script(step.name, step.args, step.operation, step.strategy)
+        async with self._limit:
+            with redis_errors(step.operation, self.instance.key):
+                if isinstance(step, Command):
+                    try:
+                        return await getattr(self.client, step.call.name)(*step.call.args)
+                    except Exception as exc:
+                        if tolerated(step.call, exc):
+                            return exc
+                        raise
+                pipe = self.client.pipeline(transaction=False)
+                for call in step.calls:
+                    getattr(pipe, call.name)(*call.args)
+                return await pipe.execute()
+
+    async def _script(self, name: str, args: Sequence[Any], operation: str, strategy: str | None = None) -> Any:
         mem = self.instance
         keys = mem.layout.all_keys
-        args = [*args, mem._log_arg(operation)] if name != "read" else args
+        args = [*args, mem._log_arg(operation, strategy)] if name != "read" else args
         async with self._limit:
             with redis_errors(operation, mem.key):
                 try:
@@ -52,24 +99,52 @@ class AsyncMemory:
         mem = self.instance
         encoded, skipped = await asyncio.to_thread(mem._encode, payload, "append")  # CPU: off the event loop
         if not encoded:
-            return await asyncio.to_thread(mem.append, payload)
-        args = mem._store_args("append", encoded)
-        try:
-            result = await self._script("append", args, "append")
-        except ForeignDataError:
-            await asyncio.to_thread(mem.adopt)
-            result = await self._script("append", args, "append")
-        out = mem._append_output(encoded, skipped, [int(v) for v in result])
+            count, tokens, _ = await self._drive(mem._counters_steps("append"))
+            return mem._append_output(encoded, skipped, [0, count, tokens, 0, 0, 0])
+        result = await self._store("append", encoded, "append")
+        out = mem._append_output(encoded, skipped, result)
         if mem._summary_due(out):
-            await asyncio.to_thread(mem._summary_flush, out)
+            await self._drive(mem._summary_flush_steps(out))
         return out
+
+    async def _store(self, mode: str, encoded: Sequence[Any], operation: str) -> list[int]:
+        args = self.instance._store_args(mode, encoded)
+        try:
+            result = await self._script("append", args, operation)
+        except ForeignDataError:
+            await self.adopt()
+            result = await self._script("append", args, operation)
+        return [int(v) for v in result]
+
+    async def adopt(self) -> bool:
+        """Like :meth:`MemoryInstance.adopt`."""
+        return await self._drive(self.instance._adopt_steps())
+
+    async def flush(
+        self,
+        strategy: str | None = None,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        threshold: float | None = None,
+    ) -> Output:
+        """Like :meth:`MemoryInstance.flush` (a ``hybrid_summary`` summarizer runs in a worker thread)."""
+        steps = self.instance._flush_steps(strategy, dry_run=dry_run, force=force, threshold=threshold)
+        return await self._drive(steps)
+
+    async def health(self, include_stats: bool = True) -> Output:
+        """Like :meth:`MemoryInstance.health`: unreachable Redis gives ``healthy: false``, not an exception."""
+        return await self._drive(self.instance._health_steps(include_stats))
+
+    async def stats(self, include_content: bool = False) -> Output:
+        """Like :meth:`MemoryInstance.stats`."""
+        return await self._drive(self.instance._stats_steps(include_content))
 
     async def write(self, payload: Any) -> Output:
         """Like :meth:`MemoryInstance.write`."""
         mem = self.instance
         encoded, skipped = await asyncio.to_thread(mem._encode, payload, "write")
-        result = await self._script("append", mem._store_args("replace", encoded), "write")
-        return mem._write_output(skipped, [int(v) for v in result])
+        return mem._write_output(skipped, await self._store("replace", encoded, "write"))
 
     async def delete(self) -> Output:
         """Like :meth:`MemoryInstance.delete`."""
@@ -88,29 +163,11 @@ class AsyncMemory:
         last: int | None = None,
         max_tokens: int | None = None,
         archive: bool = False,
+        roles: Sequence[str] | str | None = None,
+        since: Any = None,
+        until: Any = None,
     ) -> Output:
         """Like :meth:`MemoryInstance.read`."""
-        mem = self.instance
-        _check_nonneg(limit=limit, offset=offset, last=last, max_tokens=max_tokens)
-        if archive or (max_tokens is None and mem._track == "0"):
-            key = mem.layout.archive if archive else mem.layout.base
-            bounds = mem._window_range(offset, limit, None if archive else last)
-            async with self._limit:
-                with redis_errors("read", mem.key):
-                    pipe = self.client.pipeline(transaction=False)
-                    pipe.llen(key)
-                    if bounds is not None:
-                        pipe.lrange(key, *bounds)
-                    results = await pipe.execute()
-            total, raws = int(results[0]), ([] if bounds is None else list(results[1]))
-        else:
-            try:
-                result = await self._script("read", mem._read_args(max_tokens, last, offset, limit), "read")
-                total, raws = int(result[0]), list(result[1:])
-            except ForeignDataError:
-                total, raws = await asyncio.to_thread(mem._budget_in_python, int(max_tokens or 0))
-            except BackendError as exc:
-                if not cannot_write(exc):
-                    raise
-                return await asyncio.to_thread(mem.read, limit, offset, last=last, max_tokens=max_tokens)
-        return mem._read_output(total, raws, offset, limit, last=last, max_tokens=max_tokens, archive=archive)
+        return await self._drive(
+            self.instance._read_steps(limit, offset, last, max_tokens, archive, roles, since, until)
+        )

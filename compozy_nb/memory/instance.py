@@ -6,6 +6,7 @@ the output map documented in docs/features/memory-tasks.md; every map carries ``
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -14,7 +15,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from compozy_nb.backends import Backend
 from compozy_nb.config.memory import MemoryResource
@@ -43,6 +44,7 @@ from compozy_nb.memory.messages import (
     stored_text,
     utc_now_iso,
 )
+from compozy_nb.memory.steps import Batch, Call, Command, Runner, Script, Step, Steps, Work
 from compozy_nb.memory.store import ForeignDataError, Scripts, redis_errors
 from compozy_nb.privacy import PrivacyPolicy
 from compozy_nb.results import OperationResult, display_limits
@@ -53,6 +55,7 @@ MAX_INT = 2**53 - 1  # the largest count Redis and JSON clients agree on
 FINGERPRINT_FIELDS = ("token_count", "message_count", "nb_count", "nb_tokens", "nb_first", "nb_last")
 OPERATIONS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats")
 Output = dict[str, Any]
+T = TypeVar("T")
 
 
 class MemoryRuntime:
@@ -219,30 +222,65 @@ class MemoryInstance:
         and an id, and rebuild the counters. Roles, contents and other fields are unchanged, so Compozy still
         reads it; an element that is not JSON is kept as it is (0 tokens). Returns False when there was
         nothing to adopt."""
-        client = self.backend.client
+        return self._drive(self._adopt_steps())
+
+    def _adopt_steps(self) -> Steps[bool]:
         for _ in range(5):
-            with redis_errors("adopt", self.key):
-                pipe = client.pipeline(transaction=False)
-                pipe.hmget(self.layout.metadata, *FINGERPRINT_FIELDS)
-                pipe.lrange(self.layout.base, 0, -1)
-                meta, raws = pipe.execute()
+            meta, raws = yield Batch(
+                "adopt",
+                (Call("hmget", (self.layout.metadata, *FINGERPRINT_FIELDS)), Call("lrange", (self.layout.base, 0, -1))),
+            )
             if not raws or is_ours(meta, len(raws), raws[-1], raws[0]):
                 return False
-            args: list[Any] = [len(raws)]
-            for position, raw in enumerate(raws):
-                args.extend((raw, *self._canonical(raw, position)))
-            if int(self._run("adopt", args, "adopt")):
+            args = yield Work(functools.partial(self._adopt_args, raws))  # tokenizes every message
+            if int((yield Script("adopt", tuple(args), "adopt"))):
                 return True
         raise MemoryOperationError("the memory kept changing while being adopted; try again", key=self.key)
 
-    def _adopt_if_writable(self) -> bool:
+    def _adopt_args(self, raws: Sequence[bytes]) -> list[Any]:
+        args: list[Any] = [len(raws)]
+        for position, raw in enumerate(raws):
+            args.extend((raw, *self._canonical(raw, position)))
+        return args
+
+    def _adopt_if_writable_steps(self) -> Steps[bool]:
         """:meth:`adopt` for reads (stats, health): False, instead of an error, where Redis refuses writes."""
         try:
-            return self.adopt()
+            return (yield from self._adopt_steps())
         except BackendError as exc:
             if cannot_write(exc):
                 return False
             raise
+
+    def _drive(self, steps: Steps[T]) -> T:
+        """Run an operation's steps (memory/steps.py) on the synchronous client."""
+        run = Runner(steps)
+        while (step := run.next()) is not None:
+            try:
+                run.done(self._execute(step))
+            except Exception as exc:  # thrown in at the step's yield: the operation decides
+                run.failed(exc)
+        return cast(T, run.result)
+
+    def _execute(self, step: Step) -> Any:
+        if isinstance(step, Work):
+            return step.func()
+        if isinstance(step, Script):
+            return self._run(step.name, step.args, step.operation, step.strategy)
+        client = self.backend.client
+        if isinstance(step, Command):
+            with redis_errors(step.operation, self.key):
+                try:
+                    return getattr(client, step.call.name)(*step.call.args)
+                except Exception as exc:
+                    if tolerated(step.call, exc):
+                        return exc
+                    raise
+        with redis_errors(step.operation, self.key):
+            pipe = client.pipeline(transaction=False)
+            for call in step.calls:
+                getattr(pipe, call.name)(*call.args)
+            return pipe.execute()
 
     def _canonical(self, raw: bytes, position: int) -> tuple[str, int, str, str]:
         return canonical(raw, self.runtime.counter, key=self.key, position=position)
@@ -290,9 +328,12 @@ class MemoryInstance:
 
     def _summary_flush(self, out: Output) -> None:
         """The summary flush an append triggers, reported in the append's output."""
+        self._drive(self._summary_flush_steps(out))
+
+    def _summary_flush_steps(self, out: Output) -> Steps[None]:
         # the messages are stored: a failing summary must not turn this append into an error
         try:
-            summary = self.flush(strategy="hybrid_summary")
+            summary = yield from self._flush_steps("hybrid_summary", dry_run=False, force=False, threshold=None)
         except Exception as exc:  # any failure: the append itself is complete and must not look failed
             error = (
                 exc.to_dict()
@@ -353,37 +394,56 @@ class MemoryInstance:
             since: Only messages written at or after this time (a datetime or an ISO-8601 string).
             until: Only messages written before this time.
         """
+        return self._drive(self._read_steps(limit, offset, last, max_tokens, archive, roles, since, until))
+
+    def _read_steps(
+        self,
+        limit: int | None,
+        offset: int,
+        last: int | None,
+        max_tokens: int | None,
+        archive: bool,
+        roles: Sequence[str] | str | None,
+        since: Any,
+        until: Any,
+    ) -> Steps[Output]:
         _check_nonneg(limit=limit, offset=offset, last=last, max_tokens=max_tokens)
         selection = transcript.Selection(roles, since, until)
         if selection.active:
-            return self._filtered_read(selection, offset, limit, last=last, max_tokens=max_tokens, archive=archive)
+            _, raws = yield from self._window_steps(self.layout.archive if archive else self.layout.base, 0, None)
+            filtered: Output = yield Work(
+                lambda: self._filtered_read(
+                    raws, selection, offset, limit, last=last, max_tokens=max_tokens, archive=archive
+                )
+            )
+            return filtered
         warnings: list[str] = []
         if archive:
-            total, raws = self._window(self.layout.archive, offset, limit)
+            total, raws = yield from self._window_steps(self.layout.archive, offset, limit)
         elif max_tokens is None and self._track == "0":
-            total, raws = self._window(self.layout.base, offset, limit, last=last)
+            total, raws = yield from self._window_steps(self.layout.base, offset, limit, last=last)
         else:
             try:
-                total, raws = self._read_script(max_tokens, last, offset, limit)
+                total, raws = yield from self._read_script_steps(max_tokens, last, offset, limit)
             except BackendError as exc:
                 if not cannot_write(exc):
                     raise
                 warnings.append(access_skipped_warning(exc))
-                total, raws = self._read_without_record(max_tokens, last, offset, limit)
+                total, raws = yield from self._read_without_record_steps(max_tokens, last, offset, limit)
         out = self._read_output(total, raws, offset, limit, last=last, max_tokens=max_tokens, archive=archive)
         if warnings:
             out["warnings"] = warnings
         if self.resource.log.reads and self.resource.log.enabled:
-            oplog.log_read(self, out["count"])
+            yield oplog.read_entry(self, out["count"])
         return out
 
-    def _read_without_record(
+    def _read_without_record_steps(
         self, max_tokens: int | None, last: int | None, offset: int, limit: int | None
-    ) -> tuple[int, list[Any]]:
+    ) -> Steps[tuple[int, list[Any]]]:
         """The read script's answer without its access record, for a Redis that refuses writes."""
         if max_tokens is not None:
-            return self._budget_in_python(max_tokens)
-        return self._window(self.layout.base, offset, limit, last=last)
+            return (yield from self._budget_in_python_steps(max_tokens))
+        return (yield from self._window_steps(self.layout.base, offset, limit, last=last))
 
     def _read_output(
         self,
@@ -423,6 +483,7 @@ class MemoryInstance:
 
     def _filtered_read(
         self,
+        raws: Sequence[bytes],
         selection: transcript.Selection,
         offset: int,
         limit: int | None,
@@ -431,8 +492,7 @@ class MemoryInstance:
         max_tokens: int | None,
         archive: bool,
     ) -> Output:
-        """A read with filters: the whole list is read (no access recorded), filtered, then paged."""
-        _, raws = self._window(self.layout.archive if archive else self.layout.base, 0, None)
+        """A read with filters: the whole list (``raws``, no access recorded) decoded, filtered, then paged."""
         matching = [m for m in self._decode_all(raws, 0) if selection.matches(m)]
         messages, start = transcript.page(matching, offset=offset, limit=limit, last=last, max_tokens=max_tokens)
         newest = last is not None or max_tokens is not None
@@ -472,16 +532,14 @@ class MemoryInstance:
             return -last, -1
         return offset, (-1 if limit is None else offset + limit - 1)
 
-    def _window(self, key: str, offset: int, limit: int | None, *, last: int | None = None) -> tuple[int, list[Any]]:
-        """LLEN + LRANGE in one round trip (no script needed when no access is recorded)."""
+    def _window_steps(
+        self, key: str, offset: int, limit: int | None, *, last: int | None = None
+    ) -> Steps[tuple[int, list[Any]]]:
+        """LLEN + LRANGE in one round trip (no script needed when no access is recorded). Not MULTI: Redis
+        refuses queued commands when it is out of memory (noeviction), and reads must work."""
         bounds = self._window_range(offset, limit, last)
-        with redis_errors("read", self.key):
-            # not MULTI: Redis refuses queued commands when it is out of memory (noeviction), reads must work
-            pipe = self.backend.client.pipeline(transaction=False)
-            pipe.llen(key)
-            if bounds is not None:
-                pipe.lrange(key, *bounds)
-            results = pipe.execute()
+        calls = (Call("llen", (key,)),) if bounds is None else (Call("llen", (key,)), Call("lrange", (key, *bounds)))
+        results = yield Batch("read", calls)
         return int(results[0]), ([] if bounds is None else list(results[1]))
 
     def _read_args(self, max_tokens: int | None, last: int | None, offset: int, limit: int | None) -> list[Any]:
@@ -492,25 +550,27 @@ class MemoryInstance:
             return ["last", last, 0, self._track, now_ms]
         return ["range", offset, -1 if limit is None else limit, self._track, now_ms]
 
-    def _read_script(
+    def _read_script_steps(
         self, max_tokens: int | None, last: int | None, offset: int, limit: int | None
-    ) -> tuple[int, list[Any]]:
+    ) -> Steps[tuple[int, list[Any]]]:
         args = self._read_args(max_tokens, last, offset, limit)
         try:
-            result = self._run("read", args, "read")
+            result = yield Script("read", tuple(args), "read")
         except ForeignDataError:
-            return self._budget_in_python(int(max_tokens or 0))
+            return (yield from self._budget_in_python_steps(int(max_tokens or 0)))
         return int(result[0]), list(result[1:])
 
-    def _budget_in_python(self, budget: int) -> tuple[int, list[Any]]:
+    def _budget_in_python_steps(self, budget: int) -> Steps[tuple[int, list[Any]]]:
         """A budget read of a list written by another tool (no token counts stored): count here, write
         nothing."""
-        with redis_errors("read", self.key):
-            raws = self.backend.client.lrange(self.layout.base, 0, -1)
+        raws = yield Command("read", Call("lrange", (self.layout.base, 0, -1)))
+        start = yield Work(lambda: self._newest_within(raws, budget))  # tokenizes the whole list
+        return len(raws), list(raws[start:])
+
+    def _newest_within(self, raws: Sequence[bytes], budget: int) -> int:
         messages = self._decode_all(raws, 0)
         tokens = [count_decoded(self.runtime.counter, m) for m in messages]
-        start = transcript.newest_whole_groups(tokens, [str(m.get("role")) for m in messages], budget, None)
-        return len(raws), list(raws[start:])
+        return transcript.newest_whole_groups(tokens, [str(m.get("role")) for m in messages], budget, None)
 
     def delete(self) -> Output:
         """Remove the instance: messages, metadata, archive, ids, access data and backups."""
@@ -600,6 +660,11 @@ class MemoryInstance:
         system message. Messages appended while the flush runs survive. A flush racing another flush never
         raises: the second removes what is still there (possibly nothing, ``flushed_count: 0``).
         """
+        return self._drive(self._flush_steps(strategy, dry_run=dry_run, force=force, threshold=threshold))
+
+    def _flush_steps(
+        self, strategy: str | None, *, dry_run: bool, force: bool, threshold: float | None
+    ) -> Steps[Output]:
         chosen = strategy or self.resource.flushing.type
         chosen = "simple_fifo" if chosen == "fifo" else chosen
         if chosen not in flushing.STRATEGIES:
@@ -621,14 +686,14 @@ class MemoryInstance:
                 "threshold must be between 0 and 1", operation="flush", key=self.key, field="flush_config.threshold"
             )
         limit = self.resource.flushing.summarize_threshold if threshold is None else threshold
-        self.adopt()
-        snapshot, access = self._snapshot(chosen)
+        yield from self._adopt_steps()
+        snapshot, access = yield from self._snapshot_steps(chosen)
         count = len(snapshot)
         tokens = sum(s.tokens for s in snapshot)
         current_usage = flushing.usage(self.resource, count, tokens)
         would_flush = bool(count) and (force or current_usage >= limit)
-        plan = (
-            flushing.plan_flush(chosen, snapshot, self.resource, access=access)
+        plan: flushing.FlushPlan = (
+            (yield Work(lambda: flushing.plan_flush(chosen, snapshot, self.resource, access=access)))
             if would_flush
             else flushing.FlushPlan(chosen)
         )
@@ -651,10 +716,10 @@ class MemoryInstance:
             )
         summary_raw, summary_tokens, summary_id = "", 0, ""
         if plan.strategy == "hybrid_summary":
-            summary_raw, summary_tokens, summary_id = self._summary(plan)
-        result = self._run(
+            summary_raw, summary_tokens, summary_id = yield Work(lambda: self._summary(plan))  # calls the LLM
+        result = yield Script(
             "flush",
-            [
+            (
                 new_id(),  # the operation id: a re-send after a lost reply returns the first run's result
                 self.runtime.ttl_ms,
                 self.resource.archive_max_messages,
@@ -665,7 +730,7 @@ class MemoryInstance:
                 self._track,
                 len(plan.remove),
                 *(s.raw for s in plan.remove),
-            ],
+            ),
             "flush",
             plan.strategy,
         )
@@ -686,17 +751,18 @@ class MemoryInstance:
 
     def health(self, include_stats: bool = True) -> Output:
         """Check Redis and this instance. Unreachable Redis gives ``healthy: false``, not an exception."""
-        client = self.backend.client
+        return self._drive(self._health_steps(include_stats))
+
+    def _health_steps(self, include_stats: bool) -> Steps[Output]:
         warnings: list[str] = []
         key_warning = compozy_key_warning(self.key)
         if key_warning:
             warnings.append(key_warning)
         try:
-            with redis_errors("health", self.key):
-                started = time.perf_counter()
-                client.ping()
-                ping_ms = round((time.perf_counter() - started) * 1000, 3)
-                info = _server_info(client)
+            started = time.perf_counter()
+            yield Command("health", Call("ping"))
+            ping_ms = round((time.perf_counter() - started) * 1000, 3)
+            info = yield from _server_info_steps()
             if info.pop("read_only_replica", False):
                 raise BackendError(
                     "Redis is a read-only replica: every write fails with BACKEND_UNAVAILABLE (connect to the primary)",
@@ -704,7 +770,7 @@ class MemoryInstance:
                     key=self.key,
                     reason="read_only_replica",
                 )
-            count, tokens, last_flush = self._counters("health")
+            count, tokens, last_flush = yield from self._counters_steps("health")
         except BackendError as exc:
             return self._out(
                 "health",
@@ -745,7 +811,10 @@ class MemoryInstance:
 
     def stats(self, include_content: bool = False) -> Output:
         """Counters kept in the metadata hash: O(1) whatever the history size."""
-        results = self._stats_round_trip(include_content)
+        return self._drive(self._stats_steps(include_content))
+
+    def _stats_steps(self, include_content: bool) -> Steps[Output]:
+        results = yield from self._stats_round_trip(include_content)
         meta = {_s(k): _s(v) for k, v in results[0].items()}
         length = int(results[2])
         count = int(meta.get("message_count", length))
@@ -781,37 +850,42 @@ class MemoryInstance:
         return out
 
     # ------------------------------------------------------------------ internals
-    def _stats_round_trip(self, include_content: bool) -> list[Any]:
+    def _stats_round_trip(self, include_content: bool) -> Steps[list[Any]]:
         """HGETALL, PTTL, LLEN (and head/tail) in one round trip; a list another tool changed is adopted
         first, so role counts and token totals describe the list as it is."""
-        client = self.backend.client
+        base = self.layout.base
+        calls = (
+            Call("hgetall", (self.layout.metadata,)),
+            Call("pttl", (base,)),
+            Call("llen", (base,)),
+            Call("lindex", (base, -1)),  # the tail: what every Compozy write changes (see is_ours)
+            *((Call("lrange", (base, 0, 2)), Call("lrange", (base, -3, -1))) if include_content else ()),
+        )
         for _ in range(2):
-            with redis_errors("stats", self.key):
-                pipe = client.pipeline(transaction=False)
-                pipe.hgetall(self.layout.metadata)
-                pipe.pttl(self.layout.base)
-                pipe.llen(self.layout.base)
-                pipe.lindex(self.layout.base, -1)  # the tail: what every Compozy write changes (see is_ours)
-                if include_content:
-                    pipe.lrange(self.layout.base, 0, 2)
-                    pipe.lrange(self.layout.base, -3, -1)
-                results: list[Any] = pipe.execute()
+            results: list[Any] = yield Batch("stats", calls)
             meta, length = results[0], int(results[2])
             fields = [meta.get(f.encode()) for f in FINGERPRINT_FIELDS]
-            if not length or is_ours(fields, length, results[3]) or not self._adopt_if_writable():
+            if not length or is_ours(fields, length, results[3]) or not (yield from self._adopt_if_writable_steps()):
                 break
         return [*results[:3], *results[4:]]
 
     def _counters(self, operation: str) -> tuple[int, int, str | None]:
         """message_count, token_count and last_flush; a list another tool changed is adopted first."""
+        return self._drive(self._counters_steps(operation))
+
+    def _counters_steps(self, operation: str) -> Steps[tuple[int, int, str | None]]:
+        calls = (
+            Call("hmget", (self.layout.metadata, *FINGERPRINT_FIELDS, "last_flush")),
+            Call("llen", (self.layout.base,)),
+            Call("lindex", (self.layout.base, -1)),
+        )
         for _ in range(2):
-            with redis_errors(operation, self.key):
-                pipe = self.backend.client.pipeline(transaction=False)
-                pipe.hmget(self.layout.metadata, *FINGERPRINT_FIELDS, "last_flush")
-                pipe.llen(self.layout.base)
-                pipe.lindex(self.layout.base, -1)
-                values, length, last = pipe.execute()
-            if not length or is_ours(values[:-1], int(length), last) or not self._adopt_if_writable():
+            values, length, last = yield Batch(operation, calls)
+            if (
+                not length
+                or is_ours(values[:-1], int(length), last)
+                or not (yield from self._adopt_if_writable_steps())
+            ):
                 break
         count = int(values[1]) if values[1] is not None else int(length)
         tokens = int(values[0] or 0) if length else 0
@@ -822,17 +896,19 @@ class MemoryInstance:
         limit = self.resource.flushing.summarize_threshold if threshold is None else threshold
         return flushing.usage(self.resource, count, tokens) >= limit
 
-    def _snapshot(self, strategy: str) -> tuple[list[flushing.Stored], dict[str, float] | None]:
-        client = self.backend.client
-        with redis_errors("flush", self.key):
-            if strategy in ("lru", "token_aware_lru"):
-                pipe = client.pipeline(transaction=False)
-                pipe.lrange(self.layout.base, 0, -1)
-                pipe.zrange(self.layout.access, 0, -1, withscores=True)
-                raws, scored = pipe.execute()
-                access: dict[str, float] | None = {_s(m): float(s) for m, s in scored}
-            else:
-                raws, access = client.lrange(self.layout.base, 0, -1), None
+    def _snapshot_steps(self, strategy: str) -> Steps[tuple[list[flushing.Stored], dict[str, float] | None]]:
+        if strategy in ("lru", "token_aware_lru"):
+            raws, scored = yield Batch(
+                "flush",
+                (Call("lrange", (self.layout.base, 0, -1)), Call("zrange", (self.layout.access, 0, -1, False, True))),
+            )
+            access: dict[str, float] | None = {_s(m): float(s) for m, s in scored}
+        else:
+            raws, access = (yield Command("flush", Call("lrange", (self.layout.base, 0, -1)))), None
+        snapshot = yield Work(lambda: self._stored(raws))  # decodes the whole list
+        return snapshot, access
+
+    def _stored(self, raws: Sequence[bytes]) -> list[flushing.Stored]:
         snapshot = []
         for position, raw in enumerate(raws):
             try:
@@ -840,7 +916,7 @@ class MemoryInstance:
             except CompozyNbError:
                 message = {"role": "user", "content": "", "tokens": 0}
             snapshot.append(flushing.Stored(raw, message, position))
-        return snapshot, access
+        return snapshot
 
     def _summary(self, plan: flushing.FlushPlan) -> tuple[str, int, str]:
         previous = "\n".join(str(s.message.get("content", "")) for s in plan.remove if s.is_summary) or None
@@ -942,29 +1018,24 @@ def _unhealthy_warning(exc: BackendError) -> str:
     return "Redis is unreachable"
 
 
-def _server_info(client: Any) -> dict[str, Any]:
-    info: dict[str, Any] = {}
-    try:
-        replication = client.info("replication")
+def tolerated(call: Call, exc: Exception) -> bool:
+    """Whether ``exc`` raised by ``call`` goes back to the operation as a value (see :class:`Call`)."""
+    return call.tolerate and not _is_connection_error(exc)
+
+
+def _server_info_steps() -> Steps[dict[str, Any]]:
+    """Replication role, version and maxmemory policy; a command the server refuses (managed Redis often
+    disables CONFIG) leaves its fact unknown."""
+    replication = yield Command("health", Call("info", ("replication",), tolerate=True))
+    server = yield Command("health", Call("info", ("server",), tolerate=True))
+    policy = yield Command("health", Call("config_get", ("maxmemory-policy",), tolerate=True))
+    info: dict[str, Any] = {"read_only_replica": False, "version": None, "maxmemory_policy": None}
+    if isinstance(replication, Mapping):
         info["read_only_replica"] = replication.get("role") == "slave" and bool(replication.get("slave_read_only", 1))
-    except Exception as exc:
-        if _is_connection_error(exc):
-            raise
-        info["read_only_replica"] = False
-    try:
-        server = client.info("server")
+    if isinstance(server, Mapping):
         info["version"] = server.get("redis_version")
-    except Exception as exc:
-        if _is_connection_error(exc):
-            raise
-        info["version"] = None
-    try:
-        policy = client.config_get("maxmemory-policy")
-        info["maxmemory_policy"] = _s(next(iter(policy.values()))) if policy else None
-    except Exception as exc:  # managed Redis often disables CONFIG
-        if _is_connection_error(exc):
-            raise
-        info["maxmemory_policy"] = None
+    if isinstance(policy, Mapping) and policy:
+        info["maxmemory_policy"] = _s(next(iter(policy.values())))
     return info
 
 

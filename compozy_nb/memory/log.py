@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from compozy_nb.errors import InvalidPayloadError
+from compozy_nb.memory.steps import Batch, Call
 from compozy_nb.results import OperationResult, html_table
 
 if TYPE_CHECKING:
@@ -130,20 +131,14 @@ def _log_text(
     return "\t".join(("_log:1", str(max_events), str(ttl_ms), operation, source, strategy or "", str(redacted)))
 
 
-def log_read(instance: MemoryInstance, count: int) -> None:
-    """Log a read (``log.reads: true``). Reads change nothing, so this entry is added after the read, not in its
-    script."""
-    from compozy_nb.memory.store import redis_errors
-
-    settings, client = instance.resource.log, instance.backend.client
-    with redis_errors("read", instance.key):
-        pipe = client.pipeline(transaction=False)
-        pipe.xadd(
-            instance.layout.log, {"op": "read", "source": _source.get(), "count": count}, maxlen=settings.max_events
-        )
-        if instance.runtime.ttl_ms > 0:
-            pipe.pexpire(instance.layout.log, instance.runtime.ttl_ms)
-        pipe.execute()
+def read_entry(instance: MemoryInstance, count: int) -> Batch:
+    """The step that logs a read (``log.reads: true``). Reads change nothing, so this entry is added after the
+    read, not in its script."""
+    fields = {"op": "read", "source": _source.get(), "count": count}
+    calls = [Call("xadd", (instance.layout.log, fields, "*", instance.resource.log.max_events))]
+    if instance.runtime.ttl_ms > 0:
+        calls.append(Call("pexpire", (instance.layout.log, instance.runtime.ttl_ms)))
+    return Batch("read", tuple(calls))
 
 
 # ---------------------------------------------------------------------------------------------- read side
