@@ -214,3 +214,21 @@ def test_project_amemory_is_the_async_transport_of_memory(backend: Backend) -> N
 
     assert asyncio.run(scenario())["message_count"] == 1
     assert project.memory("mem", key="via:amemory").read()["messages"][0]["content"] == "hello"
+
+
+def test_both_transports_log_reads_and_filter_by_role(backend: Backend, transport_kind: str) -> None:
+    # regression: the async read never wrote the read entry of ``log.reads: true`` and had no role/time filters
+    project = _project(backend, log={"reads": True})
+    instance = project.memory("mem", key=f"logged:{transport_kind}")
+    op = Transport(instance, transport_kind)
+    try:
+        op("append", [user("question"), {"role": "assistant", "content": "answer"}, user("thanks")])
+        everything = op("read")
+        users = op("read", roles=["user"])
+        newest_user = op("read", roles="user", last=1)
+    finally:
+        op.close()
+    assert everything["count"] == 3
+    assert [m["content"] for m in users["messages"]] == ["question", "thanks"] and users["total_count"] == 2
+    assert [m["content"] for m in newest_user["messages"]] == ["thanks"]
+    assert [(e["operation"], e.get("count")) for e in instance.log()] == [("append", None), ("read", 3)]
