@@ -16,8 +16,8 @@ class ErrorCode(StrEnum):
 
     Members are strings (``ErrorCode.INVALID_KEY == "INVALID_KEY"``) so they serialise as the bare code in
     JSON and compare equal to the codes callers already match on. The HTTP server maps each one to a status
-    (``compozy_nb.server.errors.STATUS_BY_CODE``, which must list them all). ``repr`` is the bare string's,
-    so run maps, ``to_dict()`` results and DataFrames show ``'INVALID_KEY'``, not the enum member.
+    (``compozy_nb.server.errors.STATUS_BY_CODE``, which must list them all). Output maps (``to_dict()``, run
+    maps, HTTP bodies) carry the plain string; ``repr`` is the plain string's too.
     """
 
     def __repr__(self) -> str:
@@ -94,7 +94,7 @@ class CompozyNbError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """The error as the JSON object the CLI and the HTTP API print."""
-        return {"code": self.code, "message": str(self), **self.context}
+        return {"code": self.code.value, "message": str(self), **self.context}
 
 
 class ConfigError(CompozyNbError, ValueError):

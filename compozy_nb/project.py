@@ -515,7 +515,7 @@ class WorkflowHandle:
         except CompozyNbError as exc:
             return {
                 "status": "failed",
-                "error_code": exc.code,
+                "error_code": exc.code.value,
                 "error": str(exc),
                 "tokens_sent": 0,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),

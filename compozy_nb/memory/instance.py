@@ -338,7 +338,7 @@ class MemoryInstance:
             error = (
                 exc.to_dict()
                 if isinstance(exc, CompozyNbError)
-                else {"code": ErrorCode.FLUSH_FAILED, "message": type(exc).__name__}
+                else {"code": ErrorCode.FLUSH_FAILED.value, "message": type(exc).__name__}
             )
             out["summary_flush"] = {"flushed_count": 0, "summary_generated": False, "error": error}
             warnings.warn(

@@ -89,7 +89,7 @@ def error_envelope(
 
     ``data`` is added when the failure still has something to show (e.g. an unhealthy instance).
     """
-    error: dict[str, Any] = {"code": code, "message": message}
+    error: dict[str, Any] = {"code": code.value, "message": message}
     if field:
         error["field"] = field
     if details:

@@ -453,7 +453,7 @@ def run_workflow(
         try:
             output = render_value(workflow.output, context, where="output")
         except TemplateError as exc:
-            status, error = "failed", {"code": exc.code, "message": str(exc), "task": None}
+            status, error = "failed", {"code": exc.code.value, "message": str(exc), "task": None}
             output = None
     run: dict[str, Any] = RunResult(
         {
@@ -473,8 +473,8 @@ def _error_of(exc: Exception) -> dict[str, Any]:
     """A task's error in the run JSON: the code and message of a CompozyNbError; any other exception (a bug,
     a library raising something unexpected) is INTERNAL_ERROR, with its type and a scrubbed excerpt."""
     if isinstance(exc, CompozyNbError):
-        return {"code": exc.code, "message": str(exc)}
-    return {"code": ErrorCode.INTERNAL_ERROR, "message": f"{type(exc).__name__}: {excerpt(str(exc))}"}
+        return {"code": exc.code.value, "message": str(exc)}
+    return {"code": ErrorCode.INTERNAL_ERROR.value, "message": f"{type(exc).__name__}: {excerpt(str(exc))}"}
 
 
 def _ms(started: float) -> float:
