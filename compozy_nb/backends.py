@@ -6,10 +6,12 @@ Resolution order: explicit argument, ``COMPOZY_REDIS_URL``, ``redis.url`` in com
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -53,14 +55,31 @@ class Backend:
     client: Any = field(repr=False)
     kind: str
     options: ConnectOptions = field(default_factory=lambda: ConnectOptions(), repr=False)
-    _async_client: Any = field(default=None, repr=False)
+    _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = field(
+        default_factory=weakref.WeakKeyDictionary, repr=False
+    )
+    _async_unbound: Any = field(default=None, repr=False)
 
     @property
     def async_client(self) -> Any:
-        """A ``redis.asyncio`` client for the same server, made on first use (bind it to one event loop)."""
-        if self._async_client is None:
-            self._async_client = _async_client(self)
-        return self._async_client
+        """A ``redis.asyncio`` client for the same server, for the running event loop.
+
+        A ``redis.asyncio`` connection only works on the loop that opened it, and scripts (``asyncio.run``),
+        notebooks and frameworks (LlamaIndex's sync ``Memory.put``) run several loops, one after the other or
+        in different threads: each loop gets its own client, made on first use and dropped with the loop.
+        Asked outside a running loop, the client made there is given to the first loop that asks next.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            if self._async_unbound is None:
+                self._async_unbound = _async_client(self)
+            return self._async_unbound
+        client = self._async_clients.get(loop)
+        if client is None:
+            client, self._async_unbound = self._async_unbound or _async_client(self), None
+            self._async_clients[loop] = client
+        return client
 
     @property
     def cluster(self) -> bool:

@@ -232,3 +232,31 @@ def test_both_transports_log_reads_and_filter_by_role(backend: Backend, transpor
     assert [m["content"] for m in users["messages"]] == ["question", "thanks"] and users["total_count"] == 2
     assert [m["content"] for m in newest_user["messages"]] == ["thanks"]
     assert [(e["operation"], e.get("count")) for e in instance.log()] == [("append", None), ("read", 3)]
+
+
+def test_async_memory_works_across_event_loops(backend: Backend) -> None:
+    # regression: the in-flight limit was one asyncio.Semaphore per backend; once it had made a call wait
+    # (more than 64 in flight) it belonged to that loop, and the next asyncio.run on the backend failed with
+    # "bound to a different event loop"
+    project = _project(backend, max_messages=1000, flushing={"type": "simple_fifo"})
+    memory = project.amemory("mem", key="loops")
+
+    async def burst(tag: str) -> int:
+        outs = await asyncio.gather(*(memory.append(f"{tag} {i}") for i in range(150)))
+        await memory.client.aclose()
+        return sum(out["appended"] for out in outs)
+
+    assert asyncio.run(burst("first")) == 150
+    assert asyncio.run(burst("second")) == 150
+    assert project.memory("mem", key="loops").stats()["message_count"] == 300
+
+
+def test_async_memory_needs_no_aclose_between_event_loops(backend: Backend) -> None:
+    # regression: one redis.asyncio client per backend, so the second asyncio.run reused connections of the
+    # first (closed) loop: RuntimeError "Event loop is closed"
+    memory = _project(backend).amemory("mem", key="no-aclose")
+
+    async def append(text: str) -> int:
+        return int((await memory.append(text))["total_count"])
+
+    assert [asyncio.run(append(t)) for t in ("one", "two", "three")] == [1, 2, 3]

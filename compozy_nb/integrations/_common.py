@@ -3,8 +3,6 @@ removing given stored messages into the archive."""
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -13,7 +11,6 @@ from compozy_nb.memory.messages import decode, new_id, utc_now_iso
 from compozy_nb.memory.store import ForeignDataError, redis_errors, script_source
 
 if TYPE_CHECKING:
-    from compozy_nb.backends import Backend
     from compozy_nb.memory.instance import MemoryInstance
     from compozy_nb.project import Project
 
@@ -72,27 +69,10 @@ class KeyMap:
 
 
 # ---------------------------------------------------------------------------------------------- async
-_loop_clients: weakref.WeakKeyDictionary[Backend, tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], Any]]
-_loop_clients = weakref.WeakKeyDictionary()
-
-
 def async_memory(mem: MemoryInstance) -> AsyncMemory:
-    """An :class:`AsyncMemory` whose connections belong to the running event loop.
-
-    A ``redis.asyncio`` connection only works on the loop that opened it, and frameworks run their async code on
-    short-lived loops (LlamaIndex's sync ``Memory.put`` starts one per call in a notebook), so the client is kept
-    per backend and replaced when the running loop changes.
-    """
-    from compozy_nb.backends import _async_client
-
-    loop = asyncio.get_running_loop()
-    entry = _loop_clients.get(mem.backend)
-    if entry is None or entry[0]() is not loop:
-        entry = (weakref.ref(loop), _async_client(mem.backend))
-        _loop_clients[mem.backend] = entry
-    memory = AsyncMemory(mem)
-    memory.client = entry[1]
-    return memory
+    """An :class:`AsyncMemory` of ``mem``; its connections belong to the running event loop (frameworks run their
+    async code on short-lived loops: ``Backend.async_client`` keeps one client per loop)."""
+    return AsyncMemory(mem)
 
 
 # ---------------------------------------------------------------------------------------------- removal
@@ -139,7 +119,7 @@ async def atake(mem: MemoryInstance, start: int, stop: int, operation: str) -> l
         except ForeignDataError:
             if attempt:
                 raise
-            await asyncio.to_thread(mem.adopt)
+            await memory.adopt()
             continue
         break
     return [decode(raw, key=mem.key, position=start + i) for i, raw in enumerate(raws)]

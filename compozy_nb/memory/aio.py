@@ -26,7 +26,20 @@ from compozy_nb.memory.store import ForeignDataError, redis_errors, script_sha, 
 T = TypeVar("T")
 
 MAX_IN_FLIGHT = 64  # below the async client's 100 connections: more requests wait instead of failing
-_limits: weakref.WeakKeyDictionary[Backend, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+# One semaphore per backend and event loop: a semaphore that ever waited belongs to its loop, and notebooks and
+# scripts run several loops one after the other (asyncio.run) on the same backend.
+_limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Backend, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _in_flight_limit(backend: Backend) -> asyncio.Semaphore:
+    """The running loop's semaphore for ``backend`` (created on first use)."""
+    per_backend = _limits.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
+    limit = per_backend.get(backend)
+    if limit is None:
+        limit = per_backend[backend] = asyncio.Semaphore(MAX_IN_FLIGHT)
+    return limit
 
 
 class AsyncMemory:
@@ -40,11 +53,11 @@ class AsyncMemory:
 
     def __init__(self, instance: MemoryInstance) -> None:
         self.instance = instance
-        self.client = instance.backend.async_client
-        limit = _limits.get(instance.backend)
-        if limit is None:
-            limit = _limits[instance.backend] = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._limit = limit
+
+    @property
+    def client(self) -> Any:
+        """The backend's ``redis.asyncio`` client for the running event loop (see ``Backend.async_client``)."""
+        return self.instance.backend.async_client
 
     @property
     def key(self) -> str:
@@ -69,7 +82,7 @@ class AsyncMemory:
             return await asyncio.to_thread(step.func)
         if isinstance(step, Script):
             return await self._script(step.name, step.args, step.operation, step.strategy)
-        async with self._limit:
+        async with _in_flight_limit(self.instance.backend):
             with redis_errors(step.operation, self.instance.key):
                 if isinstance(step, Command):
                     try:
@@ -87,7 +100,7 @@ class AsyncMemory:
         mem = self.instance
         keys = mem.layout.all_keys
         args = [*args, mem._log_arg(operation, strategy)] if name != "read" else args
-        async with self._limit:
+        async with _in_flight_limit(self.instance.backend):
             with redis_errors(operation, mem.key):
                 try:
                     return await self.client.evalsha(script_sha(name), len(keys), *keys, *args)
