@@ -809,7 +809,7 @@ def test_a_bug_is_a_500_internal_error(monkeypatch: pytest.MonkeyPatch, caplog: 
     def broken(self: MemoryInstance, include_content: bool = False) -> dict[str, Any]:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(MemoryInstance, "stats", broken)
+    monkeypatch.setattr(MemoryInstance, "_stats_steps", broken)  # the stats operation of both transports
     with TestClient(
         create_app(project, api_key=""), base_url="http://localhost", raise_server_exceptions=False
     ) as client:

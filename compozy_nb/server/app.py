@@ -596,13 +596,10 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         """Messages, oldest first: ``{key, messages, total_count, has_more, limit, offset, count}``.
 
         Runs on the event loop over redis.asyncio (the async path); with filters (``role``, ``since``,
-        ``until``) in a worker thread."""
+        ``until``), decoding and filtering the whole list happens in a worker thread."""
         limit = limit if limit > 0 else READ_LIMIT_DEFAULT
         mem = engine.memory(memory_ref, key)
-        if role is not None or since is not None or until is not None:
-            out = await anyio.to_thread.run_sync(lambda: mem.read(limit, offset, roles=role, since=since, until=until))
-        else:
-            out = await AsyncMemory(mem).read(limit=limit, offset=offset)
+        out = await AsyncMemory(mem).read(limit, offset, roles=role, since=since, until=until)
         return _ok("memory read successfully", {**out, "limit": limit, "offset": offset})
 
     @app.post(f"{base}/write", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
@@ -633,15 +630,17 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         return _ok("memory deleted successfully", await AsyncMemory(engine.memory(memory_ref, body.key)).delete())
 
     @app.post(f"{base}/flush", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
-    def flush(memory_ref: str, body: FlushRequest) -> JSONResponse:
+    async def flush(memory_ref: str, body: FlushRequest) -> JSONResponse:
         """Flush when over the threshold (or ``force``): ``{success, key, summary_generated, message_count,
-        token_count, dry_run, would_flush, actual_strategy, ...}``."""
+        token_count, dry_run, would_flush, actual_strategy, ...}`` (async path; planning and a
+        ``hybrid_summary`` summarizer run in a worker thread)."""
         mem = engine.memory(memory_ref, body.key)
-        out = _call(
-            lambda: mem.flush(body.strategy, dry_run=body.dry_run, force=body.force, threshold=body.threshold),
-            "flush_config.",
-            "",
-        )
+        try:
+            out = await AsyncMemory(mem).flush(
+                body.strategy, dry_run=body.dry_run, force=body.force, threshold=body.threshold
+            )
+        except CompozyNbError as exc:
+            raise _renamed(exc, "flush_config.", "") from None
         return _ok("memory flushed successfully", out)
 
     @app.post(f"{base}/clear", tags=tags, response_model=Envelope, responses=_errors(400, 404, 409))
@@ -656,10 +655,10 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         return _ok("memory cleared successfully", out)
 
     @app.get(f"{base}/health", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
-    def health(memory_ref: str, key: KeyQuery, include_stats: bool = True) -> JSONResponse:
+    async def health(memory_ref: str, key: KeyQuery, include_stats: bool = True) -> JSONResponse:
         """``{healthy, key, token_count, message_count, actual_strategy, last_flush, redis, warnings}``;
-        503 (with the same data) when Redis is unreachable."""
-        out: Output = engine.memory(memory_ref, key).health(include_stats=include_stats)
+        503 (with the same data) when Redis is unreachable (async path)."""
+        out: Output = await AsyncMemory(engine.memory(memory_ref, key)).health(include_stats=include_stats)
         if not out.get("healthy"):
             message = f"memory unhealthy: {out.get('error', 'Redis is unreachable')}"
             return _JSON(
@@ -670,10 +669,10 @@ def _add_memory_routes(app: FastAPI, engine: _Engine) -> None:
         return _ok("memory health retrieved successfully", out)
 
     @app.get(f"{base}/stats", tags=tags, response_model=Envelope, responses=_MEMORY_ERRORS)
-    def stats(memory_ref: str, key: KeyQuery, include_content: bool = False) -> JSONResponse:
+    async def stats(memory_ref: str, key: KeyQuery, include_content: bool = False) -> JSONResponse:
         """Counters from the metadata hash, plus Compozy's names ``context_window_used`` (= message_count) and
-        ``token_limit`` (= max_tokens, the resource's real limit)."""
-        out = engine.memory(memory_ref, key).stats(include_content=include_content)
+        ``token_limit`` (= max_tokens, the resource's real limit) (async path)."""
+        out = await AsyncMemory(engine.memory(memory_ref, key)).stats(include_content=include_content)
         data = {**out, "context_window_used": out["message_count"], "token_limit": out["max_tokens"]}
         return _ok("memory stats retrieved successfully", data)
 
