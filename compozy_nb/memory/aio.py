@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import redis
 
 from compozy_nb.backends import Backend
 from compozy_nb.memory.instance import MemoryInstance, Output, tolerated
+from compozy_nb.memory.messages import Encoded
 from compozy_nb.memory.steps import Command, Runner, Script, Step, Steps, Work
 from compozy_nb.memory.store import ForeignDataError, redis_errors, script_sha, script_source
 
@@ -40,6 +41,32 @@ def _in_flight_limit(backend: Backend) -> asyncio.Semaphore:
     if limit is None:
         limit = per_backend[backend] = asyncio.Semaphore(MAX_IN_FLIGHT)
     return limit
+
+
+INLINE_CHARS = 1024
+"""Payloads of text up to this many characters are encoded on the event loop (tens of microseconds of work)."""
+INLINE_MESSAGES = 8
+
+
+def _small(payload: Any) -> bool:
+    """A string, a message map or a short list of them whose values are all short strings (no nesting)."""
+    if isinstance(payload, str):
+        return len(payload) <= INLINE_CHARS
+    if isinstance(payload, Mapping):
+        items: Sequence[Any] = (payload,)
+    elif isinstance(payload, list) and len(payload) <= INLINE_MESSAGES:
+        items = payload
+    else:
+        return False
+    total = 0
+    for item in items:
+        if not isinstance(item, Mapping):
+            return False
+        for value in item.values():
+            if not isinstance(value, str):
+                return False
+            total += len(value)
+    return total <= INLINE_CHARS
 
 
 class AsyncMemory:
@@ -110,7 +137,7 @@ class AsyncMemory:
     async def append(self, payload: Any) -> Output:
         """Like :meth:`MemoryInstance.append`."""
         mem = self.instance
-        encoded, skipped = await asyncio.to_thread(mem._encode, payload, "append")  # CPU: off the event loop
+        encoded, skipped = await self._encode(payload, "append")
         if not encoded:
             count, tokens, _ = await self._drive(mem._counters_steps("append"))
             return mem._append_output(encoded, skipped, [0, count, tokens, 0, 0, 0])
@@ -119,6 +146,14 @@ class AsyncMemory:
         if mem._summary_due(out):
             await self._drive(mem._summary_flush_steps(out))
         return out
+
+    async def _encode(self, payload: Any, operation: str) -> tuple[list[Encoded], int]:
+        """The instance's encoding (normalize, redact, count tokens): inline for a small text payload, where a
+        worker thread would cost more than the work; in a worker thread otherwise (the event loop never
+        tokenizes a large payload)."""
+        if _small(payload):
+            return self.instance._encode(payload, operation)
+        return await asyncio.to_thread(self.instance._encode, payload, operation)
 
     async def _store(self, mode: str, encoded: Sequence[Any], operation: str) -> list[int]:
         args = self.instance._store_args(mode, encoded)
@@ -156,7 +191,7 @@ class AsyncMemory:
     async def write(self, payload: Any) -> Output:
         """Like :meth:`MemoryInstance.write`."""
         mem = self.instance
-        encoded, skipped = await asyncio.to_thread(mem._encode, payload, "write")
+        encoded, skipped = await self._encode(payload, "write")
         return mem._write_output(skipped, await self._store("replace", encoded, "write"))
 
     async def delete(self) -> Output:
