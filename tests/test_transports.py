@@ -260,3 +260,32 @@ def test_async_memory_needs_no_aclose_between_event_loops(backend: Backend) -> N
         return int((await memory.append(text))["total_count"])
 
     assert [asyncio.run(append(t)) for t in ("one", "two", "three")] == [1, 2, 3]
+
+
+def test_concurrent_async_calls_share_a_pipeline_and_keep_their_own_results(backend: Backend) -> None:
+    # script calls of one event-loop turn go to Redis as one pipeline: each caller still gets its own output or
+    # error, and scripts Redis has forgotten (SCRIPT FLUSH) are sent again with EVAL
+    project = _project(backend, max_messages=1000, max_tokens=200, flushing={"type": "simple_fifo"})
+    memory = project.amemory("mem", key="pipelined")
+    too_big = user("word " * 400)  # more tokens than the memory's limit: LIMIT_EXCEEDED, nothing stored
+
+    broken = project.amemory("mem", key="pipelined:broken")
+    backend.client.set(broken.instance.layout.base, "not a list")  # the script fails there (WRONGTYPE)
+
+    async def burst() -> list[Any]:
+        calls = [memory.append(user(f"m{i}")) for i in range(40)]
+        calls.insert(20, memory.append(too_big))
+        calls.insert(10, broken.append(user("lost")))
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    backend.client.script_flush()
+    outs = asyncio.run(burst())
+    errors = [o for o in outs if isinstance(o, BaseException)]
+    assert len(errors) == 2 and all(isinstance(e, CompozyNbError) for e in errors)
+    assert outs[10] is errors[0] and errors[0].context["key"] == "pipelined:broken"  # the script's own error
+    assert errors[1].code == "LIMIT_EXCEEDED" and errors[1].context["operation"] == "append"
+    assert backend.client.get(broken.instance.layout.base) == b"not a list"
+    stored_ids = [json.loads(raw)["id"] for raw in backend.client.lrange(memory.instance.layout.base, 0, -1)]
+    appended = [o for o in outs if not isinstance(o, BaseException)]
+    assert sorted(stored_ids) == sorted(i for o in appended for i in o["ids"]) and len(stored_ids) == 40
+    assert sorted(o["total_count"] for o in appended) == list(range(1, 41))  # one atomic script per call

@@ -69,6 +69,82 @@ def _small(payload: Any) -> bool:
     return total <= INLINE_CHARS
 
 
+class _Pipeliner:
+    """Script calls made in one turn of the event loop go to Redis as one pipeline: one write and one read for
+    all of them instead of a round trip each (what a server under concurrent requests does all the time). A
+    call waits at most one loop turn more; each result or error goes back to its own caller. Pipelines are not
+    transactions: each script is still atomic on its own, and a re-send after a dropped connection (the
+    client's retry) is harmless because every write script is idempotent on its operation and message ids."""
+
+    __slots__ = ("_client", "_pending", "_scheduled")
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._pending: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self._scheduled = False
+
+    def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((name, keys, args, future))
+        if not self._scheduled:
+            self._scheduled = True
+            _background(loop.create_task(self._send()))  # runs after the tasks ready in this turn have queued
+        return future
+
+    async def _send(self) -> None:
+        batch, self._pending, self._scheduled = self._pending, [], False
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for name, keys, args, _ in batch:
+                pipe.evalsha(script_sha(name), len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the connection failed: every caller gets the error
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (name, keys, args, future), result in zip(batch, results, strict=True):
+            if isinstance(result, redis.exceptions.NoScriptError):  # first use, or SCRIPT FLUSH
+                _background(asyncio.ensure_future(self._eval(name, keys, args, future)))
+            elif future.done():  # the caller was cancelled
+                continue
+            elif isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any], future: asyncio.Future[Any]) -> None:
+        try:
+            result = await self._client.eval(script_source(name), len(keys), *keys, *args)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            if not future.done():
+                future.set_result(result)
+
+
+_pipeliners: weakref.WeakKeyDictionary[Any, _Pipeliner] = weakref.WeakKeyDictionary()
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def _pipeliner(client: Any) -> _Pipeliner:
+    """The pipeliner of ``client`` (a client belongs to one event loop: ``Backend.async_client``)."""
+    pipeliner = _pipeliners.get(client)
+    if pipeliner is None:
+        pipeliner = _pipeliners[client] = _Pipeliner(client)
+    return pipeliner
+
+
+def _background(task: asyncio.Task[None]) -> None:
+    """Keep a reference to ``task`` until it is done (the loop keeps only weak ones)."""
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
 class AsyncMemory:
     """``await AsyncMemory(instance).append(payload)``, ``.read(...)``, ``.flush(...)`` ...: the 8 operations of
     :class:`~compozy_nb.memory.instance.MemoryInstance` with the same arguments, outputs and errors.
@@ -129,7 +205,9 @@ class AsyncMemory:
         args = [*args, mem._log_arg(operation, strategy)] if name != "read" else args
         async with _in_flight_limit(self.instance.backend):
             with redis_errors(operation, mem.key):
-                try:
+                if not mem.backend.cluster:
+                    return await _pipeliner(self.client).run(name, keys, args)
+                try:  # a cluster pipeline splits by node: one call at a time
                     return await self.client.evalsha(script_sha(name), len(keys), *keys, *args)
                 except redis.exceptions.NoScriptError:
                     return await self.client.eval(script_source(name), len(keys), *keys, *args)
