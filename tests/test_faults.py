@@ -646,3 +646,49 @@ def test_async_cluster_client_does_not_retry_timeouts() -> None:
     for cls in (_async_cluster_class(), _Cluster):
         assert redis.exceptions.ConnectionError in cls.ERRORS_ALLOW_RETRY
         assert not any(issubclass(e, redis.exceptions.TimeoutError) for e in cls.ERRORS_ALLOW_RETRY)
+
+
+def test_resent_pipeline_of_async_appends_stores_each_once(server: RedisServer, proxy: FaultyProxy) -> None:
+    # concurrent async calls share one pipeline: when its reply is lost after Redis ran it, the client re-sends
+    # the whole pipeline, and every script in it must change nothing the second time
+    import asyncio
+
+    project = open_project(proxy.url, RETRYING)
+    memory = project.amemory("chat", key="conv:pipeline-resend")
+    direct = redis.Redis(port=server.port)
+
+    async def scenario() -> list[dict[str, Any]]:
+        await memory.append("warm up")
+        before = evalsha_calls(direct)
+        proxy.cut_script_replies(1)
+        outs = await asyncio.gather(*(memory.append([{"content": f"concurrent {i}"}]) for i in range(3)))
+        assert proxy.cut == 1, "the fault was not injected"
+        assert evalsha_calls(direct) - before == 6, "the pipeline was not sent twice"
+        await memory.client.aclose()
+        return list(outs)
+
+    outs = asyncio.run(scenario())
+    # regression: the memory recorded the result of its last call only, so the re-sent calls of a pipeline ran
+    # again, found their message stored and answered "appended 0, duplicates 1"; each now answers as it first did
+    assert [(o["appended"], o["duplicates"], o["total_count"]) for o in outs] == [(1, 0, 2), (1, 0, 3), (1, 0, 4)]
+    items, meta, ids = stored_state(direct, memory.instance.layout)
+    assert [o["ids"][0] for o in outs] == [m["id"] for m in items[1:]]
+    assert [m["content"] for m in items] == ["warm up", "concurrent 0", "concurrent 1", "concurrent 2"]
+    assert ids == {m["id"] for m in items} and int(meta["message_count"]) == 4
+
+
+def test_the_retry_record_is_bounded(server: RedisServer) -> None:
+    # every write records its result under its operation id for re-sends; the record keeps whole entries of
+    # the newest calls and never grows past 512 bytes, however many writes a memory sees
+    project = open_project(server.url)
+    memory = project.memory("chat", key="conv:record")
+    for i in range(60):
+        memory.append(f"message {i}")
+    record = redis.Redis(port=server.port).hget(memory.layout.metadata, "nb_ops")
+    assert record is not None and 400 < len(record) <= 512
+    entries = record.decode().split("\n")[1:]
+    assert len(entries) >= 5
+    for entry in entries:
+        op, result = entry.split("\t")
+        assert len(op) >= 16 and isinstance(json.loads(result), list)
+    assert json.loads(entries[0].split("\t")[1])[1] == 60  # the newest first: its total_count

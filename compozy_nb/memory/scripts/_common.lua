@@ -74,13 +74,28 @@ end
 -- (FOREIGN_DATA), which counts the tokens of its messages.
 -- Retries: each write call carries an operation id (op) chosen before its first send. A re-send of a call
 -- that already ran (its reply was lost, the client retried) finds the id and the result recorded with it.
+-- The last OPS_KEPT_BYTES of calls are kept ('nb_ops': "\n<op>\t<result json>" entries, newest first), so
+-- calls sent together (a pipeline, concurrent clients) and re-sent together each answer as they first did.
 -- Returns count, tokens, fresh, replayed, first: fresh for an empty list (whose stale ids, access data and
 -- role counts the caller drops with its first write); replayed is the recorded result of a re-sent call;
 -- first the id at the list's head; count is nil when the list is foreign. Writes nothing.
+local OPS_KEPT_BYTES = 512  -- about 7 calls: a pipeline or burst of writes to one memory, re-sent together
+
+-- The result recorded for operation id op in the 'nb_ops' value ops (nil: not there).
+local function recorded(ops, op)
+  if not ops or not op or op == '' then return nil end
+  local at = string.find(ops, '\n' .. op .. '\t', 1, true)
+  if not at then return nil end
+  local from = at + #op + 2
+  local to = string.find(ops, '\n', from, true)
+  return cjson.decode(string.sub(ops, from, to and to - 1 or -1))
+end
+
 local function load_counters(op)
   local v = redis.call('HMGET', META, 'token_count', 'message_count', 'nb_count', 'nb_tokens', 'nb_first', 'nb_last',
-    'nb_op', 'nb_op_result')
-  if op and op ~= '' and v[7] == op and v[8] then return 0, 0, false, cjson.decode(v[8]) end
+    'nb_ops')
+  local previous = recorded(v[7], op)
+  if previous then return 0, 0, false, previous end
   local len = redis.call('LLEN', LIST)
   if len == 0 then return 0, 0, true end
   if tonumber(v[3]) ~= len or v[2] ~= v[3] or not v[1] or v[1] ~= v[4] then return nil end
@@ -91,9 +106,7 @@ end
 -- The recorded result of a re-sent call (see load_counters), for scripts that do not load the counters.
 local function replayed(op)
   if op == '' then return nil end
-  local v = redis.call('HMGET', META, 'nb_op', 'nb_op_result')
-  if v[1] == op and v[2] then return cjson.decode(v[2]) end
-  return nil
+  return recorded(redis.call('HGET', META, 'nb_ops'), op)
 end
 
 -- Drop what an empty list left behind (ids, access data, role counts of messages deleted elsewhere).
@@ -109,10 +122,12 @@ local function save_counters(count, tokens, op, result, first, last)
   local fields = {'message_count', count, 'token_count', tokens, 'nb_count', count, 'nb_tokens', tokens,
     'nb_first', first or end_id(0), 'nb_last', last or end_id(-1)}
   if op and op ~= '' then
-    fields[#fields + 1] = 'nb_op'
-    fields[#fields + 1] = op
-    fields[#fields + 1] = 'nb_op_result'
-    fields[#fields + 1] = cjson.encode(result)
+    local ops = '\n' .. op .. '\t' .. cjson.encode(result) .. (redis.call('HGET', META, 'nb_ops') or '')
+    if #ops > OPS_KEPT_BYTES then  -- drop the oldest entries, whole
+      ops = string.sub(ops, 1, (string.match(string.sub(ops, 1, OPS_KEPT_BYTES + 1), '.*()\n') or 1) - 1)
+    end
+    fields[#fields + 1] = 'nb_ops'
+    fields[#fields + 1] = ops
   end
   redis.call('HSET', META, unpack(fields))
   return result
