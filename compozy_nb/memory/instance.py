@@ -263,24 +263,24 @@ class MemoryInstance:
         return cast(T, run.result)
 
     def _execute(self, step: Step) -> Any:
+        client = self.backend.client
+        if isinstance(step, Batch):  # the most frequent step first
+            with redis_errors(step.operation, self.key):
+                pipe = client.pipeline(transaction=False)
+                for call in step.calls:
+                    getattr(pipe, call.name)(*call.args)
+                return pipe.execute()
         if isinstance(step, Work):
             return step.func()
         if isinstance(step, Script):
             return self._run(step.name, step.args, step.operation, step.strategy)
-        client = self.backend.client
-        if isinstance(step, Command):
-            with redis_errors(step.operation, self.key):
-                try:
-                    return getattr(client, step.call.name)(*step.call.args)
-                except Exception as exc:
-                    if tolerated(step.call, exc):
-                        return exc
-                    raise
-        with redis_errors(step.operation, self.key):
-            pipe = client.pipeline(transaction=False)
-            for call in step.calls:
-                getattr(pipe, call.name)(*call.args)
-            return pipe.execute()
+        with redis_errors(step.operation, self.key):  # a Command
+            try:
+                return getattr(client, step.call.name)(*step.call.args)
+            except Exception as exc:
+                if tolerated(step.call, exc):
+                    return exc
+                raise
 
     def _canonical(self, raw: bytes, position: int) -> tuple[str, int, str, str]:
         return canonical(raw, self.runtime.counter, key=self.key, position=position)

@@ -18,14 +18,12 @@ Example (how a transport drives one)::
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
     """One Redis command, ``client.<name>(*args)``.
 
     ``tolerate``: a server's error reply (an unknown or disabled command, say) is sent back as the exception
@@ -37,8 +35,7 @@ class Call:
     tolerate: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
+class Batch(NamedTuple):
     """Commands sent in one round trip (a pipeline without MULTI); the result is the list of their replies.
     Errors become :class:`~compozy_nb.errors.CompozyNbError` naming ``operation``."""
 
@@ -46,16 +43,14 @@ class Batch:
     calls: tuple[Call, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+class Command(NamedTuple):
     """A single :class:`Call` with the error handling of a :class:`Batch`."""
 
     operation: str
     call: Call
 
 
-@dataclass(frozen=True, slots=True)
-class Script:
+class Script(NamedTuple):
     """One of our Lua scripts (``memory/scripts/<name>.lua``) on the instance's keys."""
 
     name: str
@@ -64,8 +59,7 @@ class Script:
     strategy: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Work:
+class Work(NamedTuple):
     """Python work that is CPU-bound or blocking (decoding a whole list, planning a flush, calling a
     summarizer): run inline by the sync transport, in a worker thread by the async one."""
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
@@ -89,46 +88,61 @@ def script_free(text: str) -> str:
     return _SCRIPT_LOCATION.sub(" ", text).strip()
 
 
-@contextmanager
-def redis_errors(operation: str, key: str | None) -> Iterator[None]:
-    """Translate redis-py exceptions raised inside the block."""
-    try:
-        yield
-    except CompozyNbError:
-        raise
-    except UNAVAILABLE as exc:
-        raise BackendError(f"Redis unavailable during {operation}: {exc}", operation=operation, key=key) from None
-    except redis.exceptions.ResponseError as exc:
+class redis_errors:  # noqa: N801 - a context manager used like the function it replaced
+    """Translate redis-py exceptions raised inside the block into the package's errors, naming ``operation`` and
+    ``key``. A class rather than a ``@contextmanager`` generator: it wraps every Redis call of both transports."""
+
+    __slots__ = ("key", "operation")
+
+    def __init__(self, operation: str, key: str | None) -> None:
+        self.operation = operation
+        self.key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: Any) -> Literal[False]:
+        if exc is None or isinstance(exc, CompozyNbError) or not isinstance(exc, _TRANSLATED):
+            return False
+        raise _translated(exc, self.operation, self.key) from None
+
+
+_TRANSLATED: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, *UNAVAILABLE)  # RedisClusterException too
+
+
+def _translated(exc: BaseException, operation: str, key: str | None) -> CompozyNbError:
+    if isinstance(exc, UNAVAILABLE):
+        return BackendError(f"Redis unavailable during {operation}: {exc}", operation=operation, key=key)
+    if isinstance(exc, redis.exceptions.ResponseError):
         text = script_free(str(exc))
         if text.startswith("FOREIGN_DATA") or "FOREIGN_DATA" in text[:40]:
-            raise ForeignDataError(text, operation=operation, key=key) from None
+            return ForeignDataError(text, operation=operation, key=key)
         if isinstance(exc, redis.exceptions.ReadOnlyError) or "write against a read only replica" in text:
-            raise BackendError(
+            return BackendError(
                 f"Redis is a read-only replica: {operation} cannot write there (nothing was written); "
                 "connect to the primary",
                 operation=operation,
                 key=key,
                 reason="read_only_replica",
-            ) from None
+            )
         if text.startswith("OOM") or "used memory > 'maxmemory'" in text:
-            raise BackendError(
+            return BackendError(
                 f"Redis is out of memory (maxmemory reached) during {operation}: nothing was written",
                 code=ErrorCode.BACKEND_OUT_OF_MEMORY,
                 operation=operation,
                 key=key,
-            ) from None
+            )
         if "INVALID_ARGUMENT" in text:
             detail = text.split("INVALID_ARGUMENT", 1)[1].strip()
-            raise MemoryOperationError(f"{operation} failed: {detail}", operation=operation, key=key) from None
+            return MemoryOperationError(f"{operation} failed: {detail}", operation=operation, key=key)
         if "LIMIT_EXCEEDED" in text:
             detail = text.split("LIMIT_EXCEEDED", 1)[1].strip()
-            raise LimitExceededError(detail, operation=operation, key=key) from None
+            return LimitExceededError(detail, operation=operation, key=key)
         if "WRONGTYPE" in text:
-            raise MemoryOperationError(
+            return MemoryOperationError(
                 f"the Redis key for memory {key!r} holds another type of value: {text}",
                 operation=operation,
                 key=key,
-            ) from None
-        raise MemoryOperationError(f"{operation} failed: {text}", operation=operation, key=key) from None
-    except redis.exceptions.RedisError as exc:
-        raise BackendError(f"Redis error during {operation}: {exc}", operation=operation, key=key) from None
+            )
+        return MemoryOperationError(f"{operation} failed: {text}", operation=operation, key=key)
+    return BackendError(f"Redis error during {operation}: {exc}", operation=operation, key=key)
