@@ -731,3 +731,23 @@ def test_readme_code_runs_in_a_real_ipython_shell(monkeypatch: pytest.MonkeyPatc
         assert str(frame["ts"].dt.tz) == "UTC"
     finally:
         magics._project = saved
+
+
+def test_notebook_sanitizer_hides_how_pandas_shows_write_times() -> None:
+    """regression (CI, notebook 02): pandas drops ``.000`` from a datetime column when every value is a whole second,
+    so the ts header of a transcript frame moved 4 characters in about one run in a thousand"""
+    from nbval.plugin import get_sanitize_patterns
+
+    from compozy_nb.memory.frames import messages_frame
+
+    patterns = get_sanitize_patterns((REPO / "notebooks" / "sanitize.cfg").read_text(encoding="utf-8"))
+
+    def shown(stamp: str) -> str:
+        messages = [{"role": "user", "content": f"m{i}", "tokens": 5, "id": f"m{i}", "ts": stamp} for i in range(2)]
+        text = repr(messages_frame(messages, 4))
+        for regex, replace in patterns:
+            text = re.sub(regex, replace, text)
+        return text
+
+    assert "TIMESTAMP" in shown("2026-12-04T17:56:00.000Z")
+    assert shown("2026-12-04T17:56:00.000Z") == shown("2026-12-04T17:56:00.621Z")

@@ -6,7 +6,8 @@ Redis round trips are awaited, so concurrent calls on one event loop do not wait
 of more than one round trip (stats, health, flush, adopting a list another tool wrote, the summary flush an
 append can trigger) are the instance's step generators (memory/steps.py) driven here with ``await``; the
 CPU-heavy or blocking steps among them (tokenizing, decoding a whole list, planning a flush, calling the
-summarizer) and payload encoding run in a worker thread, never on the event loop.
+summarizer) and the encoding of large payloads run in a worker thread, never on the event loop. Script calls
+made in one turn of the loop are sent as one pipeline (:class:`_Pipeliner`).
 """
 
 from __future__ import annotations
