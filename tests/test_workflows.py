@@ -1079,8 +1079,9 @@ def test_failing_summarizer_does_not_turn_a_stored_append_into_an_error(backend:
     for i in range(3):
         memory.append({"role": "user", "content": f"m{i}"})
 
-    with pytest.warns(RuntimeWarning, match="stored its messages, but the summary flush failed"):
+    with pytest.warns(RuntimeWarning, match="stored its messages, but the summary flush failed") as warned:
         result = memory.append({"role": "user", "content": "m3"})  # stored, then the summary flush fails
+    assert warned[0].filename == __file__  # points at the caller's line, not into the package
 
     assert result["appended"] == 1
     assert [m["content"] for m in memory.read()["messages"]] == ["m0", "m1", "m2", "m3"]

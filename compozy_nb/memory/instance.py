@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import re
+import sys
 import time
 import warnings
 import weakref
@@ -345,7 +346,7 @@ class MemoryInstance:
                 f"append to '{self.key}' stored its messages, but the summary flush failed: [{error['code']}] "
                 f"{error['message']}",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=_caller_level(),
             )
         else:
             out["summary_flush"] = {k: summary[k] for k in ("flushed_count", "summary_generated")}
@@ -977,6 +978,18 @@ def access_skipped_warning(exc: BackendError) -> str:
     """The warning of an LRU read whose access record Redis refused."""
     why = "is out of memory" if exc.code == ErrorCode.BACKEND_OUT_OF_MEMORY else "is a read-only replica"
     return f"Redis {why}: the messages were read but their access times were not recorded (LRU order is stale)"
+
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def _caller_level() -> int:
+    """The ``warnings.warn`` stacklevel of the first frame outside this package (the caller's code), for a
+    warning raised inside an operation's steps, however deep the transport drove them."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _check_nonneg(**values: int | None) -> None:
