@@ -7,7 +7,7 @@ of more than one round trip (stats, health, flush, adopting a list another tool 
 append can trigger) are the instance's step generators (memory/steps.py) driven here with ``await``; the
 CPU-heavy or blocking steps among them (tokenizing, decoding a whole list, planning a flush, calling the
 summarizer) and the encoding of large payloads run in a worker thread, never on the event loop. Script calls
-made in one turn of the loop are sent as one pipeline (:class:`_Pipeliner`).
+made in one turn of the loop are sent as one pipeline (:class:`_ClientState`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any, TypeVar, cast
 
 import redis
 
-from compozy_nb.backends import Backend
 from compozy_nb.memory.instance import MemoryInstance, Output, tolerated
 from compozy_nb.memory.messages import Encoded
 from compozy_nb.memory.steps import Command, Runner, Script, Step, Steps, Work
@@ -28,22 +27,6 @@ from compozy_nb.memory.store import ForeignDataError, redis_errors, script_sha, 
 T = TypeVar("T")
 
 MAX_IN_FLIGHT = 64  # below the async client's 100 connections: more requests wait instead of failing
-# One semaphore per backend and event loop: a semaphore that ever waited belongs to its loop, and notebooks and
-# scripts run several loops one after the other (asyncio.run) on the same backend.
-_limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Backend, asyncio.Semaphore]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _in_flight_limit(backend: Backend) -> asyncio.Semaphore:
-    """The running loop's semaphore for ``backend`` (created on first use)."""
-    per_backend = _limits.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
-    limit = per_backend.get(backend)
-    if limit is None:
-        limit = per_backend[backend] = asyncio.Semaphore(MAX_IN_FLIGHT)
-    return limit
-
-
 INLINE_CHARS = 1024
 """Payloads of text up to this many characters are encoded on the event loop (tens of microseconds of work)."""
 INLINE_MESSAGES = 8
@@ -70,16 +53,21 @@ def _small(payload: Any) -> bool:
     return total <= INLINE_CHARS
 
 
-class _Pipeliner:
-    """Script calls made in one turn of the event loop go to Redis as one pipeline: one write and one read for
+class _ClientState:
+    """What the async transport keeps per ``redis.asyncio`` client, i.e. per backend and event loop
+    (``Backend.async_client``): the in-flight limit (``limit``: a semaphore belongs to the loop it first made
+    wait, so it cannot be shared across loops) and the pipeline of script calls.
+
+    Script calls made in one turn of the event loop go to Redis as one pipeline: one write and one read for
     all of them instead of a round trip each (what a server under concurrent requests does all the time). A
     call waits at most one loop turn more; each result or error goes back to its own caller. Pipelines are not
     transactions: each script is still atomic on its own, and a re-send after a dropped connection (the
     client's retry) is harmless because every write script is idempotent on its operation and message ids."""
 
-    __slots__ = ("_client", "_pending", "_scheduled")
+    __slots__ = ("_client", "_pending", "_scheduled", "limit")
 
     def __init__(self, client: Any) -> None:
+        self.limit = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._client = client
         self._pending: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
         self._scheduled = False
@@ -128,16 +116,16 @@ class _Pipeliner:
                 future.set_result(result)
 
 
-_pipeliners: weakref.WeakKeyDictionary[Any, _Pipeliner] = weakref.WeakKeyDictionary()
+_states: weakref.WeakKeyDictionary[Any, _ClientState] = weakref.WeakKeyDictionary()
 _tasks: set[asyncio.Task[None]] = set()
 
 
-def _pipeliner(client: Any) -> _Pipeliner:
-    """The pipeliner of ``client`` (a client belongs to one event loop: ``Backend.async_client``)."""
-    pipeliner = _pipeliners.get(client)
-    if pipeliner is None:
-        pipeliner = _pipeliners[client] = _Pipeliner(client)
-    return pipeliner
+def _state(client: Any) -> _ClientState:
+    """The state of ``client`` (made on first use, dropped with the client)."""
+    state = _states.get(client)
+    if state is None:
+        state = _states[client] = _ClientState(client)
+    return state
 
 
 def _background(task: asyncio.Task[None]) -> None:
@@ -186,16 +174,17 @@ class AsyncMemory:
             return await asyncio.to_thread(step.func)
         if isinstance(step, Script):
             return await self._script(step.name, step.args, step.operation, step.strategy)
-        async with _in_flight_limit(self.instance.backend):
+        client = self.client
+        async with _state(client).limit:
             with redis_errors(step.operation, self.instance.key):
                 if isinstance(step, Command):
                     try:
-                        return await getattr(self.client, step.call.name)(*step.call.args)
+                        return await getattr(client, step.call.name)(*step.call.args)
                     except Exception as exc:
                         if tolerated(step.call, exc):
                             return exc
                         raise
-                pipe = self.client.pipeline(transaction=False)
+                pipe = client.pipeline(transaction=False)
                 for call in step.calls:
                     getattr(pipe, call.name)(*call.args)
                 return await pipe.execute()
@@ -204,14 +193,16 @@ class AsyncMemory:
         mem = self.instance
         keys = mem.layout.all_keys
         args = [*args, mem._log_arg(operation, strategy)] if name != "read" else args
-        async with _in_flight_limit(self.instance.backend):
+        client = self.client
+        state = _state(client)
+        async with state.limit:
             with redis_errors(operation, mem.key):
                 if not mem.backend.cluster:
-                    return await _pipeliner(self.client).run(name, keys, args)
+                    return await state.run(name, keys, args)
                 try:  # a cluster pipeline splits by node: one call at a time
-                    return await self.client.evalsha(script_sha(name), len(keys), *keys, *args)
+                    return await client.evalsha(script_sha(name), len(keys), *keys, *args)
                 except redis.exceptions.NoScriptError:
-                    return await self.client.eval(script_source(name), len(keys), *keys, *args)
+                    return await client.eval(script_source(name), len(keys), *keys, *args)
 
     async def append(self, payload: Any) -> Output:
         """Like :meth:`MemoryInstance.append`."""
