@@ -8,6 +8,7 @@ Every check reads Redis directly (LRANGE/HGETALL/PTTL ...) next to the operation
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
@@ -1140,6 +1141,32 @@ def test_corrupted_element(backend: Backend) -> None:
     mem.append(user("fresh"))
     assert contents(mem.read()["messages"]) == ["fresh"]
     assert_counters(mem)
+
+
+FOREIGN_JSON_FORMS = [  # elements another tool may write: each is read exactly as json.loads reads it
+    b' {"role": "user", "content": "spaces around"} ',
+    b'\xef\xbb\xbf{"role":"user","content":"a UTF-8 BOM"}',
+    '{"role":"user","content":"UTF-16"}'.encode("utf-16"),
+    b'{"role":"user","content":"a big int","n":18446744073709551616123}',
+    b'{"role":"user","content":"another tool wrote NaN","x":NaN,"y":1e400}',
+    b'{"role":"user","content":"lone \\ud800 surrogate"}',
+    b'{"role":"user","content":"dup","content":"last wins"}',
+]
+
+
+def test_elements_other_tools_wrote_decode_as_json_loads_does(backend: Backend) -> None:
+    mem = make_memory(backend, max_messages=20)
+    backend.client.rpush(mem.layout.base, *FOREIGN_JSON_FORMS)
+    messages = mem.read()["messages"]
+    expected = [json.loads(raw) for raw in FOREIGN_JSON_FORMS]
+    assert [m["content"] for m in messages] == [e["content"] for e in expected]
+    assert messages[3]["n"] == 18446744073709551616123 and isinstance(messages[3]["n"], int)
+    assert math.isnan(messages[4]["x"]) and messages[4]["y"] == math.inf
+    assert messages[5]["content"] == "lone \ud800 surrogate" and messages[6]["content"] == "last wins"
+    backend.client.rpush(mem.layout.base, b'{"role":"user","content":"x"} trailing')
+    with pytest.raises(CorruptDataError) as info:
+        mem.read()
+    assert info.value.context["position"] == len(FOREIGN_JSON_FORMS)
 
 
 def _compozy_write(mem: MemoryInstance, messages: list[dict[str, str]]) -> int:

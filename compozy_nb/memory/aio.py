@@ -69,10 +69,10 @@ class _ClientState:
     def __init__(self, client: Any) -> None:
         self.limit = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._client = client
-        self._pending: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self._pending: list[tuple[str, Sequence[bytes], Sequence[Any], asyncio.Future[Any]]] = []
         self._scheduled = False
 
-    def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+    def run(self, name: str, keys: Sequence[bytes], args: Sequence[Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((name, keys, args, future))
@@ -105,7 +105,7 @@ class _ClientState:
             else:
                 future.set_result(result)
 
-    async def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any], future: asyncio.Future[Any]) -> None:
+    async def _eval(self, name: str, keys: Sequence[bytes], args: Sequence[Any], future: asyncio.Future[Any]) -> None:
         try:
             result = await self._client.eval(script_source(name), len(keys), *keys, *args)
         except Exception as exc:
@@ -191,7 +191,7 @@ class AsyncMemory:
 
     async def _script(self, name: str, args: Sequence[Any], operation: str, strategy: str | None = None) -> Any:
         mem = self.instance
-        keys = mem.layout.all_keys
+        keys = mem._keys
         args = [*args, mem._log_arg(operation, strategy)] if name != "read" else args
         client = self.client
         state = _state(client)

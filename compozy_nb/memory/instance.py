@@ -45,7 +45,7 @@ from compozy_nb.memory.messages import (
     stored_text,
     utc_now_iso,
 )
-from compozy_nb.memory.steps import Batch, Call, Command, Runner, Script, Step, Steps, Work
+from compozy_nb.memory.steps import Batch, Call, Command, Script, Step, Steps, Work
 from compozy_nb.memory.store import ForeignDataError, Scripts, redis_errors
 from compozy_nb.privacy import PrivacyPolicy
 from compozy_nb.results import OperationResult, display_limits
@@ -53,7 +53,8 @@ from compozy_nb.tokens import TokenCounter, get_counter
 
 MAX_INT = 2**53 - 1  # the largest count Redis and JSON clients agree on
 # the metadata fields of the fingerprint our scripts check before trusting their counters (_common.lua)
-FINGERPRINT_FIELDS = ("token_count", "message_count", "nb_count", "nb_tokens", "nb_first", "nb_last")
+FINGERPRINT_FIELDS = ("token_count", "message_count", "nb_count", "nb_tokens", "nb_last")
+_FINGERPRINT_KEYS = tuple(f.encode() for f in FINGERPRINT_FIELDS)  # HGETALL's keys are bytes
 OPERATIONS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats")
 Output = dict[str, Any]
 T = TypeVar("T")
@@ -79,14 +80,15 @@ class MemoryRuntime:
         self.ttl_ms = math.ceil(resource.persistence.ttl_seconds * 1000)
         self.token_limit = resource.token_limit
         self.track = "1" if resource.uses_access_tracking else "0"
-        # the fixed leading arguments of append.lua after the mode
-        self.append_args = (
+        # the fixed leading arguments of append.lua after the mode, encoded once (redis-py would on every call)
+        fixed = (
             self.ttl_ms,
             resource.max_messages or 0,
             self.token_limit or 0,
             resource.archive_max_messages,
             self.track,
         )
+        self.append_args = tuple(str(v).encode() for v in fixed)
 
 
 _connections: weakref.WeakKeyDictionary[Backend, Scripts] = weakref.WeakKeyDictionary()
@@ -119,7 +121,7 @@ class MemoryInstance:
         self.backend = backend
         self.project = project
         self.layout = KeyLayout(project, self.key, backend.cluster)
-        self._keys = self.layout.all_keys
+        self._keys = tuple(k.encode() for k in self.layout.all_keys)  # every script's KEYS, encoded once
         self._scripts = _connection(backend)
 
     def __repr__(self) -> str:
@@ -231,7 +233,7 @@ class MemoryInstance:
                 "adopt",
                 (Call("hmget", (self.layout.metadata, *FINGERPRINT_FIELDS)), Call("lrange", (self.layout.base, 0, -1))),
             )
-            if not raws or is_ours(meta, len(raws), raws[-1], raws[0]):
+            if not raws or is_ours(meta, len(raws), raws[-1]):
                 return False
             args = yield Work(functools.partial(self._adopt_args, raws))  # tokenizes every message
             if int((yield Script("adopt", tuple(args), "adopt"))):
@@ -255,13 +257,17 @@ class MemoryInstance:
 
     def _drive(self, steps: Steps[T]) -> T:
         """Run an operation's steps (memory/steps.py) on the synchronous client."""
-        run = Runner(steps)
-        while (step := run.next()) is not None:
+        resume: Callable[[Any], Step] = steps.send  # Runner's protocol, inlined: this path is every operation's
+        value: Any = None
+        while True:
             try:
-                run.done(self._execute(step))
+                step = resume(value)
+            except StopIteration as finished:
+                return cast(T, finished.value)
+            try:
+                value, resume = self._execute(step), steps.send
             except Exception as exc:  # thrown in at the step's yield: the operation decides
-                run.failed(exc)
-        return cast(T, run.result)
+                value, resume = exc, steps.throw
 
     def _execute(self, step: Step) -> Any:
         client = self.backend.client
@@ -815,14 +821,28 @@ class MemoryInstance:
         return self._drive(self._stats_steps(include_content))
 
     def _stats_steps(self, include_content: bool) -> Steps[Output]:
-        results = yield from self._stats_round_trip(include_content)
-        meta = {_s(k): _s(v) for k, v in results[0].items()}
-        length = int(results[2])
-        count = int(meta.get("message_count", length))
-        tokens = int(meta.get("token_count", 0))
-        roles = {k[5:]: int(v) for k, v in meta.items() if k.startswith("role:") and int(v) > 0}
+        # HGETALL, PTTL, LLEN, the tail (and head/tail previews) in one round trip; a list another tool changed is
+        # adopted first, so role counts and token totals describe the list as it is
+        base = self.layout.base
+        calls = self._stats_calls
+        if include_content:
+            calls = (*calls, Call("lrange", (base, 0, 2)), Call("lrange", (base, -3, -1)))
+        for _ in range(2):
+            results: list[Any] = yield Batch("stats", calls)
+            meta: dict[bytes, bytes] = results[0]  # fields used by name, not all decoded (nb_ops is ~500 bytes)
+            length = int(results[2])
+            if (
+                not length
+                or is_ours([meta.get(f) for f in _FINGERPRINT_KEYS], length, results[3])
+                or not (yield from self._adopt_if_writable_steps())
+            ):
+                break
+        count = int(meta.get(b"message_count", length))
+        tokens = int(meta.get(b"token_count", 0))
+        roles = {_s(k[5:]): int(v) for k, v in meta.items() if k.startswith(b"role:") and int(v) > 0}
         if count != length:  # written by another tool: the metadata is not ours, trust the list
             count = length
+        last_flush = meta.get(b"last_flush")
         pttl = int(results[1])
         limit = self.resource.token_limit
         out = self._out(
@@ -835,15 +855,15 @@ class MemoryInstance:
             message_utilization=round(count / self.resource.max_messages, 4) if self.resource.max_messages else None,
             role_distribution=dict(sorted(roles.items())),
             ttl_seconds=round(pttl / 1000, 3) if pttl > 0 else None,
-            last_flush=meta.get("last_flush"),
-            flush_count=int(meta.get("flush_count", 0)),
-            evicted_count=int(meta.get("evicted_count", 0)),
+            last_flush=None if last_flush is None else _s(last_flush),
+            flush_count=int(meta.get(b"flush_count", 0)),
+            evicted_count=int(meta.get(b"evicted_count", 0)),
             avg_tokens_per_message=round(tokens / count, 2) if count else 0,
             actual_strategy=self.resource.flushing.type,
         )
         if include_content:
-            head = self._decode_all(results[3], 0)
-            tail = self._decode_all(results[4], max(0, length - len(results[4])))
+            head = self._decode_all(results[4], 0)
+            tail = self._decode_all(results[5], max(0, length - len(results[5])))
             out["content_preview"] = {
                 "first": [_preview(m) for m in head],
                 "last": [_preview(m) for m in tail] if length > 3 else [],
@@ -851,24 +871,16 @@ class MemoryInstance:
         return out
 
     # ------------------------------------------------------------------ internals
-    def _stats_round_trip(self, include_content: bool) -> Steps[list[Any]]:
-        """HGETALL, PTTL, LLEN (and head/tail) in one round trip; a list another tool changed is adopted
-        first, so role counts and token totals describe the list as it is."""
+    @functools.cached_property
+    def _stats_calls(self) -> tuple[Call, ...]:
         base = self.layout.base
-        calls = (
+        # the tail: what every Compozy write changes (see is_ours)
+        return (
             Call("hgetall", (self.layout.metadata,)),
             Call("pttl", (base,)),
             Call("llen", (base,)),
-            Call("lindex", (base, -1)),  # the tail: what every Compozy write changes (see is_ours)
-            *((Call("lrange", (base, 0, 2)), Call("lrange", (base, -3, -1))) if include_content else ()),
+            Call("lindex", (base, -1)),
         )
-        for _ in range(2):
-            results: list[Any] = yield Batch("stats", calls)
-            meta, length = results[0], int(results[2])
-            fields = [meta.get(f.encode()) for f in FINGERPRINT_FIELDS]
-            if not length or is_ours(fields, length, results[3]) or not (yield from self._adopt_if_writable_steps()):
-                break
-        return [*results[:3], *results[4:]]
 
     def _counters(self, operation: str) -> tuple[int, int, str | None]:
         """message_count, token_count and last_flush; a list another tool changed is adopted first."""
@@ -957,16 +969,16 @@ def _end_id(raw: Any) -> str:
     return mid if isinstance(mid, str) else ""
 
 
-def is_ours(fields: Sequence[Any], length: int, last: Any, first: Any = None) -> bool:
+def is_ours(fields: Sequence[Any], length: int, last: Any) -> bool:
     """Whether the counters of a non-empty list can be trusted (the fingerprint of _common.lua's
-    load_counters): ``fields`` are the values of FINGERPRINT_FIELDS, ``last``/``first`` the list's ends.
+    load_counters): ``fields`` are the values of FINGERPRINT_FIELDS, ``last`` the list's tail element.
 
-    Reads (stats, health) leave ``first`` out, sparing a command: every Compozy write changes the counts or
-    the tail (its elements carry no id) - append and write push at the tail, a flush shortens the list."""
-    tokens, count, nb_count, nb_tokens, nb_first, nb_last = (None if v is None else _s(v) for v in fields)
-    if nb_count is None or int(nb_count) != length or count != nb_count or tokens is None or tokens != nb_tokens:
+    Every Compozy write changes the counts or the tail (its elements carry no id): append and write push at
+    the tail, a flush shortens the list."""
+    tokens, count, nb_count, nb_tokens, nb_last = fields  # as Redis replied them (all bytes or all str)
+    if nb_count is None or count != nb_count or tokens is None or tokens != nb_tokens or int(nb_count) != length:
         return False
-    return _end_id(last) == nb_last and (first is None or _end_id(first) == nb_first)
+    return nb_last is not None and _end_id(last) == _s(nb_last)
 
 
 def cannot_write(exc: BackendError) -> bool:

@@ -50,6 +50,21 @@ def utc_now_iso() -> str:
 
 
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_RAW_DECODE = json.JSONDecoder().raw_decode
+
+
+def loads(raw: bytes | str) -> Any:
+    """``json.loads(raw)``, twice as fast on what we store (compact UTF-8 objects): ``json.loads`` on bytes
+    first sniffs the encoding and strips whitespace around the value. Anything else (another encoding, a BOM,
+    whitespace, invalid JSON) takes ``json.loads`` itself, so the result and the errors are exactly its own."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value, end = _RAW_DECODE(text)
+        if end == len(text):
+            return value
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError: json.loads decides (and raises)
+        pass
+    return json.loads(raw)
 
 
 def new_id() -> str:
@@ -205,7 +220,7 @@ def decode(raw: bytes | str, *, key: str, position: int) -> dict[str, Any]:
         CorruptDataError: the element is not a JSON object with role and content.
     """
     try:
-        value = json.loads(raw)
+        value = loads(raw)
     except ValueError:
         value = None
     if not isinstance(value, dict) or "content" not in value:

@@ -64,7 +64,7 @@ class Scripts:
     def __init__(self, client: Any) -> None:
         self._client = client
 
-    def run(self, name: str, keys: Sequence[str], args: Sequence[Any], *, operation: str, key: str) -> Any:
+    def run(self, name: str, keys: Sequence[bytes | str], args: Sequence[Any], *, operation: str, key: str) -> Any:
         """Run script ``name``; Redis errors become CompozyNbError subclasses naming the operation and key."""
         with redis_errors(operation, key):
             try:

@@ -58,9 +58,9 @@ local function clear_roles()
   end
 end
 
--- The id at one end of the list ('' for an element without one, e.g. written by Compozy).
-local function end_id(index)
-  local raw = redis.call('LINDEX', LIST, index)
+-- The id at the tail of the list ('' for an element without one, e.g. written by Compozy).
+local function tail_id()
+  local raw = redis.call('LINDEX', LIST, -1)
   if not raw then return '' end
   local _, id = msg_info(raw)
   return id or ''
@@ -68,17 +68,18 @@ end
 
 -- The counters of an instance written by this library, trusted only while its fingerprint holds: our own
 -- length and token total ('nb_count', 'nb_tokens', fields only our scripts write) equal the list's length
--- and Compozy's 'message_count'/'token_count', and the ids at both ends of the list are the ones our last
--- write left there. Compozy's elements carry no id, so any Compozy write, append or trim changes an end
--- or a count, even one that keeps the list length. A foreign list is adopted first by the caller
--- (FOREIGN_DATA), which counts the tokens of its messages.
+-- and Compozy's 'message_count'/'token_count', and the id at the list's tail is the one our last write left
+-- there ('nb_last'). Compozy's elements carry no id and every Compozy write either pushes at the tail (append,
+-- write) or shortens the list (flush, trim), so it changes the tail or a count, even when the list keeps its
+-- length. (The head is not checked: no Compozy write changes it alone.) A foreign list is adopted first by the
+-- caller (FOREIGN_DATA), which counts the tokens of its messages.
 -- Retries: each write call carries an operation id (op) chosen before its first send. A re-send of a call
 -- that already ran (its reply was lost, the client retried) finds the id and the result recorded with it.
 -- The last OPS_KEPT_BYTES of calls are kept ('nb_ops': "\n<op>\t<result json>" entries, newest first), so
 -- calls sent together (a pipeline, concurrent clients) and re-sent together each answer as they first did.
--- Returns count, tokens, fresh, replayed, first: fresh for an empty list (whose stale ids, access data and
--- role counts the caller drops with its first write); replayed is the recorded result of a re-sent call;
--- first the id at the list's head; count is nil when the list is foreign. Writes nothing.
+-- Returns count, tokens, fresh, replayed: fresh for an empty list (whose stale ids, access data and role counts
+-- the caller drops with its first write); replayed is the recorded result of a re-sent call; count is nil when
+-- the list is foreign. Writes nothing.
 local OPS_KEPT_BYTES = 512  -- about 7 calls: a pipeline or burst of writes to one memory, re-sent together
 
 -- The result recorded for operation id op in the 'nb_ops' value ops (nil: not there).
@@ -91,22 +92,25 @@ local function recorded(ops, op)
   return cjson.decode(string.sub(ops, from, to and to - 1 or -1))
 end
 
+local OPS = nil  -- the 'nb_ops' value once read by load_counters or replayed (false: none), for save_counters
+
 local function load_counters(op)
-  local v = redis.call('HMGET', META, 'token_count', 'message_count', 'nb_count', 'nb_tokens', 'nb_first', 'nb_last',
-    'nb_ops')
-  local previous = recorded(v[7], op)
+  local v = redis.call('HMGET', META, 'token_count', 'message_count', 'nb_count', 'nb_tokens', 'nb_last', 'nb_ops')
+  OPS = v[6]
+  local previous = recorded(OPS, op)
   if previous then return 0, 0, false, previous end
   local len = redis.call('LLEN', LIST)
   if len == 0 then return 0, 0, true end
   if tonumber(v[3]) ~= len or v[2] ~= v[3] or not v[1] or v[1] ~= v[4] then return nil end
-  if end_id(-1) ~= v[6] or end_id(0) ~= v[5] then return nil end
-  return len, tonumber(v[1]) or 0, false, nil, v[5]
+  if tail_id() ~= v[5] then return nil end
+  return len, tonumber(v[1]) or 0, false, nil
 end
 
 -- The recorded result of a re-sent call (see load_counters), for scripts that do not load the counters.
 local function replayed(op)
   if op == '' then return nil end
-  return recorded(redis.call('HGET', META, 'nb_ops'), op)
+  OPS = redis.call('HGET', META, 'nb_ops')
+  return recorded(OPS, op)
 end
 
 -- Drop what an empty list left behind (ids, access data, role counts of messages deleted elsewhere).
@@ -116,13 +120,13 @@ local function forget_all()
 end
 
 -- Record the counters and the fingerprint (see load_counters) after a write, and the call's result under
--- its operation id; returns the result. first/last: the ids now at the ends when the caller knows them
--- (nil: read them).
-local function save_counters(count, tokens, op, result, first, last)
+-- its operation id; returns the result. last: the id now at the tail when the caller knows it (nil: read it).
+local function save_counters(count, tokens, op, result, last)
   local fields = {'message_count', count, 'token_count', tokens, 'nb_count', count, 'nb_tokens', tokens,
-    'nb_first', first or end_id(0), 'nb_last', last or end_id(-1)}
+    'nb_last', last or tail_id()}
   if op and op ~= '' then
-    local ops = '\n' .. op .. '\t' .. cjson.encode(result) .. (redis.call('HGET', META, 'nb_ops') or '')
+    if OPS == nil then OPS = redis.call('HGET', META, 'nb_ops') end  -- not read yet (no script writes it between)
+    local ops = '\n' .. op .. '\t' .. cjson.encode(result) .. (OPS or '')
     if #ops > OPS_KEPT_BYTES then  -- drop the oldest entries, whole
       ops = string.sub(ops, 1, (string.match(string.sub(ops, 1, OPS_KEPT_BYTES + 1), '.*()\n') or 1) - 1)
     end

@@ -23,11 +23,11 @@ if not archive_max then return arg_error('archive_max') end
 if ARGV[7] ~= '0' and ARGV[7] ~= '1' then return arg_error('track_access') end
 if not n or #ARGV ~= FIRST - 1 + n * 4 then return arg_error('n') end
 
-local count, tokens, fresh, previous, head = 0, 0, true, nil, nil
+local count, tokens, fresh, previous = 0, 0, true, nil
 if mode == 'replace' then
   previous = replayed(op)
 else
-  count, tokens, fresh, previous, head = load_counters(op)
+  count, tokens, fresh, previous = load_counters(op)
   if count == nil then return foreign_error() end
 end
 if previous then return previous end
@@ -45,7 +45,9 @@ end
 
 -- new messages, without duplicates (ids already stored, or repeated within this batch)
 local stored = {}
-if count > 0 and n > 0 then
+if count > 0 and n == 1 then  -- the usual append: one message
+  if redis.call('SISMEMBER', IDS, batch[1].id) == 1 then stored[1] = true end
+elseif count > 0 and n > 0 then
   local ids = {}
   for i, m in ipairs(batch) do ids[i] = m.id end
   local i = 1
@@ -180,15 +182,12 @@ bump_roles(roles)
 local evicted_stored = removed_msgs - (#new - #kept)
 local new_count = count - evicted_stored + #kept
 local new_tokens = tokens - (removed_tokens - evicted_new_tokens) + stored_tokens
--- the ends' ids, known without reading them back unless the head changed (an append's elements carry the
--- ids given with them; a restored element may not, so replace reads both back)
-local first, last = nil, nil
-if mode ~= 'replace' then
-  last = stored_ids[#stored_ids]
-  if prefix_len == 0 and count > 0 then first = head end
-end
+-- the tail's id, known without reading it back after an append (its elements carry the ids given with them; a
+-- restored element may not, so replace reads it back)
+local last = nil
+if mode ~= 'replace' then last = stored_ids[#stored_ids] end
 local result = save_counters(new_count, new_tokens, op,
-  {#new, new_count, new_tokens, removed_msgs, duplicates, removed_tokens}, first, last)
+  {#new, new_count, new_tokens, removed_msgs, duplicates, removed_tokens}, last)
 if removed_msgs > 0 then redis.call('HINCRBY', META, 'evicted_count', removed_msgs) end
 expire_all(ttl_ms, track)
 for i, m in ipairs(new) do if drop_new[i] then evicted_ids[#evicted_ids + 1] = m.id end end
