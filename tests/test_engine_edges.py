@@ -124,21 +124,20 @@ BAD_ARGUMENTS = {
     # script: (the arguments, with one bad value)
     "append:ttl in exponent form": (
         "append",
-        ["op1", "append", "1e+17", 0, 0, 1000, "0", 1, '{"role":"user"}', 3, "i1", "user"],
+        ["op1", "append\t1e+17\t0\t0\t1000\t0", 1, '{"role":"user"}', 3, "i1", "user"],
     ),
-    "append:huge ttl": (
+    "append:huge ttl": ("append", ["op1", f"append\t{10**17}\t0\t0\t1000\t0", 1, '{"role":"user"}', 3, "i1", "user"]),
+    "append:negative limit": ("append", ["op1", "append\t0\t-1\t0\t1000\t0", 1, '{"role":"user"}', 3, "i1", "user"]),
+    "append:bad mode": ("append", ["op1", "upsert\t0\t0\t0\t1000\t0", 1, '{"role":"user"}', 3, "i1", "user"]),
+    "append:config with a missing field": (
         "append",
-        ["op1", "append", str(10**17), 0, 0, 1000, "0", 1, '{"role":"user"}', 3, "i1", "user"],
+        ["op1", "append\t0\t0\t1000\t0", 1, '{"role":"user"}', 3, "i1", "user"],
     ),
-    "append:negative limit": (
-        "append",
-        ["op1", "append", 0, "-1", 0, 1000, "0", 1, '{"role":"user"}', 3, "i1", "user"],
-    ),
-    "append:bad mode": ("append", ["op1", "upsert", 0, 0, 0, 1000, "0", 1, '{"role":"user"}', 3, "i1", "user"]),
-    "append:short batch": ("append", ["op1", "append", 0, 0, 0, 1000, "0", 2, '{"role":"user"}', 3, "i1", "user"]),
-    "append:bad tokens": ("append", ["op1", "append", 0, 0, 0, 1000, "0", 1, '{"role":"user"}', "nan", "i1", "user"]),
-    "append:empty id": ("append", ["op1", "replace", 0, 0, 0, 1000, "0", 1, '{"role":"user"}', 3, "", "user"]),
-    "append:bad track": ("append", ["op1", "replace", 0, 0, 0, 1000, "yes", 1, '{"role":"user"}', 3, "i1", "user"]),
+    "append:short batch": ("append", ["op1", "append\t0\t0\t0\t1000\t0", 2, '{"role":"user"}', 3, "i1", "user"]),
+    "append:bad tokens": ("append", ["op1", "append\t0\t0\t0\t1000\t0", 1, '{"role":"user"}', "nan", "i1", "user"]),
+    "append:empty id": ("append", ["op1", "replace\t0\t0\t0\t1000\t0", 1, '{"role":"user"}', 3, "", "user"]),
+    "append:bad track": ("append", ["op1", "replace\t0\t0\t0\t1000\tyes", 1, '{"role":"user"}', 3, "i1", "user"]),
+    "append:huge limit": ("append", ["op1", f"append\t0\t{2**53}\t0\t1000\t0", 1, '{"role":"user"}', 3, "i1", "user"]),
     "flush:ttl": ("flush", ["op1", "inf", 1000, "2026-01-01T00:00:00Z", "", 0, "", "0", 0]),
     "flush:count": ("flush", ["op1", 0, 1000, "2026-01-01T00:00:00Z", "", 0, "", "0", 5, "x"]),
     "flush:summary without id": ("flush", ["op1", 0, 1000, "2026-01-01T00:00:00Z", '{"role":"system"}', 3, "", "0", 0]),

@@ -80,15 +80,11 @@ class MemoryRuntime:
         self.ttl_ms = math.ceil(resource.persistence.ttl_seconds * 1000)
         self.token_limit = resource.token_limit
         self.track = "1" if resource.uses_access_tracking else "0"
-        # the fixed leading arguments of append.lua after the mode, encoded once (redis-py would on every call)
-        fixed = (
-            self.ttl_ms,
-            resource.max_messages or 0,
-            self.token_limit or 0,
-            resource.archive_max_messages,
-            self.track,
-        )
-        self.append_args = tuple(str(v).encode() for v in fixed)
+        fixed = (self.ttl_ms, resource.max_messages or 0, self.token_limit or 0, resource.archive_max_messages)
+        self.append_config = {  # append.lua's config argument by mode, encoded once (redis-py would on every call)
+            mode: "\t".join((mode, *(str(v) for v in fixed), self.track)).encode() for mode in ("append", "replace")
+        }
+        self.display_limits = display_limits(resource)  # what every output map carries for the notebook views
 
 
 _connections: weakref.WeakKeyDictionary[Backend, Scripts] = weakref.WeakKeyDictionary()
@@ -166,9 +162,7 @@ class MemoryInstance:
 
     # ------------------------------------------------------------------ helpers
     def _out(self, operation: str, **values: Any) -> Output:
-        return OperationResult(
-            {"operation": operation, "key": self.key, **values}, limits=display_limits(self.resource)
-        )
+        return OperationResult({"operation": operation, "key": self.key, **values}, limits=self.runtime.display_limits)
 
     def _run(self, script: str, args: Sequence[Any], operation: str, strategy: str | None = None) -> Any:
         args = [*args, self._log_arg(operation, strategy)] if script != "read" else args
@@ -206,7 +200,7 @@ class MemoryInstance:
     def _store_args(self, mode: str, encoded: Sequence[Encoded]) -> list[Any]:
         """append.lua's arguments. The operation id and every message id are fixed here, before the first
         send, so a re-send of the same arguments (a retry after a lost reply) writes nothing twice."""
-        args: list[Any] = [new_id(), mode, *self.runtime.append_args, len(encoded)]
+        args: list[Any] = [new_id(), self.runtime.append_config[mode], len(encoded)]
         for item in encoded:
             args.extend((item.raw, item.tokens, item.id, item.role))
         return args

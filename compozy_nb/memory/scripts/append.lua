@@ -1,26 +1,27 @@
 -- Append (or, in mode 'replace', write) messages with exact token accounting, id de-duplication,
 -- limit enforcement (evicting the oldest non-system messages into the archive) and TTL, atomically.
--- ARGV: op, mode, ttl_ms, max_messages, max_tokens, archive_max, track_access, n, then n x (raw, tokens, id, role).
+-- ARGV: op, config, n, then n x (raw, tokens, id, role); config is "<mode>\t<ttl_ms>\t<max_messages>\t<max_tokens>\t
+-- <archive_max>\t<track_access 0/1>" (one argument: the same for every call of an instance, encoded once).
 -- op: the call's operation id (a re-send of a call that ran returns its recorded result, writing nothing).
 -- Every message id is assigned by the caller before the first send: an id already stored (a retried or
 -- repeated append) or repeated within the batch is skipped and counted in duplicates.
 -- Returns {accepted, message_count, token_count, evicted, duplicates, evicted_tokens}.
 -- Nothing is written when an argument is invalid or the result cannot fit the limits (LIMIT_EXCEEDED).
 local op = ARGV[1]
-local mode = ARGV[2]
-local ttl_ms = int_arg(ARGV[3], MAX_TTL_MS)
-local max_messages = int_arg(ARGV[4], MAX_INT)
-local max_tokens = int_arg(ARGV[5], MAX_INT)
-local archive_max = int_arg(ARGV[6], MAX_INT)
-local track = ARGV[7] == '1'
-local n = int_arg(ARGV[8], MAX_INT)
-local FIRST = 9
-if mode ~= 'append' and mode ~= 'replace' then return arg_error('mode') end
+local mode, ttl_s, max_messages_s, max_tokens_s, archive_max_s, track_s =
+  string.match(ARGV[2], '^(%l+)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t([01])$')
+if mode ~= 'append' and mode ~= 'replace' then return arg_error('config (mode and limits)') end
+local ttl_ms = int_arg(ttl_s, MAX_TTL_MS)
+local max_messages = int_arg(max_messages_s, MAX_INT)
+local max_tokens = int_arg(max_tokens_s, MAX_INT)
+local archive_max = int_arg(archive_max_s, MAX_INT)
+local track = track_s == '1'
+local n = int_arg(ARGV[3], MAX_INT)
+local FIRST = 4
 if not ttl_ms then return arg_error('ttl_ms') end
 if not max_messages then return arg_error('max_messages') end
 if not max_tokens then return arg_error('max_tokens') end
 if not archive_max then return arg_error('archive_max') end
-if ARGV[7] ~= '0' and ARGV[7] ~= '1' then return arg_error('track_access') end
 if not n or #ARGV ~= FIRST - 1 + n * 4 then return arg_error('n') end
 
 local count, tokens, fresh, previous = 0, 0, true, nil
