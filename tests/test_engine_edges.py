@@ -165,6 +165,28 @@ def test_a_script_given_a_bad_argument_writes_nothing(redis_url: str, case: str)
     assert snapshot(client, memory.layout) == before
 
 
+def test_writes_over_garbled_event_counters_store_once_and_count(redis_url: str) -> None:
+    """A metadata counter another tool garbled made an evicting append's (or a flush's) last HINCRBY fail after the
+    change was stored (a failed call that wrote); the counters are now set in the same HSET as the others."""
+    project = Project("edges")
+    project.use_backend(connect(redis_url))
+    project.add_yaml("resource: memory\nid: small\ntype: message_count_based\nmax_messages: 3\n")
+    memory = project.memory("small", key="conv:garbled")
+    memory.append([{"role": "user", "content": f"message {i}"} for i in range(3)])
+    client = redis.Redis.from_url(redis_url)
+    client.hset(memory.layout.metadata, "evicted_count", "not a number")
+    out = memory.append({"role": "user", "content": "one more"})
+    assert (out["appended"], out["evicted"], out["total_count"]) == (1, 1, 3)
+    assert [m["content"] for m in memory.read()["messages"]] == ["message 1", "message 2", "one more"]
+    assert memory.stats()["evicted_count"] == 1
+    memory.append({"role": "user", "content": "and another"})
+    assert memory.stats()["evicted_count"] == 2
+    client.hset(memory.layout.metadata, "flush_count", "garbled too")
+    flushed = memory.flush(force=True)
+    assert flushed["success"] and flushed["flushed_count"] >= 1, flushed
+    assert memory.stats()["flush_count"] == 1
+
+
 # ------------------------------------------------------------------------------------------ item 8: 100,000 messages
 @pytest.mark.slow
 @pytest.mark.timeout(900)

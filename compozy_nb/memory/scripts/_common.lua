@@ -93,10 +93,17 @@ local function recorded(ops, op)
 end
 
 local OPS = nil  -- the 'nb_ops' value once read by load_counters or replayed (false: none), for save_counters
+-- the event counters as load_counters read them (a missing or garbled value counts as 0), so a write sets them in
+-- its HSET: an HINCRBY on a value another tool garbled would fail after the write's other commands
+local TALLIES = {'evicted_count', 'flush_count', 'summary_count'}
+local TALLY = nil
 
 local function load_counters(op)
-  local v = redis.call('HMGET', META, 'token_count', 'message_count', 'nb_count', 'nb_tokens', 'nb_last', 'nb_ops')
+  local v = redis.call('HMGET', META, 'token_count', 'message_count', 'nb_count', 'nb_tokens', 'nb_last', 'nb_ops',
+    unpack(TALLIES))
   OPS = v[6]
+  TALLY = {}
+  for i, name in ipairs(TALLIES) do TALLY[name] = int_arg(v[6 + i], MAX_INT) or 0 end
   local previous = recorded(OPS, op)
   if previous then return 0, 0, false, previous end
   local len = redis.call('LLEN', LIST)
@@ -120,10 +127,19 @@ local function forget_all()
 end
 
 -- Record the counters and the fingerprint (see load_counters) after a write, and the call's result under
--- its operation id; returns the result. last: the id now at the tail when the caller knows it (nil: read it).
-local function save_counters(count, tokens, op, result, last)
+-- its operation id; returns the result. last: the id now at the tail when the caller knows it (nil: read it);
+-- tallies: {name = n} added to the TALLIES counters (in the same HSET when load_counters read them).
+local function save_counters(count, tokens, op, result, last, tallies)
   local fields = {'message_count', count, 'token_count', tokens, 'nb_count', count, 'nb_tokens', tokens,
     'nb_last', last or tail_id()}
+  for name, n in pairs(tallies or {}) do
+    if n > 0 and TALLY then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = TALLY[name] + n
+    elseif n > 0 then
+      redis.call('HINCRBY', META, name, n)
+    end
+  end
   if op and op ~= '' then
     if OPS == nil then OPS = redis.call('HGET', META, 'nb_ops') end  -- not read yet (no script writes it between)
     local ops = '\n' .. op .. '\t' .. cjson.encode(result) .. (OPS or '')

@@ -188,8 +188,7 @@ local new_tokens = tokens - (removed_tokens - evicted_new_tokens) + stored_token
 local last = nil
 if mode ~= 'replace' then last = stored_ids[#stored_ids] end
 local result = save_counters(new_count, new_tokens, op,
-  {#new, new_count, new_tokens, removed_msgs, duplicates, removed_tokens}, last)
-if removed_msgs > 0 then redis.call('HINCRBY', META, 'evicted_count', removed_msgs) end
+  {#new, new_count, new_tokens, removed_msgs, duplicates, removed_tokens}, last, {evicted_count = removed_msgs})
 expire_all(ttl_ms, track)
 for i, m in ipairs(new) do if drop_new[i] then evicted_ids[#evicted_ids + 1] = m.id end end
 log_event({appended = #kept, ids = stored_ids, evicted = removed_msgs, evicted_ids = evicted_ids,

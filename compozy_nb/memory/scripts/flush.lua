@@ -77,12 +77,11 @@ if summary_written == 1 then
   tokens = tokens + summary_tokens
   roles['system'] = (roles['system'] or 0) + 1
   redis.call('SADD', IDS, summary_id)
-  redis.call('HINCRBY', META, 'summary_count', 1)
 end
 bump_roles(roles)
-local result = save_counters(count, tokens, op, {#removed, count, tokens, summary_written})
+local result = save_counters(count, tokens, op, {#removed, count, tokens, summary_written}, nil,
+  {flush_count = 1, summary_count = summary_written})
 redis.call('HSET', META, 'last_flush', now_iso)
-redis.call('HINCRBY', META, 'flush_count', 1)
 expire_all(ttl_ms, track)
 log_event({flushed = #removed, flushed_ids = removed_ids, summary_id = summary_written == 1 and summary_id or nil,
   messages = count, tokens = tokens})
