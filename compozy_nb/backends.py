@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
-import threading
 import uuid
 import weakref
 from dataclasses import dataclass, field
@@ -25,9 +23,6 @@ from compozy_nb.errors import BackendError, ConfigError
 
 EMBEDDED_URL = "embedded://"
 _SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "embedded", "unix")
-_embedded_servers: dict[str, Any] = {}
-_lock = threading.Lock()
-_announced = False
 
 
 @dataclass(frozen=True)
@@ -166,9 +161,9 @@ def connect(
             url=mask_url(resolved),
         )
     if scheme == "embedded":
-        from compozy_nb.embedded import connect_embedded
+        from compozy_nb.embedded import embedded_client
 
-        return connect_embedded(resolved, asked=asked, options=options or ConnectOptions())
+        return Backend(resolved, embedded_client(resolved, asked=asked), "embedded", options or ConnectOptions())
     options = options or ConnectOptions()
     kind = "cluster" if scheme.endswith("+cluster") else "redis"
     client = _make_client(resolved, kind, options)
@@ -329,32 +324,8 @@ def _async_client(backend: Backend) -> Any:
     )
 
 
-def _embedded_client(url: str) -> Any:
-    import fakeredis
-
-    name = urlsplit(url).netloc or "default"
-    with _lock:
-        server = _embedded_servers.get(name)
-        if server is None:
-            server = fakeredis.FakeServer()
-            _embedded_servers[name] = server
-    return fakeredis.FakeRedis(server=server)
-
-
-def _announce_embedded() -> None:
-    global _announced
-    with _lock:
-        if _announced:
-            return
-        _announced = True
-    print(
-        "compozy-nb: no Redis URL configured; using the embedded in-process backend "
-        "(data lives only in this process; set COMPOZY_REDIS_URL or redis.url to use Redis)",
-        file=sys.stderr,
-    )
-
-
 def reset_embedded(name: str = "default") -> None:
     """Forget an embedded server's data (tests, notebooks)."""
-    with _lock:
-        _embedded_servers.pop(name, None)
+    from compozy_nb.embedded import reset_embedded as reset
+
+    reset(name)

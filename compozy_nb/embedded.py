@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from compozy_nb import backends
 from compozy_nb.errors import BackendError
 
 SNAPSHOT_VERSION = 1
@@ -40,11 +39,14 @@ READ_ONLY = frozenset(
     watch unwatch multi discard""".split()
 )
 _announced = False
+_servers: dict[str, Any] = {}  # the embedded servers of this process by name (file:<path> for a file)
+_lock = threading.Lock()
 
 
-def connect_embedded(url: str, *, asked: bool, options: backends.ConnectOptions) -> backends.Backend:
-    """The backend for an ``embedded://`` URL: in memory (``embedded://`` or ``embedded://name``) or kept in a
-    file (``embedded:///abs/path.json``, ``embedded://./relative.json``).
+def embedded_client(url: str, *, asked: bool) -> Any:
+    """The fakeredis client for an ``embedded://`` URL (``backends.connect`` wraps it in a Backend): in memory
+    (``embedded://`` or ``embedded://name``) or kept in a file (``embedded:///abs/path.json``,
+    ``embedded://./relative.json``). ``asked``: the URL was given, not a fallback (announced otherwise).
 
     Raises:
         BackendError: the file cannot be read, written or is used by another process.
@@ -52,9 +54,13 @@ def connect_embedded(url: str, *, asked: bool, options: backends.ConnectOptions)
     if not asked:
         announce()
     path = snapshot_path(url)
-    if path is None:
-        return backends.Backend(url, _memory_client(url), "embedded", options)
-    return backends.Backend(url, _file_client(path), "embedded", options)
+    return _memory_client(url) if path is None else _file_client(path)
+
+
+def reset_embedded(name: str = "default") -> None:
+    """Forget an embedded server's data (tests, notebooks)."""
+    with _lock:
+        _servers.pop(name, None)
 
 
 def snapshot_path(url: str) -> Path | None:
@@ -94,11 +100,11 @@ def _memory_client(url: str) -> Any:
     import fakeredis
 
     name = urlsplit(url).netloc or "default"
-    with backends._lock:
-        server = backends._embedded_servers.get(name)
+    with _lock:
+        server = _servers.get(name)
         if server is None:
             server = fakeredis.FakeServer()
-            backends._embedded_servers[name] = server
+            _servers[name] = server
     return fakeredis.FakeRedis(server=server)
 
 
@@ -106,11 +112,11 @@ def _file_client(path: Path) -> Any:
     import fakeredis
 
     name = f"file:{path}"
-    with backends._lock:
-        store = backends._embedded_servers.get(name)
+    with _lock:
+        store = _servers.get(name)
         if not isinstance(store, SnapshotStore):
             store = SnapshotStore(path)
-            backends._embedded_servers[name] = store
+            _servers[name] = store
     return fakeredis.FakeRedis(server=store.server, connection_class=store.connection_class())
 
 

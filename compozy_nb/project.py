@@ -470,7 +470,7 @@ class WorkflowHandle:
         """
         import pandas as pd
 
-        from compozy_nb.results import DISPLAY
+        from compozy_nb.notebook.views import DISPLAY
 
         if max_workers < 1:
             raise ConfigError(f"max_workers must be at least 1, got {max_workers}", field="max_workers")

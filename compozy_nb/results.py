@@ -8,7 +8,8 @@ import html
 import json
 from typing import Any
 
-DISPLAY: dict[str, Any] = {"limit": 50, "progress": None}
+from compozy_nb.notebook.views import DISPLAY  # defined with the views it sizes (no import circle)
+
 MESSAGE_COLUMNS = ("position", "role", "content", "tokens")
 TASK_COLUMNS = ("task", "status", "duration_ms", "error", "message", "output")
 

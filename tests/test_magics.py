@@ -192,7 +192,7 @@ def test_help_prints(ip: object, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_config_traitlets(ip: object) -> None:
     ip.run_line_magic("config", "Compozy.display_limit = 3")  # type: ignore[attr-defined]
-    from compozy_nb.results import DISPLAY
+    from compozy_nb.notebook.views import DISPLAY
 
     assert DISPLAY["limit"] == 3
     ip.run_line_magic("config", "Compozy.display_limit = 50")  # type: ignore[attr-defined]

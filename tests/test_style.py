@@ -1,7 +1,8 @@
-"""The package stays ruff-clean and passes mypy --strict (both configured in pyproject.toml)."""
+"""The package stays ruff-clean, passes mypy --strict (both configured in pyproject.toml) and has no import circle."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -29,3 +30,96 @@ def test_ruff_clean() -> None:
 def test_mypy_strict() -> None:
     result = subprocess.run([_tool("mypy"), "compozy_nb"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- import circles
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports when it runs: module-level and function-level imports (a lazy
+    import still climbs back up), without ``if TYPE_CHECKING:`` blocks; ``from pkg import sub`` is an edge to the
+    submodule, not to the package (a parent package's ``__init__`` runs first anyway)."""
+    modules: dict[str, Path] = {}
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                node.body = []
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(tree):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = here
+                    for _ in range(node.level - 1):
+                        parent = parent.rpartition(".")[0]
+                    base = f"{parent}.{base}" if base else parent
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            for target in targets:
+                found = known(target) if target.split(".")[0] == package.name else None
+                if found and found != name:
+                    graph[name].add(found)
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_package_has_no_import_circle() -> None:
+    graph = import_graph(ROOT / "compozy_nb")
+    assert len(graph) > 50 and "compozy_nb.memory.instance" in graph["compozy_nb.project"]
+    found = circles(graph)
+    detail = "; ".join(" <-> ".join(c) + f" ({ {m: sorted(graph[m] & set(c)) for m in c} })" for c in found)
+    assert not found, f"import circles: {detail}"
+
+
+def test_the_circle_check_sees_lazy_imports_and_skips_type_checking(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.sub import b\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from .. import a\n")  # a lazy import back: a circle
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import d\n")
+    (pkg / "d.py").write_text("import pkg.c\n")
+    assert circles(import_graph(pkg)) == [["pkg.a", "pkg.sub.b"]]

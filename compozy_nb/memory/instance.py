@@ -129,7 +129,7 @@ class MemoryInstance:
 
     def _repr_html_(self) -> str:
         """The newest messages as a chat transcript (notebooks; ``display_limit`` of them)."""
-        from compozy_nb.results import DISPLAY
+        from compozy_nb.notebook.views import DISPLAY
 
         return str(self.read(last=DISPLAY["limit"])._repr_html_())  # type: ignore[attr-defined]
 

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from compozy_nb.notebook import views
-from compozy_nb.results import DISPLAY
+from compozy_nb.notebook.views import DISPLAY
 
 _VARIABLE = re.compile(r"\{\{-?\s*\.([A-Za-z_][\w.]*)\s*-?\}\}")
 _EXPRESSION = re.compile(r"\{\{.*?\}\}")

@@ -21,7 +21,7 @@ from traitlets import Bool, Int, Unicode
 
 from compozy_nb.errors import CompozyNbError
 from compozy_nb.memory.log import log_source
-from compozy_nb.results import DISPLAY
+from compozy_nb.notebook.views import DISPLAY
 
 HELP = """\
 %%compozy [--replace]          YAML (memory resources, workflows; several --- documents) → registered

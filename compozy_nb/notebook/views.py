@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+# display settings (the magic's configurable options): rows shown in tables and transcripts, progress bars
+DISPLAY: dict[str, Any] = {"limit": 50, "progress": None}
 ROLE_COLOURS = {
     "user": ("#e8f0fe", "#1a56db"),
     "assistant": ("#e6f4ea", "#137333"),
