@@ -113,6 +113,20 @@ def test_the_package_has_no_import_circle() -> None:
     assert not found, f"import circles: {detail}"
 
 
+LOWER = ("compozy_nb.memory", "compozy_nb.config", "compozy_nb.workflow", "compozy_nb.backends", "compozy_nb.embedded")
+UPPER = ("compozy_nb.project", "compozy_nb.cli", "compozy_nb.server", "compozy_nb.sdk", "compozy_nb.notebook.magics")
+
+
+def test_the_engine_never_imports_the_facade_or_a_shell() -> None:
+    graph = import_graph(ROOT / "compozy_nb")
+    wrong = {
+        module: sorted(t for t in targets if t.startswith(UPPER) or t == "compozy_nb")
+        for module, targets in graph.items()
+        if module.startswith(LOWER)
+    }
+    assert not {m: t for m, t in wrong.items() if t}
+
+
 def test_the_circle_check_sees_lazy_imports_and_skips_type_checking(tmp_path: Path) -> None:
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
