@@ -19,7 +19,11 @@ from typing import Any
 
 from compozy_nb.errors import CompozyNbError, InvalidPayloadError
 
-__all__ = ["MAX_DEPTH", "check_depth", "depth_error", "nesting_depth"]
+__all__ = ["MAX_DEPTH", "MAX_EXACT_INT", "check_depth", "depth_error", "nesting_depth"]
+
+MAX_EXACT_INT = 2**53 - 1
+"""The largest count or limit accepted: exact in Lua numbers (memory/scripts/_common.lua's MAX_INT), Redis replies
+and every JSON parser (I-JSON, RFC 7493)."""
 
 MAX_DEPTH = 64
 """Deepest nesting of maps and lists accepted anywhere input enters (a message with metadata needs ~5)."""

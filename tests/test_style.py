@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -137,3 +138,13 @@ def test_the_circle_check_sees_lazy_imports_and_skips_type_checking(tmp_path: Pa
     (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import d\n")
     (pkg / "d.py").write_text("import pkg.c\n")
     assert circles(import_graph(pkg)) == [["pkg.a", "pkg.sub.b"]]
+
+
+def test_the_exact_integer_bound_is_defined_once() -> None:
+    from compozy_nb.limits import MAX_EXACT_INT
+
+    lua = (ROOT / "compozy_nb" / "memory" / "scripts" / "_common.lua").read_text(encoding="utf-8")
+    assert f"local MAX_INT = {MAX_EXACT_INT} " in lua
+    literal = re.compile(r"2\s*\*\*\s*53|9007199254740991")
+    sources = [p for p in (ROOT / "compozy_nb").rglob("*.py") if literal.search(p.read_text(encoding="utf-8"))]
+    assert [p.relative_to(ROOT).as_posix() for p in sources] == ["compozy_nb/limits.py"]

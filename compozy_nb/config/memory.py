@@ -8,6 +8,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from compozy_nb.config._yaml import FieldError
 from compozy_nb.config.durations import parse_duration
+from compozy_nb.limits import MAX_EXACT_INT
 
 MemoryType = Literal["token_based", "message_count_based", "buffer"]
 FlushType = Literal["simple_fifo", "lru", "token_aware_lru", "hybrid_summary"]
@@ -16,7 +17,7 @@ DEFAULT_THRESHOLD = 0.8
 DEFAULT_SUMMARIZE_OLDEST = 0.3
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 DEFAULT_ARCHIVE_MAX = 1000
-MAX_COUNT = 2**53 - 1  # counts and limits stay exact integers in Lua, Redis replies and JSON
+MAX_COUNT = MAX_EXACT_INT  # counts and limits stay exact integers in Lua, Redis replies and JSON
 
 
 MODEL_CONTEXT_WINDOWS: dict[str, int] = {

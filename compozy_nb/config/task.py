@@ -8,8 +8,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compozy_nb.config._yaml import FieldError
+from compozy_nb.limits import MAX_EXACT_INT
 
-MAX_INT = 2**53 - 1
+MAX_INT = MAX_EXACT_INT
 OPERATIONS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats")
 
 

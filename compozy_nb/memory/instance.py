@@ -30,6 +30,7 @@ from compozy_nb.errors import (
     InvalidPayloadError,
     MemoryOperationError,
 )
+from compozy_nb.limits import MAX_EXACT_INT
 from compozy_nb.memory import flush as flushing
 from compozy_nb.memory import frames, transcript
 from compozy_nb.memory import log as oplog
@@ -51,7 +52,7 @@ from compozy_nb.privacy import PrivacyPolicy
 from compozy_nb.results import OperationResult, display_limits
 from compozy_nb.tokens import TokenCounter, get_counter
 
-MAX_INT = 2**53 - 1  # the largest count Redis and JSON clients agree on
+MAX_INT = MAX_EXACT_INT  # the largest count Redis and JSON clients agree on
 # the metadata fields of the fingerprint our scripts check before trusting their counters (_common.lua)
 FINGERPRINT_FIELDS = ("token_count", "message_count", "nb_count", "nb_tokens", "nb_last")
 _FINGERPRINT_KEYS = tuple(f.encode() for f in FINGERPRINT_FIELDS)  # HGETALL's keys are bytes

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask
 from compozy_nb.errors import BackendError, CompozyNbError, ConfigError, ErrorCode
+from compozy_nb.limits import MAX_EXACT_INT
 from compozy_nb.memory.aio import AsyncMemory
 from compozy_nb.memory.instance import MemoryInstance, Output
 from compozy_nb.memory.keys import validate_key
@@ -62,7 +63,7 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 READ_LIMIT_DEFAULT = 50
 READ_LIMIT_MAX = 1000
 MAX_OFFSET = 2**32 - 1  # a Redis list holds at most 2^32 - 1 elements
-SAFE_INT = 2**53 - 1  # I-JSON (RFC 7493): larger integers do not survive JSON parsers or Lua numbers
+SAFE_INT = MAX_EXACT_INT  # I-JSON (RFC 7493): larger integers do not survive JSON parsers or Lua numbers
 
 SEED_EXAMPLE: dict[str, Any] = {
     "type": "memory",
