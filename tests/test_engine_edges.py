@@ -166,8 +166,8 @@ def test_a_script_given_a_bad_argument_writes_nothing(redis_url: str, case: str)
 
 
 def test_writes_over_garbled_event_counters_store_once_and_count(redis_url: str) -> None:
-    """A metadata counter another tool garbled made an evicting append's (or a flush's) last HINCRBY fail after the
-    change was stored (a failed call that wrote); the counters are now set in the same HSET as the others."""
+    """A metadata counter another tool garbled made an evicting append's (a write's, a flush's) last HINCRBY fail
+    after the change was stored (a failed call that wrote); the counters are now set in the same HSET as the others."""
     project = Project("edges")
     project.use_backend(connect(redis_url))
     project.add_yaml("resource: memory\nid: small\ntype: message_count_based\nmax_messages: 3\n")
@@ -180,6 +180,11 @@ def test_writes_over_garbled_event_counters_store_once_and_count(redis_url: str)
     assert [m["content"] for m in memory.read()["messages"]] == ["message 1", "message 2", "one more"]
     assert memory.stats()["evicted_count"] == 1
     memory.append({"role": "user", "content": "and another"})
+    assert memory.stats()["evicted_count"] == 2
+    client.hset(memory.layout.metadata, "evicted_count", "garbled again")
+    written = memory.write([{"role": "user", "content": f"rewrite {i}"} for i in range(5)])  # 2 dropped: evicted
+    assert (written["success"], written["total_count"], written["evicted"]) == (True, 3, 2), written
+    assert [m["content"] for m in memory.read()["messages"]] == ["rewrite 2", "rewrite 3", "rewrite 4"]
     assert memory.stats()["evicted_count"] == 2
     client.hset(memory.layout.metadata, "flush_count", "garbled too")
     flushed = memory.flush(force=True)

@@ -98,12 +98,16 @@ local OPS = nil  -- the 'nb_ops' value once read by load_counters or replayed (f
 local TALLIES = {'evicted_count', 'flush_count', 'summary_count'}
 local TALLY = nil
 
+local function load_tallies(values, first)
+  TALLY = {}
+  for i, name in ipairs(TALLIES) do TALLY[name] = int_arg(values[first + i - 1], MAX_INT) or 0 end
+end
+
 local function load_counters(op)
   local v = redis.call('HMGET', META, 'token_count', 'message_count', 'nb_count', 'nb_tokens', 'nb_last', 'nb_ops',
     unpack(TALLIES))
   OPS = v[6]
-  TALLY = {}
-  for i, name in ipairs(TALLIES) do TALLY[name] = int_arg(v[6 + i], MAX_INT) or 0 end
+  load_tallies(v, 7)
   local previous = recorded(OPS, op)
   if previous then return 0, 0, false, previous end
   local len = redis.call('LLEN', LIST)
@@ -116,7 +120,9 @@ end
 -- The recorded result of a re-sent call (see load_counters), for scripts that do not load the counters.
 local function replayed(op)
   if op == '' then return nil end
-  OPS = redis.call('HGET', META, 'nb_ops')
+  local v = redis.call('HMGET', META, 'nb_ops', unpack(TALLIES))
+  OPS = v[1]
+  load_tallies(v, 2)
   return recorded(OPS, op)
 end
 
