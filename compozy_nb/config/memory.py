@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -12,7 +12,10 @@ from compozy_nb.limits import MAX_EXACT_INT
 
 MemoryType = Literal["token_based", "message_count_based", "buffer"]
 FlushType = Literal["simple_fifo", "lru", "token_aware_lru", "hybrid_summary"]
-FLUSH_TYPES: tuple[str, ...] = ("simple_fifo", "lru", "token_aware_lru", "hybrid_summary")
+FLUSH_TYPES: tuple[str, ...] = get_args(FlushType)
+FlushStrategy = Literal["simple_fifo", "fifo", "lru", "token_aware_lru", "hybrid_summary"]
+"""A flush's ``strategy``: a resource's flush type, or ``fifo`` (Compozy's name for ``simple_fifo``)."""
+STRATEGIES: tuple[str, ...] = get_args(FlushStrategy)
 DEFAULT_THRESHOLD = 0.8
 DEFAULT_SUMMARIZE_OLDEST = 0.3
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from compozy_nb.config.memory import MemoryResource
+from compozy_nb.config.memory import STRATEGIES, MemoryResource
 from compozy_nb.memory import transcript
 from compozy_nb.tokens import TokenCounter
 
 TARGET_RATIO = 0.5
-STRATEGIES = ("simple_fifo", "fifo", "lru", "token_aware_lru", "hybrid_summary")
 
 
 @dataclass(frozen=True)

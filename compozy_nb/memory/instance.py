@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from compozy_nb.backends import Backend
-from compozy_nb.config.memory import MemoryResource
+from compozy_nb.config.memory import STRATEGIES, MemoryResource
 from compozy_nb.errors import (
     BackendError,
     CompozyNbError,
@@ -32,7 +32,7 @@ from compozy_nb.errors import (
 )
 from compozy_nb.limits import MAX_EXACT_INT
 from compozy_nb.memory import flush as flushing
-from compozy_nb.memory import frames, transcript
+from compozy_nb.memory import frames, operations, transcript
 from compozy_nb.memory import log as oplog
 from compozy_nb.memory.keys import KeyLayout, compozy_key_warning, validate_key
 from compozy_nb.memory.messages import (
@@ -56,7 +56,7 @@ MAX_INT = MAX_EXACT_INT  # the largest count Redis and JSON clients agree on
 # the metadata fields of the fingerprint our scripts check before trusting their counters (_common.lua)
 FINGERPRINT_FIELDS = ("token_count", "message_count", "nb_count", "nb_tokens", "nb_last")
 _FINGERPRINT_KEYS = tuple(f.encode() for f in FINGERPRINT_FIELDS)  # HGETALL's keys are bytes
-OPERATIONS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats")
+OPERATIONS = operations.NAMES
 Output = dict[str, Any]
 T = TypeVar("T")
 
@@ -669,9 +669,9 @@ class MemoryInstance:
     ) -> Steps[Output]:
         chosen = strategy or self.resource.flushing.type
         chosen = "simple_fifo" if chosen == "fifo" else chosen
-        if chosen not in flushing.STRATEGIES:
+        if chosen not in STRATEGIES:
             raise ConfigError(
-                f"invalid strategy '{chosen}', must be one of: {', '.join(flushing.STRATEGIES)}",
+                f"invalid strategy '{chosen}', must be one of: {', '.join(STRATEGIES)}",
                 operation="flush",
                 key=self.key,
                 field="flush_config.strategy",
@@ -1062,21 +1062,10 @@ def _server_info_steps() -> Steps[dict[str, Any]]:
 def run_operation(
     instance: MemoryInstance, operation: str, payload: Any = None, options: Mapping[str, Any] | None = None
 ) -> Output:
-    """Dispatch one of the 8 operations with task-style options (``read_config`` etc. already unpacked)."""
-    opts = dict(options or {})
-    handlers: dict[str, Callable[[], Output]] = {
-        "read": lambda: instance.read(**opts),
-        "write": lambda: instance.write(payload),
-        "append": lambda: instance.append(payload),
-        "delete": instance.delete,
-        "flush": lambda: instance.flush(**opts),
-        "health": lambda: instance.health(**opts),
-        "clear": lambda: instance.clear(**opts),
-        "stats": lambda: instance.stats(**opts),
-    }
-    handler = handlers.get(operation)
-    if handler is None:
-        raise ConfigError(
-            f"invalid operation '{operation}', must be one of: {', '.join(OPERATIONS)}", field="operation"
-        )
-    return handler()
+    """Run one of the 8 operations with task-style options (``read_config`` etc. already unpacked).
+
+    Raises:
+        ConfigError: an unknown operation (field ``operation``) or option (field: its name).
+    """
+    result: Output = operations.call(instance, operation, payload, options)
+    return result

@@ -12,8 +12,9 @@ import json
 import os
 import re
 import shlex
+import typing
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
@@ -22,6 +23,9 @@ from traitlets import Bool, Int, Unicode
 from compozy_nb.errors import CompozyNbError
 from compozy_nb.memory.log import log_source
 from compozy_nb.notebook.views import DISPLAY
+
+if TYPE_CHECKING:
+    from compozy_nb.memory.operations import Operation
 
 HELP = """\
 %%compozy [--replace]          YAML (memory resources, workflows; several --- documents) → registered
@@ -69,40 +73,38 @@ def _instance_options(p: argparse.ArgumentParser, *, ref_required: bool = True) 
     p.add_argument("-o", "--output", dest="out", default=None, help="also store the result in this variable")
 
 
+def _option_arguments(p: argparse.ArgumentParser, op: Operation) -> None:
+    """One flag per option of ``op`` (help: the field's description); an option not given stays None, so the
+    operation's own default applies."""
+    from compozy_nb.memory import operations
+
+    for name, info in operations.arguments(op).items():
+        kinds = {a for a in typing.get_args(info.annotation) or (info.annotation,) if a is not type(None)}
+        flag, text = operations.flag(name, info), info.description
+        if kinds == {bool}:
+            action: Any = "store_true" if info.default is False else argparse.BooleanOptionalAction
+            p.add_argument(flag, dest=name, action=action, default=None, help=text)
+        elif typing.get_origin(next(iter(kinds))) is list:
+            p.add_argument(flag, dest=name, action="append", default=None, help=text)
+        else:
+            kind = next((k for k in (int, float) if k in kinds), str)
+            p.add_argument(flag, dest=name, type=kind, default=None, help=text)
+
+
 def _memory_parser(sub: Any) -> None:
     memory = sub.add_parser("memory", help="run a memory operation", description="Run a memory operation.")
     ops = memory.add_subparsers(dest="op", parser_class=_Parser, metavar="OP")
     ops.required = True
-    p = ops.add_parser("read", help="messages as a DataFrame (a transcript)")
-    _instance_options(p)
-    p.add_argument("--limit", type=int, default=None, help="at most N messages")
-    p.add_argument("--offset", type=int, default=0, help="skip the first N")
-    p.add_argument("--last", type=int, default=None, help="the newest N")
-    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=None, help="newest within a token budget")
-    p.add_argument("--archive", action="store_true", help="read the archive (flushed/evicted) instead")
-    p.add_argument("--role", dest="roles", action="append", default=None, help="only this role (repeatable)")
-    p.add_argument("--since", default=None, help="only messages written at/after this ISO-8601 time")
-    p.add_argument("--until", default=None, help="only messages written before this ISO-8601 time")
-    for op, text in (("write", "replace the messages"), ("append", "add messages")):
-        p = ops.add_parser(op, help=text)
+    from compozy_nb.memory import operations
+
+    for op in operations.OPERATIONS.values():  # the 8 operations and their options come from the registry
+        p = ops.add_parser(op.name, help=op.summary)
         _instance_options(p)
-        p.add_argument("--payload", default=None, help="JSON message, list of messages or string, or $variable")
-    _instance_options(ops.add_parser("delete", help="delete the instance"))
-    p = ops.add_parser("flush", help="flush by the resource's strategy")
-    _instance_options(p)
-    p.add_argument("--strategy", default=None, help="simple_fifo, lru, token_aware_lru or hybrid_summary")
-    p.add_argument("--threshold", type=float, default=None, help="flush above this utilisation (0..1)")
-    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="only say what would be flushed")
-    p.add_argument("--force", action="store_true", help="flush even below the threshold")
-    _instance_options(ops.add_parser("health", help="counts, usage, warnings, Redis ping"))
-    p = ops.add_parser("clear", help="remove every message (needs --confirm)")
-    _instance_options(p)
-    p.add_argument("--confirm", action="store_true", help="required")
-    p.add_argument("--backup", action="store_true", help="keep a restorable backup")
-    p = ops.add_parser("stats", help="counts, tokens, utilisation, roles, TTL")
-    _instance_options(p)
-    p.add_argument("--include-content", dest="include_content", action="store_true", help="oldest/newest previews")
-    p.add_argument("--pattern", default=None, help="stats of every instance whose key matches GLOB")
+        if op.payload:
+            p.add_argument("--payload", default=None, help="JSON message, list of messages or string, or $variable")
+        _option_arguments(p, op)
+        if op.name == "stats":
+            p.add_argument("--pattern", default=None, help="stats of every instance whose key matches GLOB")
     p = ops.add_parser("log", help="the operation log as a timeline DataFrame")
     _instance_options(p)
     p.add_argument("--since", default=None, help="events from then on: ms since the epoch or an event id")
@@ -438,34 +440,18 @@ class Compozy(Magics):
         return []
 
     def _operate(self, mem: Any, args: argparse.Namespace) -> Any:
-        if args.op in ("write", "append"):
-            payload = self._value(args.payload, "--payload")
-            if payload is None:
-                raise UsageError(f"%compozy memory {args.op}: --payload is required")
-            return mem.write(payload) if args.op == "write" else mem.append(payload)
+        from compozy_nb.memory import operations
+
         if args.op == "log":
             since = int(args.since) if args.since and args.since.isdigit() else args.since
             return mem.log(since=since, limit=args.limit)
-        if args.op == "read":
-            return mem.read(
-                args.limit,
-                args.offset,
-                last=args.last,
-                max_tokens=args.max_tokens,
-                archive=args.archive,
-                roles=args.roles,
-                since=args.since,
-                until=args.until,
-            )
-        if args.op == "flush":
-            return mem.flush(args.strategy, dry_run=args.dry_run, force=args.force, threshold=args.threshold)
-        if args.op == "clear":
-            return mem.clear(confirm=args.confirm, backup=args.backup)
-        if args.op == "stats":
-            return mem.stats(include_content=args.include_content)
-        if args.op == "health":
-            return mem.health()
-        return mem.delete()
+        op = operations.OPERATIONS[args.op]
+        if op.payload:
+            payload = self._value(args.payload, "--payload")
+            if payload is None:
+                raise UsageError(f"%compozy memory {args.op}: --payload is required")
+            return operations.call(mem, op.name, payload)
+        return operations.call(mem, op.name, options={name: getattr(args, name) for name in operations.arguments(op)})
 
     def _cmd_simulate(self, args: argparse.Namespace) -> Any:
         from compozy_nb.simulation import simulate

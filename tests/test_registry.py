@@ -1,0 +1,163 @@
+"""The operation registry (compozy_nb.memory.operations) is the only place the 8 memory operations and their
+options are declared: every shell exposes exactly what it declares, and a new option shows up everywhere."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import Field, ValidationError
+
+from compozy_nb import AsyncMemory, MemoryInstance, Project
+from compozy_nb.backends import Backend
+from compozy_nb.config.task import MemoryTask
+from compozy_nb.errors import ConfigError
+from compozy_nb.memory import operations
+from compozy_nb.memory.instance import run_operation
+from compozy_nb.memory.operations import OPERATIONS, Operation, Options, arguments, flag
+from compozy_nb.notebook import magics
+
+EIGHT = ("read", "write", "append", "delete", "flush", "health", "clear", "stats")
+RESOURCE = {"resource": "memory", "id": "mem", "type": "token_based", "max_tokens": 4000, "key": "k:{{.u}}"}
+
+
+def _project(backend: Backend) -> Project:
+    project = Project("registry")
+    project.use_backend(backend)
+    project.add_yaml(yaml.safe_dump(RESOURCE, sort_keys=False))
+    return project
+
+
+def _flags(parser: argparse.ArgumentParser) -> set[str]:
+    return {s for a in parser._actions for s in a.option_strings if s.startswith("--")}
+
+
+def _magic_parsers() -> dict[str, argparse.ArgumentParser]:
+    memory = magics._subparsers(magics._parser())["memory"]
+    return magics._subparsers(memory)
+
+
+def test_the_registry_declares_the_eight_operations() -> None:
+    assert tuple(OPERATIONS) == EIGHT == operations.NAMES
+    assert [op.name for op in OPERATIONS.values() if op.payload] == ["write", "append"]
+    assert {op.name for op in OPERATIONS.values() if op.writes} == {"write", "append", "delete", "flush", "clear"}
+    assert all(op.summary and issubclass(op.options, Options) for op in OPERATIONS.values())
+
+
+def test_the_task_model_has_one_config_block_per_operation_with_options() -> None:
+    blocks = {name for name in MemoryTask.model_fields if name.endswith("_config")}
+    assert blocks == {op.config_field for op in OPERATIONS.values() if op.config_field}
+    for op in OPERATIONS.values():
+        if op.config_field:
+            assert MemoryTask.model_fields[op.config_field].annotation == op.options | None
+    with pytest.raises(ValidationError, match="must be one of: read, write, append"):
+        MemoryTask.model_validate({"operation": "frobnicate", "memory_ref": "m"})
+    for name in ("write", "append"):
+        with pytest.raises(ValidationError, match=f"{name} operation requires payload"):
+            MemoryTask.model_validate({"operation": name, "memory_ref": "m"})
+
+
+@pytest.mark.parametrize("name", EIGHT)
+def test_both_transports_take_exactly_the_registered_options(name: str) -> None:
+    op = OPERATIONS[name]
+    for transport in (MemoryInstance, AsyncMemory):
+        parameters = dict(inspect.signature(getattr(transport, name)).parameters)
+        parameters.pop("self")
+        expected = ["payload"] if op.payload else list(arguments(op))
+        assert list(parameters) == expected, (transport.__name__, name)
+        for option, info in arguments(op).items():
+            assert parameters[option].default == info.default, (transport.__name__, name, option)
+
+
+@pytest.mark.parametrize("name", EIGHT)
+def test_the_magic_exposes_exactly_the_registered_options(name: str) -> None:
+    op = OPERATIONS[name]
+    instance = {"--key", "--var", "--output", "--help"}
+    payload = {"--payload"} if op.payload else set()
+    extra = {"--pattern"} if name == "stats" else set()  # stats of many instances: a magic-only view
+    options = {flag(n, info) for n, info in arguments(op).items()}
+    negated = {"--no-" + f[2:] for n, info in arguments(op).items() if info.default is True for f in [flag(n, info)]}
+    assert _flags(_magic_parsers()[name]) == instance | payload | extra | options | negated
+    for n, info in arguments(op).items():
+        action = next(a for a in _magic_parsers()[name]._actions if a.dest == n)
+        assert action.help == info.description and action.default is None, (name, n)
+
+
+def test_ignored_options_are_accepted_in_tasks_but_reach_no_shell_or_method() -> None:
+    ignored = {
+        (op.name, n) for op in OPERATIONS.values() for n, i in op.options.model_fields.items() if operations.ignored(i)
+    }
+    assert ignored == {("flush", "max_keys"), ("health", "check_connectivity"), ("stats", "group_by")}
+    task = MemoryTask.model_validate(
+        {"operation": "flush", "memory_ref": "m", "flush_config": {"max_keys": 5, "force": True}}
+    )
+    assert task.options() == {"dry_run": False, "force": True}
+    for op_name, option in ignored:
+        assert "--" + option.replace("_", "-") not in _flags(_magic_parsers()[op_name])
+
+
+def test_run_operation_dispatches_through_the_registry(backend: Backend) -> None:
+    project = _project(backend)
+    mem = project.memory("mem", u="ada")
+    assert run_operation(mem, "append", [{"role": "user", "content": "hi"}])["appended"] == 1
+    assert run_operation(mem, "read", None, {"last": 1})["messages"][0]["content"] == "hi"
+    assert run_operation(mem, "stats", None, {"include_content": False})["message_count"] == 1
+    with pytest.raises(ConfigError, match="invalid operation 'frobnicate', must be one of: read") as info:
+        run_operation(mem, "frobnicate")
+    assert info.value.context["field"] == "operation"
+    with pytest.raises(ConfigError, match="stats has no option 'colour' \\(options: include_content\\)") as info:
+        run_operation(mem, "stats", None, {"colour": "red"})
+    assert info.value.context["field"] == "colour"
+    assert mem.stats()["message_count"] == 1  # nothing else happened
+
+
+def test_a_new_option_is_one_field_in_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding a field to an operation's options model adds the task config field and the magic flag."""
+
+    class StatsWithColour(operations.StatsConfig):
+        colour: str | None = Field(None, description="the colour of the card")
+
+    op = OPERATIONS["stats"]
+    monkeypatch.setitem(OPERATIONS, "stats", Operation(op.name, op.summary, StatsWithColour))  # type: ignore[index]
+    assert "--colour" in _flags(_magic_parsers()["stats"])
+    assert next(a for a in _magic_parsers()["stats"]._actions if a.dest == "colour").help == "the colour of the card"
+    assert operations.keywords(OPERATIONS["stats"], {"colour": "red"}) == {"colour": "red"}
+
+
+def test_every_operation_runs_from_a_task_on_both_transports(backend: Backend) -> None:
+    """A task's config block reaches the method: one task per operation, run through the workflow runner's
+    path (run_operation) and through AsyncMemory with the same options."""
+    import asyncio
+
+    project = _project(backend)
+    tasks: dict[str, dict[str, Any]] = {
+        "write": {"payload": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}]},
+        "append": {"payload": {"role": "assistant", "content": "b"}},
+        "read": {"read_config": {"last": 2}},
+        "stats": {"stats_config": {"include_content": True}},
+        "health": {"health_config": {"include_stats": False}},
+        "flush": {"flush_config": {"force": True, "dry_run": True}},
+        "clear": {"clear_config": {"confirm": True}},
+        "delete": {},
+    }
+    outputs = {}
+    for kind in ("sync", "async"):
+        mem = project.memory("mem", u=kind)
+        for name, fields in tasks.items():
+            task = MemoryTask.model_validate({"operation": name, "memory_ref": "mem", **fields})
+            if kind == "sync":
+                out = run_operation(mem, name, task.payload, task.options())
+            else:
+                out = asyncio.run(operations.call(AsyncMemory(mem), name, task.payload, task.options()))
+            outputs[kind, name] = json.loads(json.dumps(out, default=str))
+    for kind in ("sync", "async"):
+        assert [m["content"] for m in outputs[kind, "read"]["messages"]] == ["a", "b"]
+        assert len(outputs[kind, "stats"]["content_preview"]["first"]) == 3
+        assert "usage" not in outputs[kind, "health"] and outputs[kind, "health"]["healthy"] is True
+        assert outputs[kind, "flush"]["dry_run"] is True
+        assert outputs[kind, "clear"]["messages_cleared"] == 3
+    assert backend.client.keys("*k:*") == []
