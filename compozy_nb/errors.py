@@ -88,6 +88,19 @@ class CompozyNbError(Exception):
             prefix += f"{field}: "
         return f"{prefix}{self.message}"
 
+    def within(self, prefix: str) -> CompozyNbError:
+        """The same error with its field named as a shell's user wrote it: ``since`` inside ``read_config.``
+        is ``read_config.since`` (the engine names the parameter; each shell adds its own prefix)."""
+        field = self.context.get("field")
+        if not isinstance(field, str) or not prefix:
+            return self
+        new = self.__class__.__new__(self.__class__)
+        new.__dict__.update(self.__dict__)
+        new.message = self.message.removeprefix(f"{field}: ")
+        new.context = {**self.context, "field": prefix + field}
+        Exception.__init__(new, new._format())
+        return new
+
     def _render_traceback_(self) -> list[str]:
         """IPython shows the error as one line with its code (like the magic), not a traceback."""
         return [f"{type(self).__name__} [{self.code}]: {self}"]

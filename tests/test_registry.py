@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError
 from compozy_nb import AsyncMemory, MemoryInstance, Project
 from compozy_nb.backends import Backend
 from compozy_nb.config.task import MemoryTask
-from compozy_nb.errors import ConfigError
+from compozy_nb.errors import CompozyNbError, ConfigError
 from compozy_nb.memory import operations
 from compozy_nb.memory.instance import run_operation
 from compozy_nb.memory.operations import OPERATIONS, Operation, Options, arguments, flag
@@ -161,3 +161,25 @@ def test_every_operation_runs_from_a_task_on_both_transports(backend: Backend) -
         assert outputs[kind, "flush"]["dry_run"] is True
         assert outputs[kind, "clear"]["messages_cleared"] == 3
     assert backend.client.keys("*k:*") == []
+
+
+def test_the_engine_names_the_parameter_and_a_task_names_its_config_field(backend: Backend) -> None:
+    mem = _project(backend).memory("mem", u="ada")
+    cases = [
+        ("read", {"since": "yesterday"}, "since", "since: not an ISO-8601 date/time"),
+        ("read", {"limit": -1}, "limit", "limit: must be a non-negative integer, got -1"),
+        ("read", {"roles": [1]}, "roles", "roles: must be a list of role names"),
+        ("flush", {"strategy": "hybrid_summary"}, "strategy", "hybrid_summary needs flushing.summary_tokens"),
+        ("clear", {}, "confirm", "clear operation requires clear_config.confirm to be true"),
+    ]
+    for name, options, field, text in cases:
+        with pytest.raises(CompozyNbError) as direct:
+            getattr(mem, name)(**options)
+        assert direct.value.context["field"] == field and text in str(direct.value), name
+        with pytest.raises(CompozyNbError) as in_task:
+            run_operation(mem, name, None, options)
+        prefixed = f"{name}_config.{field}"
+        assert in_task.value.context["field"] == prefixed and in_task.value.code == direct.value.code, name
+        message = str(in_task.value)
+        assert message.count(field) == 1 and (message.startswith(prefixed) or prefixed in message), message
+    assert mem.stats()["message_count"] == 0

@@ -437,7 +437,7 @@ def test_read_filters_by_role_and_time(backend: Backend) -> None:
     assert page["messages"][0]["content"] == "answer 1" and page["total_count"] == 2 and not page["has_more"]
     with pytest.raises(InvalidPayloadError) as info:
         mem.read(since="yesterday")
-    assert info.value.context["field"] == "read_config.since"
+    assert info.value.context["field"] == "since" and str(info.value) == "since: not an ISO-8601 date/time"
 
 
 # ---------------------------------------------------------------------------------------------- DataFrames, files

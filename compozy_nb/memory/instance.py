@@ -597,6 +597,7 @@ class MemoryInstance:
                 "clear operation requires clear_config.confirm to be true (nothing was removed)",
                 operation="clear",
                 key=self.key,
+                field="confirm",
             )
         return [self.layout.backup(_stamp()) if backup else "", self.runtime.ttl_ms]
 
@@ -674,19 +675,17 @@ class MemoryInstance:
                 f"invalid strategy '{chosen}', must be one of: {', '.join(STRATEGIES)}",
                 operation="flush",
                 key=self.key,
-                field="flush_config.strategy",
+                field="strategy",
             )
         if chosen == "hybrid_summary" and not self.resource.flushing.summary_tokens:
             raise ConfigError(
                 "hybrid_summary needs flushing.summary_tokens on the memory resource",
                 operation="flush",
                 key=self.key,
-                field="flush_config.strategy",
+                field="strategy",
             )
         if threshold is not None and not 0 <= threshold <= 1:
-            raise ConfigError(
-                "threshold must be between 0 and 1", operation="flush", key=self.key, field="flush_config.threshold"
-            )
+            raise ConfigError("threshold must be between 0 and 1", operation="flush", key=self.key, field="threshold")
         limit = self.resource.flushing.summarize_threshold if threshold is None else threshold
         yield from self._adopt_steps()
         snapshot, access = yield from self._snapshot_steps(chosen)
@@ -1004,11 +1003,7 @@ def _check_nonneg(**values: int | None) -> None:
         if value is not None and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > MAX_INT
         ):
-            raise InvalidPayloadError(
-                f"read_config.{name} must be a non-negative integer, got {value!r}",
-                operation="read",
-                field=f"read_config.{name}",
-            )
+            raise InvalidPayloadError(f"must be a non-negative integer, got {value!r}", operation="read", field=name)
 
 
 def _s(value: Any) -> str:
@@ -1067,5 +1062,11 @@ def run_operation(
     Raises:
         ConfigError: an unknown operation (field ``operation``) or option (field: its name).
     """
-    result: Output = operations.call(instance, operation, payload, options)
+    op = operations.get(operation)
+    try:
+        result: Output = operations.call(instance, operation, payload, options)
+    except CompozyNbError as exc:  # the engine names the parameter; a task names it inside its config block
+        if op.config_field and exc.context.get("field") in operations.arguments(op):
+            raise exc.within(f"{op.config_field}.") from None
+        raise
     return result

@@ -528,10 +528,10 @@ class Selection:
         if isinstance(roles, str):
             roles = [roles]
         if roles is not None and not all(isinstance(role, str) for role in roles):
-            raise _fail("must be a list of role names", "read_config.roles", "read")
+            raise _fail("must be a list of role names", "roles", "read")
         self.roles = frozenset(roles) if roles is not None else None
-        self.since = parse_time(since, "read_config.since") if since is not None else None
-        self.until = parse_time(until, "read_config.until") if until is not None else None
+        self.since = parse_time(since, "since") if since is not None else None
+        self.until = parse_time(until, "until") if until is not None else None
 
     @property
     def active(self) -> bool:
