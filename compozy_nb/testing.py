@@ -7,18 +7,26 @@ by pid. Used by this project's own test suite; handy in yours::
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
-__all__ = ["RedisServer", "free_port", "redis_server_binary"]
+if TYPE_CHECKING:
+    from compozy_nb.memory.instance import MemoryInstance
+
+__all__ = ["AsyncDriven", "RedisServer", "free_port", "on_transport", "redis_server_binary", "transport"]
 
 
 def redis_server_binary() -> str | None:
@@ -101,3 +109,88 @@ class RedisServer:
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+class AsyncDriven:
+    """A memory instance whose 8 operations run on the async transport.
+
+    ``AsyncDriven(mem).read(last=5)`` awaits ``AsyncMemory(mem).read(last=5)`` on an event loop of the calling
+    thread and returns its output; every other attribute (``key``, ``layout``, ``restore`` …) is the
+    instance's. Lets a suite written against :class:`~compozy_nb.memory.instance.MemoryInstance` run unchanged
+    over ``AsyncMemory`` (threads included: each gets its own loop). Call :meth:`close` when done (closes the
+    loops and their async Redis clients).
+    """
+
+    def __init__(self, instance: MemoryInstance) -> None:
+        from compozy_nb.memory.aio import AsyncMemory
+
+        self.instance = instance
+        self.memory = AsyncMemory(instance)
+        self._loops: dict[int, asyncio.AbstractEventLoop] = {}
+        self._lock = threading.Lock()
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            loop = self._loops.get(threading.get_ident())
+            if loop is None:
+                loop = self._loops[threading.get_ident()] = asyncio.new_event_loop()
+            return loop
+
+    def __getattr__(self, name: str) -> Any:
+        from compozy_nb.memory.operations import OPERATIONS
+
+        if name not in OPERATIONS:
+            return getattr(self.instance, name)
+        method = getattr(self.memory, name)
+        return lambda *args, **kwargs: self._loop().run_until_complete(method(*args, **kwargs))
+
+    def __repr__(self) -> str:
+        return f"AsyncDriven({self.instance!r})"
+
+    async def _close_client(self) -> None:
+        await self.memory.client.aclose()
+
+    def close(self) -> None:
+        """Close each loop's async client, then the loop (call it when no thread uses the instance)."""
+        with self._lock:
+            loops, self._loops = list(self._loops.values()), {}
+        for loop in loops:
+            try:
+                loop.run_until_complete(self._close_client())
+            finally:
+                loop.close()
+
+
+_TRANSPORT: ContextVar[tuple[str, list[AsyncDriven]] | None] = ContextVar("compozy_nb_test_transport", default=None)
+
+
+@contextmanager
+def transport(kind: str) -> Iterator[None]:
+    """Inside, :func:`on_transport` puts instances on ``kind`` ("sync" or "async"); the async ones made
+    inside are closed at the end. A suite runs on both transports with a fixture::
+
+        @pytest.fixture(params=["sync", "async"])
+        def transport(request):
+            with compozy_nb.testing.transport(request.param):
+                yield request.param
+    """
+    if kind not in ("sync", "async"):
+        raise ValueError(f"transport must be 'sync' or 'async', not {kind!r}")
+    made: list[AsyncDriven] = []
+    token = _TRANSPORT.set((kind, made))
+    try:
+        yield
+    finally:
+        _TRANSPORT.reset(token)
+        while made:
+            made.pop().close()
+
+
+def on_transport(instance: MemoryInstance) -> MemoryInstance:
+    """``instance`` on the transport chosen by the enclosing :func:`transport` (itself outside one)."""
+    current = _TRANSPORT.get()
+    if current is None or current[0] == "sync":
+        return instance
+    driven = AsyncDriven(instance)
+    current[1].append(driven)
+    return cast("MemoryInstance", driven)

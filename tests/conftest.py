@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from compozy_nb import testing
 from compozy_nb.backends import Backend, connect
 from compozy_nb.testing import RedisServer, free_port
-
-__all__ = ["RedisServer", "free_port"]
 
 REQUIRE_REDIS = os.environ.get("COMPOZY_REQUIRE_REDIS") == "1"
 REDIS_SERVER = shutil.which("redis-server")
@@ -61,3 +60,13 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile("compozy", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("compozy")
+
+
+@pytest.fixture(params=["sync", "async"])
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a test on both transports: inside, ``compozy_nb.testing.on_transport(mem)`` is ``mem`` itself or
+    ``mem`` with its 8 operations awaited on ``AsyncMemory``. Opt in per module with
+    ``pytestmark = pytest.mark.usefixtures("transport")``."""
+    kind: str = request.param
+    with testing.transport(kind):
+        yield kind

@@ -31,6 +31,7 @@ from compozy_nb.errors import (
 )
 from compozy_nb.memory.instance import MemoryInstance
 from compozy_nb.project import Project
+from compozy_nb.testing import on_transport
 from compozy_nb.tokens import ensure_offline_vocab
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -129,12 +130,16 @@ def _s(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
+
+
 def make_memory(backend: Backend, key: str = "chat:1", **fields: Any) -> MemoryInstance:
-    """A project with one memory resource ``mem`` built from ``fields``, and its instance at ``key``."""
+    """A project with one memory resource ``mem`` built from ``fields``, and its instance at ``key`` (on the
+    transport of the running test)."""
     project = Project(PROJECT)
     project.use_backend(backend)
     project.add_yaml(yaml.safe_dump({"resource": "memory", "id": "mem", **fields}, sort_keys=False))
-    return project.memory("mem", key=key)
+    return on_transport(project.memory("mem", key=key))
 
 
 def user(content: str, **extra: Any) -> dict[str, Any]:
@@ -240,7 +245,7 @@ def completed(result: dict[str, Any], keys: set[str]) -> dict[str, Any]:
 
 def test_seed_tasks_end_to_end(seed_project: Project) -> None:
     project = seed_project
-    mem = project.memory("conversation_memory", **SEED_INPUT)
+    mem = on_transport(project.memory("conversation_memory", **SEED_INPUT))
     assert mem.layout.base == f"compozy:demo:memory:{SEED_KEY}"
 
     # write (the seed's write example, with metadata rendered from the input)
@@ -1050,7 +1055,7 @@ def test_health_warns_about_allkeys_eviction(redis_url: str) -> None:
 @pytest.fixture
 def lost_backend(redis_server: Any, tmp_path: Path) -> Iterator[Backend]:
     """A backend connected to a redis-server that is then stopped."""
-    from conftest import RedisServer, free_port
+    from compozy_nb.testing import RedisServer, free_port
 
     server = RedisServer(free_port(), tmp_path)
     server.start()
@@ -1321,7 +1326,7 @@ privacy_policy: {redact_patterns: ['\\b[\\w.+-]+@[\\w-]+\\.\\w+\\b']}
 """
     )
     project.llm("leaky")(lambda messages: "User is bob@example.com")
-    mem = project.memory("mem", key="k")
+    mem = on_transport(project.memory("mem", key="k"))
     mem.append([user(f"m{i}") for i in range(4)])
     out = mem.flush(force=True)
     assert out["summary_generated"] is True

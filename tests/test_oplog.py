@@ -16,6 +16,9 @@ from compozy_nb.memory.instance import MemoryInstance
 from compozy_nb.memory.keys import KeyLayout
 from compozy_nb.memory.log import log_source
 from compozy_nb.sdk import EMAIL
+from compozy_nb.testing import on_transport
+
+pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
 
 PROJECT = "oplog"
 
@@ -24,7 +27,7 @@ def make_memory(backend: Backend, key: str = "chat:1", **fields: Any) -> MemoryI
     project = Project(PROJECT)
     project.use_backend(backend)
     project.add_yaml(yaml.safe_dump({"resource": "memory", "id": "mem", **fields}, sort_keys=False))
-    return project.memory("mem", key=key)
+    return on_transport(project.memory("mem", key=key))
 
 
 def msg(content: str, mid: str, role: str = "user") -> dict[str, Any]:

@@ -19,7 +19,10 @@ from compozy_nb.errors import CompozyNbError, ConfigError, InvalidPayloadError
 from compozy_nb.memory.instance import MemoryInstance
 from compozy_nb.memory.transcript import PART_TOKENS
 from compozy_nb.project import Project
+from compozy_nb.testing import on_transport
 from compozy_nb.tokens import get_counter
+
+pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
 
 EMAIL = r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"
 
@@ -28,7 +31,7 @@ def make_memory(backend: Backend, key: str = "agent:1", **fields: Any) -> Memory
     project = Project("tr")
     project.use_backend(backend)
     project.add_yaml(yaml.safe_dump({"resource": "memory", "id": "mem", "type": "buffer", **fields}))
-    return project.memory("mem", key=key)
+    return on_transport(project.memory("mem", key=key))
 
 
 def call(call_id: str, name: str, **arguments: Any) -> dict[str, Any]:

@@ -14,13 +14,16 @@ from compozy_nb.backends import Backend
 from compozy_nb.memory.instance import MemoryInstance
 from compozy_nb.memory.transcript import newest_whole_groups
 from compozy_nb.project import Project
+from compozy_nb.testing import on_transport
+
+pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
 
 
 def make_memory(backend: Backend, key: str = "g:1", **fields: Any) -> MemoryInstance:
     project = Project("groups")
     project.use_backend(backend)
     project.add_yaml(yaml.safe_dump({"resource": "memory", "id": "mem", "type": "buffer", **fields}))
-    return project.memory("mem", key=key)
+    return on_transport(project.memory("mem", key=key))
 
 
 def turn(n: int, results: int) -> list[dict[str, Any]]:
