@@ -128,6 +128,12 @@ def test_the_engine_never_imports_the_facade_or_a_shell() -> None:
     assert not {m: t for m, t in wrong.items() if t}
 
 
+def test_the_workflow_runner_does_not_know_the_project_type() -> None:
+    """The runner receives a ``Host`` (what a run needs); it never names the façade, not even for typing."""
+    for path in sorted((ROOT / "compozy_nb" / "workflow").glob("*.py")):
+        assert "compozy_nb.project" not in path.read_text(encoding="utf-8"), path.name
+
+
 def test_the_circle_check_sees_lazy_imports_and_skips_type_checking(tmp_path: Path) -> None:
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)

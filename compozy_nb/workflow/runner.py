@@ -7,24 +7,47 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from compozy_nb._secrets import excerpt
+from compozy_nb.backends import Backend
 from compozy_nb.config._yaml import Document
+from compozy_nb.config.memory import MemoryResource
+from compozy_nb.config.project import ProjectSettings
 from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask, Workflow, WorkflowMemoryTask
 from compozy_nb.errors import CompozyNbError, ConfigError, ErrorCode, MemoryNotFoundError, TemplateError
-from compozy_nb.memory.instance import MemoryInstance, run_operation
+from compozy_nb.memory.instance import MemoryInstance, MemoryRuntime, run_operation
 from compozy_nb.memory.log import attributed
 from compozy_nb.memory.transcript import text_projection
 from compozy_nb.results import RunResult
 from compozy_nb.templating import format_value, referenced_paths, render, render_key, render_value
-from compozy_nb.workflow.providers import ChatRequest, ChatResponse, complete
-
-if TYPE_CHECKING:
-    from compozy_nb.project import Project
+from compozy_nb.workflow.providers import ChatRequest, ChatResponse, Registry, complete
 
 BUILTINS = ("workflow", "tasks", "input", "now")
+
+
+class Host(Protocol):
+    """What a workflow run needs from its surroundings: resources and their compiled runtimes, the backend,
+    the LLM/tool registry, provider defaults and run settings. a ``Project`` is one; the
+    runner never imports it (the façade calls down into the runner, never the reverse)."""
+
+    name: str
+    llms: Registry
+    settings: ProjectSettings
+
+    @property
+    def backend(self) -> Backend:
+        """The connected backend."""
+
+    def resource(self, memory_ref: str) -> MemoryResource:
+        """The resource ``memory_ref`` (MemoryNotFoundError otherwise)."""
+
+    def runtime(self, memory_ref: str) -> MemoryRuntime:
+        """The compiled runtime of resource ``memory_ref``."""
+
+    def provider_defaults(self, provider: str) -> dict[str, Any]:
+        """Defaults for ``provider`` from the project settings."""
 
 
 # ---------------------------------------------------------------------------- text rendering
@@ -132,7 +155,7 @@ def _render_key(template: str, context: Mapping[str, Any], field: str) -> str:
     return render_key(template, context, field)
 
 
-def check_workflow(workflow: Workflow, project: Project, doc: Document | None = None) -> list[ConfigError]:
+def check_workflow(workflow: Workflow, project: Host, doc: Document | None = None) -> list[ConfigError]:
     """Problems found before anything runs: unknown memory refs, references to unknown or later task
     outputs, unknown input variables (when the workflow declares an input schema)."""
     problems: list[ConfigError] = []
@@ -250,7 +273,7 @@ def validate_input(workflow: Workflow, data: Mapping[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- execution
-def run_memory_task(project: Project, task: MemoryTask, context: Mapping[str, Any]) -> dict[str, Any]:
+def run_memory_task(project: Host, task: MemoryTask, context: Mapping[str, Any]) -> dict[str, Any]:
     """Render and run a memory task of a workflow."""
     runtime = project.runtime(task.memory_ref)
     template = task.key_template or runtime.resource.key
@@ -265,7 +288,7 @@ def run_memory_task(project: Project, task: MemoryTask, context: Mapping[str, An
     return run_operation(instance, task.operation, payload, task.options())
 
 
-def run_basic_task(project: Project, task: BasicTask, context: Mapping[str, Any], workflow_id: str) -> dict[str, Any]:
+def run_basic_task(project: Host, task: BasicTask, context: Mapping[str, Any], workflow_id: str) -> dict[str, Any]:
     """Render the messages, inject agent memory, call the provider, store the exchange in memory.
 
     Order of the prompt: the task's system messages, then each attached memory's history (in the order
@@ -340,7 +363,7 @@ def _prompt_message(message: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _run_tools(
-    project: Project, task: BasicTask, request: ChatRequest, reply: ChatResponse, slot: str
+    project: Host, task: BasicTask, request: ChatRequest, reply: ChatResponse, slot: str
 ) -> tuple[ChatResponse, list[dict[str, Any]]]:
     """While the model calls tools registered in ``project.llms.tools`` (at most ``task.max_tool_steps``
     rounds), run them and call the model again with the results. Returns the last reply and the messages of
@@ -365,7 +388,7 @@ def _tool_name(call: Any) -> str:
     return str(function.get("name", "")) if isinstance(function, Mapping) else ""
 
 
-def _run_tool(project: Project, call: Mapping[str, Any]) -> dict[str, Any]:
+def _run_tool(project: Host, call: Mapping[str, Any]) -> dict[str, Any]:
     """One tool call run: the tool message answering it. A tool that fails answers with its error text."""
     name = _tool_name(call)
     try:
@@ -379,7 +402,7 @@ def _run_tool(project: Project, call: Mapping[str, Any]) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": str(call.get("id", "")), "content": text}
 
 
-def _run_redactor(project: Project, instances: Sequence[MemoryInstance]) -> Callable[[Any], Any]:
+def _run_redactor(project: Host, instances: Sequence[MemoryInstance]) -> Callable[[Any], Any]:
     """What the run JSON shows of this turn's prompt and reply: as sent and received (the default; redaction
     applies to what is stored), or, with ``runs.redact`` in compozy.yaml, redacted by the privacy policy of
     every memory the task uses."""
@@ -399,7 +422,7 @@ def _run_redactor(project: Project, instances: Sequence[MemoryInstance]) -> Call
 
 @attributed("workflow")
 def run_workflow(
-    project: Project, workflow: Workflow, data: Mapping[str, Any] | None = None, exec_id: str | None = None
+    project: Host, workflow: Workflow, data: Mapping[str, Any] | None = None, exec_id: str | None = None
 ) -> dict[str, Any]:
     """Run every task in order and return the run JSON.
 
