@@ -151,10 +151,6 @@ def _field_path(field: str) -> tuple[str | int, ...]:
     return tuple(parts)
 
 
-def _render_key(template: str, context: Mapping[str, Any], field: str) -> str:
-    return render_key(template, context, field)
-
-
 def check_workflow(workflow: Workflow, project: Host, doc: Document | None = None) -> list[ConfigError]:
     """Problems found before anything runs: unknown memory refs, references to unknown or later task
     outputs, unknown input variables (when the workflow declares an input schema)."""
@@ -282,7 +278,7 @@ def run_memory_task(project: Host, task: MemoryTask, context: Mapping[str, Any])
             f"key_template is required (memory resource '{runtime.resource.id}' has no key)",
             field="key_template",
         )
-    key = _render_key(template, context, "key_template")
+    key = render_key(template, context, "key_template")
     instance = MemoryInstance(runtime, key, project.backend, project.name)
     payload = render_payload(task.payload, context) if task.payload is not None else None
     return run_operation(instance, task.operation, payload, task.options())
@@ -306,7 +302,7 @@ def run_basic_task(project: Host, task: BasicTask, context: Mapping[str, Any], w
                 field=f"memory[{index}].key",
             )
         instance = MemoryInstance(
-            runtime, _render_key(template, context, f"memory[{index}].key"), project.backend, project.name
+            runtime, render_key(template, context, f"memory[{index}].key"), project.backend, project.name
         )
         read = instance.read(max_tokens=ref.max_context_tokens) if ref.max_context_tokens else instance.read()
         history.extend(_prompt_message(m) for m in read["messages"])
