@@ -16,6 +16,8 @@ FLUSH_TYPES: tuple[str, ...] = get_args(FlushType)
 FlushStrategy = Literal["simple_fifo", "fifo", "lru", "token_aware_lru", "hybrid_summary"]
 """A flush's ``strategy``: a resource's flush type, or ``fifo`` (Compozy's name for ``simple_fifo``)."""
 STRATEGIES: tuple[str, ...] = get_args(FlushStrategy)
+PROVIDERS = ("openai", "python", "scripted")
+"""The LLM providers (of basic tasks and of summarizers)."""
 DEFAULT_THRESHOLD = 0.8
 DEFAULT_SUMMARIZE_OLDEST = 0.3
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
@@ -58,9 +60,8 @@ class SummarizerConfig(_Strict):
     @field_validator("provider")
     @classmethod
     def _known_provider(cls, value: str) -> str:
-        providers = ("openai", "python", "scripted")
-        if value not in providers:
-            raise ValueError(f"unknown summarizer provider '{value}', must be one of: {', '.join(providers)}")
+        if value not in PROVIDERS:
+            raise ValueError(f"unknown summarizer provider '{value}', must be one of: {', '.join(PROVIDERS)}")
         return value
 
 

@@ -6,9 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from compozy_nb.config.memory import PROVIDERS
 from compozy_nb.config.task import MemoryTask
 
-PROVIDERS = ("openai", "python", "scripted")
 _JSON_TYPES = {"string", "integer", "number", "boolean", "object", "array", "null"}
 
 

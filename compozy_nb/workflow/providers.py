@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import inspect
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from compozy_nb._secrets import excerpt, mask_url, scrub, scrub_exact
+from compozy_nb.config.memory import PROVIDERS
 from compozy_nb.errors import CompozyNbError, ConfigError, ErrorCode, ProviderError
 from compozy_nb.templating import render
 from compozy_nb.tokens import get_counter
@@ -133,45 +136,109 @@ def call_python(request: ChatRequest, registry: Registry) -> ChatResponse:
 
     The function runs in a daemon worker thread bounded by the task's ``timeout``: past it the call fails
     with PROVIDER_TIMEOUT while the function keeps running in the background (Python cannot stop a thread).
+    An ``async def`` function is run to completion on the worker thread's own event loop.
     """
+    func, name = _python_function(request, registry)
+    finished = threading.Event()
+    box = _start_python(func, [dict(m) for m in request.messages], name, finished.set)
+    finished.wait(request.timeout)
+    return _python_reply(_python_result(box, name, request.timeout), request, name)
+
+
+async def acall_python(request: ChatRequest, registry: Registry) -> ChatResponse:
+    """:func:`call_python` on the event loop: an ``async def`` function is awaited (cancelled past the
+    timeout); a plain function runs in a daemon worker thread the loop waits for without blocking."""
+    func, name = _python_function(request, registry)
+    messages = [dict(m) for m in request.messages]
+    if inspect.iscoroutinefunction(func):
+        try:
+            result = await asyncio.wait_for(func(messages), request.timeout)
+        except TimeoutError:
+            raise _python_timeout(name, request.timeout, running=False) from None
+        except CompozyNbError:
+            raise
+        except Exception as exc:
+            raise _python_failed(name, exc) from exc
+        return _python_reply(result, request, name)
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+
+    def wake() -> None:
+        try:
+            loop.call_soon_threadsafe(_settle, finished)
+        except RuntimeError:  # the loop is gone (the caller stopped waiting long ago)
+            pass
+
+    box = _start_python(func, messages, name, wake)
+    try:
+        await asyncio.wait_for(asyncio.shield(finished), request.timeout)
+    except TimeoutError:
+        pass
+    return _python_reply(_python_result(box, name, request.timeout), request, name)
+
+
+def _python_function(request: ChatRequest, registry: Registry) -> tuple[PythonLLM, str]:
     name = str(request.options.get("function") or request.model or "")
     func = registry.functions.get(name)
     if func is None:
         known = ", ".join(sorted(registry.functions)) or "none registered"
         raise ConfigError(f"no Python LLM registered as '{name}' (registered: {known})", field="function")
-    result = _run_with_deadline(func, [dict(m) for m in request.messages], request.timeout, name)
-    return _python_reply(result, request, name)
+    return func, name
 
 
-def _run_with_deadline(func: PythonLLM, messages: list[Message], timeout: float, name: str) -> Any:
-    """``func(messages)`` in a daemon thread; its exception or a missed deadline becomes a ProviderError."""
+def _start_python(func: PythonLLM, messages: list[Message], name: str, done: Callable[[], None]) -> dict[str, Any]:
+    """``func(messages)`` in a daemon thread; the returned box gets its ``result`` or ``error``, then ``done()``
+    is called. An awaitable result is run to completion on the thread's own event loop."""
     box: dict[str, Any] = {}
     context = contextvars.copy_context()
 
     def work() -> None:
         try:
-            box["result"] = context.run(func, messages)
+            result = context.run(func, messages)
+            if inspect.isawaitable(result):
+                result = asyncio.run(_awaited(result))
+            box["result"] = result
         except BaseException as exc:  # anything the user's function raises is reported, never lost
             box["error"] = exc
+        finally:
+            done()
 
-    worker = threading.Thread(target=work, name=f"compozy-nb python LLM {name}", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise ProviderError(
-            f"python LLM '{name}' did not return within {timeout:g} s (timeout); "
-            "the function keeps running in a background thread",
-            code=ErrorCode.PROVIDER_TIMEOUT,
-            provider="python",
-        )
+    threading.Thread(target=work, name=f"compozy-nb python LLM {name}", daemon=True).start()
+    return box
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
+def _python_result(box: Mapping[str, Any], name: str, timeout: float) -> Any:
+    """What the function returned; its exception or a missed deadline as a ProviderError."""
+    if "result" not in box and "error" not in box:
+        raise _python_timeout(name, timeout, running=True)
     error = box.get("error")
     if isinstance(error, CompozyNbError):
         raise error
     if error is not None:
-        raise ProviderError(
-            f"python LLM '{name}' raised {type(error).__name__}: {excerpt(str(error))}", provider="python"
-        ) from error
+        raise _python_failed(name, error) from error
     return box.get("result")
+
+
+def _python_timeout(name: str, timeout: float, *, running: bool) -> ProviderError:
+    still = "; the function keeps running in a background thread" if running else " (cancelled)"
+    return ProviderError(
+        f"python LLM '{name}' did not return within {timeout:g} s (timeout){still}",
+        code=ErrorCode.PROVIDER_TIMEOUT,
+        provider="python",
+    )
+
+
+def _python_failed(name: str, error: BaseException) -> ProviderError:
+    return ProviderError(f"python LLM '{name}' raised {type(error).__name__}: {excerpt(str(error))}", provider="python")
 
 
 def _python_reply(result: Any, request: ChatRequest, name: str) -> ChatResponse:
@@ -320,6 +387,128 @@ class _RetryableError(ProviderError):
     """A failure that happened before the request could reach the server (safe to send again)."""
 
 
+class _OpenAICall:
+    """One call to an OpenAI-compatible server, written once for both transports: the body, headers and
+    deadline, the retry plan (:meth:`plan`) and the bounded reading of one answer (:meth:`start`,
+    :meth:`feed`, :meth:`failure`). :func:`call_openai` drives it with ``httpx.Client``, :func:`acall_openai`
+    with ``httpx.AsyncClient``."""
+
+    def __init__(self, request: ChatRequest, retries: int, backoff: float) -> None:
+        self.request, self.retries, self.backoff = request, retries, backoff
+        self.target = target = _target(request)
+        _mask_httpx_logs()
+        body: dict[str, Any] = {"model": request.model, "messages": request.messages}
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            body["max_tokens"] = request.max_tokens
+        for name in ("tools", "tool_choice"):
+            if request.options.get(name) is not None:
+                body[name] = request.options[name]
+        self.body = body
+        self.headers = {"Content-Type": "application/json"}
+        if target.api_key:
+            self.headers["Authorization"] = f"Bearer {target.api_key}"
+        self.deadline = time.monotonic() + request.timeout
+        # user:token@ in base_url becomes Basic auth (so it never appears in a logged URL); an API key wins
+        self.auth = None if target.api_key else target.auth
+        self.status: int | None = None
+        self.marked_safe = False
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def plan(self) -> Generator[float, _Reply, ChatResponse]:
+        """The retry plan: yields the seconds to wait before each send (0 for the first) and receives its
+        answer; a :class:`_RetryableError` thrown in is a send that never reached the server."""
+        attempt, delay = 0, 0.0
+        while True:
+            try:
+                reply = yield delay
+            except _RetryableError as exc:
+                if attempt >= self.retries:
+                    raise ProviderError(exc.message, **exc.context) from None
+                attempt += 1
+                delay = self._wait(self.backoff * 2 ** (attempt - 1), exc.message.removeprefix("openai: "))
+                continue
+            if _should_retry(reply) and attempt < self.retries:
+                attempt += 1
+                wanted = _retry_after(reply.headers.get("retry-after"), self.backoff * 2 ** (attempt - 1))
+                delay = self._wait(wanted, f"HTTP {reply.status} from {self.target.shown}")
+                continue
+            return _openai_response(reply, self.target, self.request)
+
+    def _wait(self, delay: float, after: str) -> float:
+        """``delay``, or a failure at once when the retry could not start before the deadline."""
+        if time.monotonic() + delay >= self.deadline:
+            raise ProviderError(
+                f"openai: {after}; a retry in {delay:g} s would pass the task's timeout of {self.request.timeout:g} s",
+                code=ErrorCode.PROVIDER_TIMEOUT,
+                provider="openai",
+            )
+        return delay
+
+    def remaining(self) -> float:
+        """Seconds left for the next send (a timeout error when none are)."""
+        self.status, self.marked_safe, self.chunks, self.size = None, False, [], 0
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise _timeout(self.target, self.request.timeout)
+        return remaining
+
+    def start(self, status: int, headers: Mapping[str, str]) -> None:
+        """An answer began: refuse it when it declares a body over the bound."""
+        self.status = status
+        self.marked_safe = headers.get("x-should-retry", "").lower() == "true"
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.target.max_bytes:
+            raise _too_large(self.target, status)
+
+    def feed(self, chunk: bytes) -> None:
+        """One chunk of the body, within the size bound and the deadline."""
+        self.size += len(chunk)
+        if self.size > self.target.max_bytes:
+            raise _too_large(self.target, self.status or 0)
+        if time.monotonic() > self.deadline:
+            raise _timeout(self.target, self.request.timeout)
+        self.chunks.append(chunk)
+
+    def reply(self, headers: Mapping[str, str]) -> _Reply:
+        """The answer read in full."""
+        return _Reply(self.status or 0, dict(headers), b"".join(self.chunks))
+
+    def failure(self, exc: Exception) -> ProviderError:
+        """What an httpx error during one send means: a retryable failure to connect, a timeout, or a reply
+        cut short (retried only when the server marked it safe: it may have run and billed the completion)."""
+        import httpx
+
+        target, total = self.target, self.request.timeout
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+            if time.monotonic() >= self.deadline:
+                return _timeout(target, total)
+            return _RetryableError(
+                f"openai: cannot connect to {target.shown}: {scrub(str(exc), target.secrets)[:200]}",
+                provider="openai",
+                url=target.shown,
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return _timeout(target, total)
+        cls = _RetryableError if self.marked_safe else ProviderError
+        status = self.status
+        cut = f"HTTP {status} reply cut short" if status is not None else "connection closed before any reply"
+        outcome = (
+            "the server marked it safe to retry"
+            if self.marked_safe
+            else "not sent again: the server may have processed it"
+        )
+        return cls(
+            f"openai: {cut} from {target.shown} ({type(exc).__name__}: {scrub(str(exc), target.secrets)[:120]}); "
+            f"{outcome}",
+            provider="openai",
+            url=target.shown,
+            status=status,
+        )
+
+
 def call_openai(request: ChatRequest, *, retries: int = 3, backoff: float = 0.5) -> ChatResponse:
     """POST ``{base_url}/chat/completions`` and return the normalised reply.
 
@@ -333,93 +522,83 @@ def call_openai(request: ChatRequest, *, retries: int = 3, backoff: float = 0.5)
     """
     import httpx
 
-    target = _target(request)
-    _mask_httpx_logs()
-    body: dict[str, Any] = {"model": request.model, "messages": request.messages}
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    for name in ("tools", "tool_choice"):
-        if request.options.get(name) is not None:
-            body[name] = request.options[name]
-    headers = {"Content-Type": "application/json"}
-    if target.api_key:
-        headers["Authorization"] = f"Bearer {target.api_key}"
-    deadline = time.monotonic() + request.timeout
-    # user:token@ in base_url becomes Basic auth (so it never appears in a logged URL); an API key wins
-    auth = None if target.api_key else target.auth
-    with httpx.Client(auth=auth, follow_redirects=False) as client:
-        attempt = 0
+    call = _OpenAICall(request, retries, backoff)
+    plan = call.plan()
+    delay = next(plan)
+    with httpx.Client(auth=call.auth, follow_redirects=False) as client:
         while True:
+            if delay:
+                time.sleep(delay)
             try:
-                reply = _send(client, target, body, headers, deadline, request.timeout)
+                outcome: _Reply | _RetryableError = _send(client, call)
             except _RetryableError as exc:
-                if attempt >= retries:
-                    raise ProviderError(exc.message, **exc.context) from None
-                attempt += 1
-                _wait(backoff * 2 ** (attempt - 1), deadline, request.timeout, exc.message.removeprefix("openai: "))
-                continue
-            if _should_retry(reply) and attempt < retries:
-                attempt += 1
-                delay = _retry_after(reply.headers.get("retry-after"), backoff * 2 ** (attempt - 1))
-                _wait(delay, deadline, request.timeout, f"HTTP {reply.status} from {target.shown}")
-                continue
-            return _openai_response(reply, target, request)
+                outcome = exc
+            step = _advance(plan, outcome)
+            if isinstance(step, ChatResponse):
+                return step
+            delay = step
 
 
-def _send(
-    client: Any, target: _Target, body: Mapping[str, Any], headers: Mapping[str, str], deadline: float, total: float
-) -> _Reply:
+async def acall_openai(request: ChatRequest, *, retries: int = 3, backoff: float = 0.5) -> ChatResponse:
+    """:func:`call_openai` on ``httpx.AsyncClient``: the same request, retries, deadline and bounds, without
+    a thread."""
+    import httpx
+
+    call = _OpenAICall(request, retries, backoff)
+    plan = call.plan()
+    delay = next(plan)
+    async with httpx.AsyncClient(auth=call.auth, follow_redirects=False) as client:
+        while True:
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                outcome: _Reply | _RetryableError = await _asend(client, call)
+            except _RetryableError as exc:
+                outcome = exc
+            step = _advance(plan, outcome)
+            if isinstance(step, ChatResponse):
+                return step
+            delay = step
+
+
+def _advance(plan: Generator[float, _Reply, ChatResponse], outcome: _Reply | _RetryableError) -> float | ChatResponse:
+    """Give the plan one send's outcome: the seconds to wait before the next send, or the final reply."""
+    try:
+        return plan.throw(outcome) if isinstance(outcome, _RetryableError) else plan.send(outcome)
+    except StopIteration as done:
+        return cast(ChatResponse, done.value)
+
+
+def _send(client: Any, call: _OpenAICall) -> _Reply:
     """One POST, read as a stream within the deadline and the size bound."""
     import httpx
 
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise _timeout(target, total)
-    status: int | None = None
-    marked_safe = False
+    timeout = httpx.Timeout(call.remaining())
     try:
-        with client.stream("POST", target.url, json=body, headers=headers, timeout=httpx.Timeout(remaining)) as resp:
-            status = resp.status_code
-            marked_safe = resp.headers.get("x-should-retry", "").lower() == "true"
-            declared = resp.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > target.max_bytes:
-                raise _too_large(target, status)
-            chunks: list[bytes] = []
-            size = 0
+        with client.stream("POST", call.target.url, json=call.body, headers=call.headers, timeout=timeout) as resp:
+            call.start(resp.status_code, resp.headers)
             for chunk in resp.iter_bytes():
-                size += len(chunk)
-                if size > target.max_bytes:
-                    raise _too_large(target, status)
-                if time.monotonic() > deadline:
-                    raise _timeout(target, total)
-                chunks.append(chunk)
-            return _Reply(status, dict(resp.headers), b"".join(chunks))
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-        if time.monotonic() >= deadline:
-            raise _timeout(target, total) from None
-        raise _RetryableError(
-            f"openai: cannot connect to {target.shown}: {scrub(str(exc), target.secrets)[:200]}",
-            provider="openai",
-            url=target.shown,
-        ) from None
-    except httpx.TimeoutException:
-        raise _timeout(target, total) from None
+                call.feed(chunk)
+            return call.reply(resp.headers)
     except httpx.HTTPError as exc:
-        # the request went out: the server may have processed it, so it is retried only when marked safe
-        cls = _RetryableError if marked_safe else ProviderError
-        cut = f"HTTP {status} reply cut short" if status is not None else "connection closed before any reply"
-        outcome = (
-            "the server marked it safe to retry" if marked_safe else "not sent again: the server may have processed it"
-        )
-        raise cls(
-            f"openai: {cut} from {target.shown} ({type(exc).__name__}: {scrub(str(exc), target.secrets)[:120]}); "
-            f"{outcome}",
-            provider="openai",
-            url=target.shown,
-            status=status,
-        ) from None
+        raise call.failure(exc) from None
+
+
+async def _asend(client: Any, call: _OpenAICall) -> _Reply:
+    """:func:`_send` on an async client."""
+    import httpx
+
+    timeout = httpx.Timeout(call.remaining())
+    try:
+        async with client.stream(
+            "POST", call.target.url, json=call.body, headers=call.headers, timeout=timeout
+        ) as resp:
+            call.start(resp.status_code, resp.headers)
+            async for chunk in resp.aiter_bytes():
+                call.feed(chunk)
+            return call.reply(resp.headers)
+    except httpx.HTTPError as exc:
+        raise call.failure(exc) from None
 
 
 def _should_retry(reply: _Reply) -> bool:
@@ -427,17 +606,6 @@ def _should_retry(reply: _Reply) -> bool:
     if marker in ("true", "false"):
         return marker == "true"
     return reply.status in RETRY_STATUSES
-
-
-def _wait(delay: float, deadline: float, total: float, after: str) -> None:
-    """Sleep before a retry, or fail at once when the retry could not start before the deadline."""
-    if time.monotonic() + delay >= deadline:
-        raise ProviderError(
-            f"openai: {after}; a retry in {delay:g} s would pass the task's timeout of {total:g} s",
-            code=ErrorCode.PROVIDER_TIMEOUT,
-            provider="openai",
-        )
-    time.sleep(delay)
 
 
 def _timeout(target: _Target, total: float) -> ProviderError:
@@ -540,19 +708,39 @@ def complete(provider: str, request: ChatRequest, registry: Registry, slot: str)
         ConfigError: unknown provider, missing key, malformed ``base_url``.
         ProviderError: the call failed (``PROVIDER_ERROR``, ``PROVIDER_TIMEOUT``, ``PROVIDER_AUTH_ERROR``).
     """
-    calls: dict[str, Callable[[], ChatResponse]] = {
-        "scripted": lambda: call_scripted(request, registry, slot),
-        "python": lambda: call_python(request, registry),
-        "openai": lambda: call_openai(request),
-    }
-    call = calls.get(provider)
-    if call is None:
-        raise ConfigError(f"unknown provider '{provider}'", field="provider")
+    _known(provider)
     try:
-        return call()
+        if provider == "scripted":
+            return call_scripted(request, registry, slot)
+        if provider == "python":
+            return call_python(request, registry)
+        return call_openai(request)
     except CompozyNbError:
         raise
     except Exception as exc:
-        raise ProviderError(
-            f"{provider}: unexpected {type(exc).__name__}: {excerpt(str(exc))}", provider=provider
-        ) from exc
+        raise _unexpected(provider, exc) from exc
+
+
+async def acomplete(provider: str, request: ChatRequest, registry: Registry, slot: str) -> ChatResponse:
+    """:func:`complete` on the event loop (``openai`` over ``httpx.AsyncClient``; ``python`` awaited, or in a
+    worker thread for a plain function; ``scripted`` inline). Same errors."""
+    _known(provider)
+    try:
+        if provider == "scripted":
+            return call_scripted(request, registry, slot)
+        if provider == "python":
+            return await acall_python(request, registry)
+        return await acall_openai(request)
+    except CompozyNbError:
+        raise
+    except Exception as exc:
+        raise _unexpected(provider, exc) from exc
+
+
+def _known(provider: str) -> None:
+    if provider not in PROVIDERS:
+        raise ConfigError(f"unknown provider '{provider}'", field="provider")
+
+
+def _unexpected(provider: str, exc: Exception) -> ProviderError:
+    return ProviderError(f"{provider}: unexpected {type(exc).__name__}: {excerpt(str(exc))}", provider=provider)
