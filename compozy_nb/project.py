@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import sys
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -433,6 +434,11 @@ class Project:
         """Run a workflow and return the run JSON (see :func:`compozy_nb.workflow.runner.run_workflow`)."""
         return runner.run_workflow(self, self.workflow(workflow_id).definition, dict(input or {}))
 
+    async def arun(self, workflow_id: str, input: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """:meth:`run` on the event loop: the same run JSON; memory operations over ``AsyncMemory``, LLM calls
+        over async clients (see :func:`compozy_nb.workflow.runner.arun_workflow`)."""
+        return await runner.arun_workflow(self, self.workflow(workflow_id).definition, dict(input or {}))
+
 
 class WorkflowHandle:
     """A registered workflow bound to its project: ``project.workflow("chatbot").run(user_id="u1")``."""
@@ -449,6 +455,10 @@ class WorkflowHandle:
     def run(self, input: Mapping[str, Any] | None = None, /, **kwargs: Any) -> dict[str, Any]:
         """Run with ``input`` (a dict) and/or keyword arguments; returns the run JSON."""
         return runner.run_workflow(self.project, self.definition, {**dict(input or {}), **kwargs})
+
+    async def arun(self, input: Mapping[str, Any] | None = None, /, **kwargs: Any) -> dict[str, Any]:
+        """:meth:`run` on the event loop (memory over ``AsyncMemory``, LLM calls over async clients)."""
+        return await runner.arun_workflow(self.project, self.definition, {**dict(input or {}), **kwargs})
 
     def run_many(self, rows: Any, *, progress: bool | None = None, max_workers: int = 1) -> Any:
         """Run once per row (a list of dicts or a DataFrame); returns a DataFrame, one row per input row in the
@@ -468,18 +478,9 @@ class WorkflowHandle:
             max_workers: Runs in parallel on that many threads (each run is independent; rows that share a
                 memory key then interleave their turns).
         """
-        import pandas as pd
-
-        from compozy_nb.notebook.views import DISPLAY
-
         if max_workers < 1:
             raise ConfigError(f"max_workers must be at least 1, got {max_workers}", field="max_workers")
-        records = rows.to_dict(orient="records") if hasattr(rows, "to_dict") else [dict(r) for r in rows]
-        inputs = [_coerce_row(record) for record in records]
-        clash = {name for record in records for name in record} & set(RESULT_COLUMNS)
-        prefix = "run." if clash else ""
-        show = (DISPLAY["progress"] is not False and _interactive()) if progress is None else progress
-        bar = _progress(len(records), self.id) if show else None
+        records, inputs, bar = self._batch(rows, progress)
         results: list[dict[str, Any]] = [{} for _ in records]
 
         def one(index: int) -> None:
@@ -499,47 +500,100 @@ class WorkflowHandle:
         finally:
             if bar is not None:
                 bar.close()
-        out = [
-            {**record, **{prefix + k: v for k, v in result.items()}}
-            for record, result in zip(records, results, strict=True)
-        ]
-        return pd.DataFrame(out)
+        return _results_frame(records, results)
+
+    async def arun_many(self, rows: Any, *, progress: bool | None = None, concurrency: int = 16) -> Any:
+        """:meth:`run_many` on the event loop: up to ``concurrency`` runs at a time, interleaved on one thread
+        while they wait on Redis or an LLM; the same DataFrame, rows in the input order."""
+        import asyncio
+
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {concurrency!r}", field="concurrency")
+        records, inputs, bar = self._batch(rows, progress)
+        results: list[dict[str, Any]] = [{} for _ in records]
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(index: int) -> None:
+            async with gate:
+                started = time.perf_counter()
+                try:
+                    results[index] = _row(await self.arun(inputs[index]), started)
+                except CompozyNbError as exc:
+                    results[index] = _failed_row(exc, started)
+            if bar is not None:
+                bar.update(1)
+
+        try:
+            await asyncio.gather(*(one(index) for index in range(len(records))))
+        finally:
+            if bar is not None:
+                bar.close()
+        return _results_frame(records, results)
+
+    def _batch(self, rows: Any, progress: bool | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
+        """The rows as records, the inputs coerced from them, and a progress bar (or None)."""
+        from compozy_nb.notebook.views import DISPLAY
+
+        records = rows.to_dict(orient="records") if hasattr(rows, "to_dict") else [dict(r) for r in rows]
+        inputs = [_coerce_row(record) for record in records]
+        show = (DISPLAY["progress"] is not False and _interactive()) if progress is None else progress
+        return records, inputs, _progress(len(records), self.id) if show else None
 
     def _run_row(self, record: dict[str, Any]) -> dict[str, Any]:
         """One run: status, error code and message, tokens sent, latency and the flattened output."""
-        import time
-
         started = time.perf_counter()
         try:
-            run = self.run(record)
+            return _row(self.run(record), started)
         except CompozyNbError as exc:
-            return {
-                "status": "failed",
-                "error_code": exc.code.value,
-                "error": str(exc),
-                "tokens_sent": 0,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            }
-        error = run.get("error") or {}
-        row: dict[str, Any] = {
-            "status": run["status"],
-            "error_code": error.get("code"),
-            "error": RunResult.failure(run) if error else None,  # type: ignore[arg-type]
-            "tokens_sent": _tokens_sent(run),
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-        }
-        output = run.get("output")
-        if isinstance(output, dict):
-            row.update({f"output.{k}": v for k, v in output.items() if not isinstance(v, dict | list)})
-        elif output is not None:
-            row["output"] = output
-        return row
+            return _failed_row(exc, started)
 
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.id!r}, tasks={[t.id for t in self.definition.tasks]})"
 
 
 RESULT_COLUMNS = ("status", "error_code", "error", "tokens_sent", "latency_ms", "output")
+
+
+def _row(run: Mapping[str, Any], started: float) -> dict[str, Any]:
+    """A run's row: status, error code and message, tokens sent, latency and the flattened output."""
+    error = run.get("error") or {}
+    row: dict[str, Any] = {
+        "status": run["status"],
+        "error_code": error.get("code"),
+        "error": RunResult.failure(run) if error else None,  # type: ignore[arg-type]
+        "tokens_sent": _tokens_sent(run),
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+    output = run.get("output")
+    if isinstance(output, dict):
+        row.update({f"output.{k}": v for k, v in output.items() if not isinstance(v, dict | list)})
+    elif output is not None:
+        row["output"] = output
+    return row
+
+
+def _failed_row(exc: CompozyNbError, started: float) -> dict[str, Any]:
+    """The row of a run that could not start (its input was refused)."""
+    return {
+        "status": "failed",
+        "error_code": exc.code.value,
+        "error": str(exc),
+        "tokens_sent": 0,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+
+
+def _results_frame(records: list[dict[str, Any]], results: list[dict[str, Any]]) -> Any:
+    """The input rows with their results; results named like an input column (``status`` …) get ``run.``."""
+    import pandas as pd
+
+    clash = {name for record in records for name in record} & set(RESULT_COLUMNS)
+    prefix = "run." if clash else ""
+    out = [
+        {**record, **{prefix + k: v for k, v in result.items()}}
+        for record, result in zip(records, results, strict=True)
+    ]
+    return pd.DataFrame(out)
 
 
 def _coerce_row(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,19 +14,31 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import redis
 
 if TYPE_CHECKING:
+    from compozy_nb.backends import Backend
     from compozy_nb.memory.instance import MemoryInstance
+    from compozy_nb.project import Project, WorkflowHandle
 
-__all__ = ["AsyncDriven", "RedisServer", "free_port", "on_transport", "redis_server_binary", "transport"]
+T = TypeVar("T")
+
+__all__ = [
+    "AsyncDriven",
+    "AsyncDrivenProject",
+    "RedisServer",
+    "free_port",
+    "on_transport",
+    "redis_server_binary",
+    "transport",
+]
 
 
 def redis_server_binary() -> str | None:
@@ -111,6 +123,36 @@ class RedisServer:
         self.stop()
 
 
+class _Loops:
+    """One event loop per calling thread (a loop runs one coroutine at a time; tests use threads too)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._loops: dict[int, asyncio.AbstractEventLoop] = {}
+        self._lock = threading.Lock()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` to its end on this thread's loop."""
+        with self._lock:
+            loop = self._loops.get(threading.get_ident())
+            if loop is None:
+                loop = self._loops[threading.get_ident()] = asyncio.new_event_loop()
+        return loop.run_until_complete(coroutine)
+
+    async def _close_client(self) -> None:
+        await self.backend.async_client.aclose()
+
+    def close(self) -> None:
+        """Close each loop's async Redis client, then the loop (once no thread uses them)."""
+        with self._lock:
+            loops, self._loops = list(self._loops.values()), {}
+        for loop in loops:
+            try:
+                loop.run_until_complete(self._close_client())
+            finally:
+                loop.close()
+
+
 class AsyncDriven:
     """A memory instance whose 8 operations run on the async transport.
 
@@ -126,15 +168,7 @@ class AsyncDriven:
 
         self.instance = instance
         self.memory = AsyncMemory(instance)
-        self._loops: dict[int, asyncio.AbstractEventLoop] = {}
-        self._lock = threading.Lock()
-
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            loop = self._loops.get(threading.get_ident())
-            if loop is None:
-                loop = self._loops[threading.get_ident()] = asyncio.new_event_loop()
-            return loop
+        self._loops = _Loops(instance.backend)
 
     def __getattr__(self, name: str) -> Any:
         from compozy_nb.memory.operations import OPERATIONS
@@ -142,26 +176,71 @@ class AsyncDriven:
         if name not in OPERATIONS:
             return getattr(self.instance, name)
         method = getattr(self.memory, name)
-        return lambda *args, **kwargs: self._loop().run_until_complete(method(*args, **kwargs))
+        return lambda *args, **kwargs: self._loops.run(method(*args, **kwargs))
 
     def __repr__(self) -> str:
         return f"AsyncDriven({self.instance!r})"
 
-    async def _close_client(self) -> None:
-        await self.memory.client.aclose()
+    def close(self) -> None:
+        """Close the loops and their async clients (call it when no thread uses the instance)."""
+        self._loops.close()
+
+
+class AsyncDrivenProject:
+    """A project whose workflow runs go through the async runner: ``run``, ``workflow(id).run`` and
+    ``workflow(id).run_many`` await ``arun``/``arun_many`` on a loop of the calling thread; memories it
+    hands out are :class:`AsyncDriven`; everything else is the project's. Call :meth:`close` when done."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self._loops = _Loops(project.backend)
+        self._memories: list[AsyncDriven] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.project, name)
+
+    def run(self, workflow_id: str, input: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``await project.arun(workflow_id, input)``."""
+        return self._loops.run(self.project.arun(workflow_id, input))
+
+    def workflow(self, workflow_id: str) -> _AsyncDrivenHandle:
+        """The workflow handle, its runs awaited."""
+        return _AsyncDrivenHandle(self.project.workflow(workflow_id), self._loops)
+
+    def memory(self, *args: Any, **kwargs: Any) -> MemoryInstance:
+        """An instance with its operations on the async transport."""
+        driven = AsyncDriven(self.project.memory(*args, **kwargs))
+        self._memories.append(driven)
+        return cast("MemoryInstance", driven)
+
+    def __repr__(self) -> str:
+        return f"AsyncDrivenProject({self.project!r})"
 
     def close(self) -> None:
-        """Close each loop's async client, then the loop (call it when no thread uses the instance)."""
-        with self._lock:
-            loops, self._loops = list(self._loops.values()), {}
-        for loop in loops:
-            try:
-                loop.run_until_complete(self._close_client())
-            finally:
-                loop.close()
+        """Close the loops, their async clients and the memories handed out."""
+        while self._memories:
+            self._memories.pop().close()
+        self._loops.close()
 
 
-_TRANSPORT: ContextVar[tuple[str, list[AsyncDriven]] | None] = ContextVar("compozy_nb_test_transport", default=None)
+class _AsyncDrivenHandle:
+    def __init__(self, handle: WorkflowHandle, loops: _Loops) -> None:
+        self.handle, self._loops = handle, loops
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+    def run(self, input: Mapping[str, Any] | None = None, /, **kwargs: Any) -> dict[str, Any]:
+        return self._loops.run(self.handle.arun(input, **kwargs))
+
+    def run_many(self, rows: Any, *, progress: bool | None = None, max_workers: int = 1) -> Any:
+        if max_workers < 1:  # the same refusal as run_many's, before anything runs
+            return self.handle.run_many(rows, progress=progress, max_workers=max_workers)
+        return self._loops.run(self.handle.arun_many(rows, progress=progress, concurrency=max_workers))
+
+
+_Driven = AsyncDriven | AsyncDrivenProject
+_TRANSPORT: ContextVar[tuple[str, list[_Driven]] | None] = ContextVar("compozy_nb_test_transport", default=None)
 
 
 @contextmanager
@@ -176,7 +255,7 @@ def transport(kind: str) -> Iterator[None]:
     """
     if kind not in ("sync", "async"):
         raise ValueError(f"transport must be 'sync' or 'async', not {kind!r}")
-    made: list[AsyncDriven] = []
+    made: list[_Driven] = []
     token = _TRANSPORT.set((kind, made))
     try:
         yield
@@ -186,11 +265,22 @@ def transport(kind: str) -> Iterator[None]:
             made.pop().close()
 
 
-def on_transport(instance: MemoryInstance) -> MemoryInstance:
-    """``instance`` on the transport chosen by the enclosing :func:`transport` (itself outside one)."""
+@overload
+def on_transport(target: MemoryInstance) -> MemoryInstance: ...
+
+
+@overload
+def on_transport(target: Project) -> Project: ...
+
+
+def on_transport(target: MemoryInstance | Project) -> MemoryInstance | Project:
+    """``target`` (a memory instance or a project) on the transport chosen by the enclosing
+    :func:`transport` (itself outside one)."""
+    from compozy_nb.project import Project
+
     current = _TRANSPORT.get()
     if current is None or current[0] == "sync":
-        return instance
-    driven = AsyncDriven(instance)
+        return target
+    driven: _Driven = AsyncDrivenProject(target) if isinstance(target, Project) else AsyncDriven(target)
     current[1].append(driven)
-    return cast("MemoryInstance", driven)
+    return cast("MemoryInstance | Project", driven)

@@ -19,7 +19,10 @@ from fake_openai import FakeOpenAI, Reply, completion
 
 from compozy_nb import Project
 from compozy_nb.backends import Backend, connect
+from compozy_nb.testing import on_transport
 from compozy_nb.workflow.providers import DEFAULT_MAX_REPLY_BYTES
+
+pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
 
 HTML_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body>proxy error</body></html>"
 
@@ -65,7 +68,7 @@ def two_step_project(base_url: str, backend: Backend | None = None, *, on_error:
     }
     after = {**remember, "id": "after", "payload": {"role": "assistant", "content": "still running"}}
     project.add_yaml(json.dumps({"name": "edges", "tasks": [remember, call, after]}))
-    return project
+    return on_transport(project)
 
 
 def failed_call(run: dict[str, Any]) -> dict[str, Any]:

@@ -225,6 +225,7 @@ def shell() -> Iterator[Any]:
     yield ip
     magics.redis_url = before
     magics._project = None
+    ip.config.Compozy.pop("redis_url", None)  # %config wrote it into the shell's config too: later magics read it
 
 
 def test_magics_hide_the_password(shell: Any, url_forms: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,9 @@ from fake_openai import FakeOpenAI, Reply
 
 from compozy_nb.backends import Backend
 from compozy_nb.project import Project
+from compozy_nb.testing import on_transport
+
+pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
 
 MEMORY = """
 resource: memory
@@ -42,7 +45,7 @@ def project(backend: Backend) -> Project:
     project.use_backend(backend)
     project.add_yaml(MEMORY)
     project.add_yaml(WORKFLOW)
-    return project
+    return on_transport(project)
 
 
 def stored(project: Project) -> list[dict[str, Any]]:

@@ -20,6 +20,9 @@ from compozy_nb.backends import Backend
 from compozy_nb.config.project import ProjectSettings
 from compozy_nb.errors import CompozyNbError, ConfigError
 from compozy_nb.memory.keys import KeyLayout
+from compozy_nb.testing import on_transport
+
+pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WF = "chatbot-workflow"
@@ -43,7 +46,7 @@ def example(backend: Backend) -> Project:
     """The repo-root example project (compozy.yaml + memory/ + workflows/) on the test backend."""
     project = Project.load(REPO_ROOT)
     project.use_backend(backend)
-    return project
+    return on_transport(project)
 
 
 @pytest.fixture
@@ -53,7 +56,7 @@ def project(backend: Backend) -> Project:
     project.add_yaml(BUFFER)
     project.add_yaml(SECOND_BUFFER)
     project.use_backend(backend)
-    return project
+    return on_transport(project)
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from typing import Any, TypeVar, cast
 
 import redis
 
+from compozy_nb.errors import CompozyNbError
+from compozy_nb.memory import operations
 from compozy_nb.memory.instance import MemoryInstance, Output, tolerated
 from compozy_nb.memory.messages import Encoded
 from compozy_nb.memory.steps import Command, Runner, Script, Step, Steps, Work
@@ -289,3 +291,19 @@ class AsyncMemory:
         return await self._drive(
             self.instance._read_steps(limit, offset, last, max_tokens, archive, roles, since, until)
         )
+
+
+async def arun_operation(
+    instance: MemoryInstance, operation: str, payload: Any = None, options: Mapping[str, Any] | None = None
+) -> Output:
+    """:func:`~compozy_nb.memory.instance.run_operation` over :class:`AsyncMemory`: one of the 8 operations
+    with task-style options, errors naming the task's config field.
+
+    Raises:
+        ConfigError: an unknown operation (field ``operation``) or option (field: its name).
+    """
+    try:
+        result: Output = await operations.call(AsyncMemory(instance), operation, payload, options)
+    except CompozyNbError as exc:
+        raise operations.in_task(operation, exc) from None
+    return result

@@ -1062,11 +1062,8 @@ def run_operation(
     Raises:
         ConfigError: an unknown operation (field ``operation``) or option (field: its name).
     """
-    op = operations.get(operation)
     try:
         result: Output = operations.call(instance, operation, payload, options)
     except CompozyNbError as exc:  # the engine names the parameter; a task names it inside its config block
-        if op.config_field and exc.context.get("field") in operations.arguments(op):
-            raise exc.within(f"{op.config_field}.") from None
-        raise
+        raise operations.in_task(operation, exc) from None
     return result

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.fields import FieldInfo
 
 from compozy_nb.config.memory import FlushStrategy
-from compozy_nb.errors import ConfigError
+from compozy_nb.errors import CompozyNbError, ConfigError
 from compozy_nb.limits import MAX_EXACT_INT
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "arguments",
     "call",
     "get",
+    "in_task",
 ]
 
 
@@ -231,6 +232,15 @@ def keywords(operation: Operation, options: Options | Mapping[str, Any] | None) 
             raise ConfigError(f"{operation.name} has no option '{name}' (options: {known})", field=name)
     wanted = arguments(operation)
     return {k: v for k, v in values.items() if k in wanted and v is not None}
+
+
+def in_task(name: str, exc: CompozyNbError) -> CompozyNbError:
+    """``exc`` as a task reports it: an option the engine names (``since``) inside the operation's config
+    block (``read_config.since``)."""
+    operation = OPERATIONS.get(name)
+    if operation is None or not operation.config_field or exc.context.get("field") not in arguments(operation):
+        return exc
+    return exc.within(f"{operation.config_field}.")
 
 
 def call(target: Any, name: str, payload: Any = None, options: Options | Mapping[str, Any] | None = None) -> Any:

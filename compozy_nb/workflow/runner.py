@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from compozy_nb._secrets import excerpt
 from compozy_nb.backends import Backend
@@ -17,14 +21,16 @@ from compozy_nb.config.project import ProjectSettings
 from compozy_nb.config.task import MemoryTask
 from compozy_nb.config.workflow import BasicTask, Workflow, WorkflowMemoryTask
 from compozy_nb.errors import CompozyNbError, ConfigError, ErrorCode, MemoryNotFoundError, TemplateError
+from compozy_nb.memory.aio import arun_operation
 from compozy_nb.memory.instance import MemoryInstance, MemoryRuntime, run_operation
-from compozy_nb.memory.log import attributed
+from compozy_nb.memory.log import attributed, log_source
 from compozy_nb.memory.transcript import text_projection
 from compozy_nb.results import RunResult
 from compozy_nb.templating import format_value, referenced_paths, render, render_key, render_value
-from compozy_nb.workflow.providers import ChatRequest, ChatResponse, Registry, complete
+from compozy_nb.workflow.providers import ChatRequest, ChatResponse, Registry, acomplete, complete
 
 BUILTINS = ("workflow", "tasks", "input", "now")
+T = TypeVar("T")
 
 
 class Host(Protocol):
@@ -269,8 +275,83 @@ def validate_input(workflow: Workflow, data: Mapping[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- execution
-def run_memory_task(project: Host, task: MemoryTask, context: Mapping[str, Any]) -> dict[str, Any]:
-    """Render and run a memory task of a workflow."""
+# A run is written once, as a generator of the steps that wait on something (a memory operation, an LLM call,
+# a tool); run_workflow drives it on the calling thread, arun_workflow on the event loop. A step's failure is
+# thrown back into the generator, where the run handles it like any error of its task.
+@dataclass(frozen=True)
+class MemoryStep:
+    """Run ``operation`` on ``instance`` (task-style options)."""
+
+    instance: MemoryInstance
+    operation: str
+    payload: Any = None
+    options: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class LlmStep:
+    """Call ``provider`` with ``request``."""
+
+    provider: str
+    request: ChatRequest
+    slot: str
+
+
+@dataclass(frozen=True)
+class ToolStep:
+    """Run the registered tool a model called: its answer is the tool message."""
+
+    call: Mapping[str, Any]
+
+
+RunStep = MemoryStep | LlmStep | ToolStep
+RunSteps = Generator[RunStep, Any, T]
+
+
+def _drive(project: Host, steps: RunSteps[T]) -> T:
+    """Run the steps on the calling thread."""
+    value: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            step = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as done:
+            return cast(T, done.value)
+        value, error = None, None
+        try:
+            if isinstance(step, MemoryStep):
+                value = run_operation(step.instance, step.operation, step.payload, step.options)
+            elif isinstance(step, LlmStep):
+                value = complete(step.provider, step.request, project.llms, step.slot)
+            else:
+                value = _tool_message(step.call, _call_tool(project, step.call))
+        except Exception as exc:
+            error = exc
+
+
+async def _adrive(project: Host, steps: RunSteps[T]) -> T:
+    """Run the steps on the event loop: memory operations over ``AsyncMemory``, LLM calls over async
+    clients, tools awaited (``async def``) or in a worker thread (a plain function may block)."""
+    value: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            step = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as done:
+            return cast(T, done.value)
+        value, error = None, None
+        try:
+            if isinstance(step, MemoryStep):
+                value = await arun_operation(step.instance, step.operation, step.payload, step.options)
+            elif isinstance(step, LlmStep):
+                value = await acomplete(step.provider, step.request, project.llms, step.slot)
+            else:
+                value = _tool_message(step.call, await _acall_tool(project, step.call))
+        except Exception as exc:
+            error = exc
+
+
+def _memory_task_steps(project: Host, task: MemoryTask, context: Mapping[str, Any]) -> RunSteps[dict[str, Any]]:
     runtime = project.runtime(task.memory_ref)
     template = task.key_template or runtime.resource.key
     if not template:
@@ -281,7 +362,13 @@ def run_memory_task(project: Host, task: MemoryTask, context: Mapping[str, Any])
     key = render_key(template, context, "key_template")
     instance = MemoryInstance(runtime, key, project.backend, project.name)
     payload = render_payload(task.payload, context) if task.payload is not None else None
-    return run_operation(instance, task.operation, payload, task.options())
+    output: dict[str, Any] = yield MemoryStep(instance, task.operation, payload, task.options())
+    return output
+
+
+def run_memory_task(project: Host, task: MemoryTask, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Render and run a memory task of a workflow."""
+    return _drive(project, _memory_task_steps(project, task, context))
 
 
 def run_basic_task(project: Host, task: BasicTask, context: Mapping[str, Any], workflow_id: str) -> dict[str, Any]:
@@ -290,6 +377,12 @@ def run_basic_task(project: Host, task: BasicTask, context: Mapping[str, Any], w
     Order of the prompt: the task's system messages, then each attached memory's history (in the order
     the memories are listed, oldest first within each), then the task's other messages.
     """
+    return _drive(project, _basic_task_steps(project, task, context, workflow_id))
+
+
+def _basic_task_steps(
+    project: Host, task: BasicTask, context: Mapping[str, Any], workflow_id: str
+) -> RunSteps[dict[str, Any]]:
     messages = render_messages([m.model_dump() for m in task.messages], context, "messages")
     attached: list[tuple[MemoryInstance, str]] = []
     history: list[dict[str, Any]] = []
@@ -304,7 +397,8 @@ def run_basic_task(project: Host, task: BasicTask, context: Mapping[str, Any], w
         instance = MemoryInstance(
             runtime, render_key(template, context, f"memory[{index}].key"), project.backend, project.name
         )
-        read = instance.read(max_tokens=ref.max_context_tokens) if ref.max_context_tokens else instance.read()
+        budget = {"max_tokens": ref.max_context_tokens} if ref.max_context_tokens else None
+        read = yield MemoryStep(instance, "read", None, budget)
         history.extend(_prompt_message(m) for m in read["messages"])
         attached.append((instance, ref.mode))
     system = [m for m in messages if m["role"] == "system"]
@@ -328,15 +422,16 @@ def run_basic_task(project: Host, task: BasicTask, context: Mapping[str, Any], w
     request = ChatRequest(
         prompt, task.model or defaults.get("model"), task.temperature, task.max_tokens, task.timeout, options
     )
-    reply = complete(task.provider, request, project.llms, f"{workflow_id}/{task.id}")
-    reply, turn = _run_tools(project, task, request, reply, f"{workflow_id}/{task.id}")
+    slot = f"{workflow_id}/{task.id}"
+    reply: ChatResponse = yield LlmStep(task.provider, request, slot)
+    reply, turn = yield from _tool_steps(project, task, request, reply, slot)
     if reply.content.strip() or turn:
         last_user = next((m for m in reversed(rest) if m["role"] == "user"), None)
         final = [{"role": "assistant", "content": reply.content}] if reply.content.strip() else []
         exchange = [*([last_user] if last_user else []), *turn, *final]
         for instance, mode in attached:
             if mode == "read-write":
-                instance.append(exchange)
+                yield MemoryStep(instance, "append", exchange)
     redact = _run_redactor(project, [instance for instance, _ in attached])
     extra = {"tool_calls": reply.tool_calls} if reply.tool_calls else {}
     if turn:
@@ -358,9 +453,9 @@ def _prompt_message(message: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if k not in ("tokens", "id", "ts")}
 
 
-def _run_tools(
+def _tool_steps(
     project: Host, task: BasicTask, request: ChatRequest, reply: ChatResponse, slot: str
-) -> tuple[ChatResponse, list[dict[str, Any]]]:
+) -> RunSteps[tuple[ChatResponse, list[dict[str, Any]]]]:
     """While the model calls tools registered in ``project.llms.tools`` (at most ``task.max_tool_steps``
     rounds), run them and call the model again with the results. Returns the last reply and the messages of
     the completed rounds (each assistant tool-call message followed by its tool results). A reply calling an
@@ -371,11 +466,12 @@ def _run_tools(
         calls = reply.tool_calls or []
         if not calls or not all(_tool_name(call) in project.llms.tools for call in calls):
             break
-        group = [{"role": "assistant", "content": reply.content or None, "tool_calls": calls}]
-        group.extend(_run_tool(project, call) for call in calls)
+        group: list[dict[str, Any]] = [{"role": "assistant", "content": reply.content or None, "tool_calls": calls}]
+        for call in calls:
+            group.append((yield ToolStep(call)))
         turn.extend(group)
         request.messages.extend(group)
-        reply = complete(task.provider, request, project.llms, slot)
+        reply = yield LlmStep(task.provider, request, slot)
     return reply, turn
 
 
@@ -384,17 +480,54 @@ def _tool_name(call: Any) -> str:
     return str(function.get("name", "")) if isinstance(function, Mapping) else ""
 
 
-def _run_tool(project: Host, call: Mapping[str, Any]) -> dict[str, Any]:
-    """One tool call run: the tool message answering it. A tool that fails answers with its error text."""
-    name = _tool_name(call)
+def _tool_arguments(project: Host, call: Mapping[str, Any]) -> tuple[Callable[..., Any], dict[str, Any]]:
+    arguments = json.loads(call["function"].get("arguments") or "{}")
+    if not isinstance(arguments, dict):
+        raise TypeError("the arguments are not a JSON object")
+    return project.llms.tools[_tool_name(call)], arguments
+
+
+def _call_tool(project: Host, call: Mapping[str, Any]) -> Any:
+    """The tool's result, or the exception it raised (the model sees the failure, as with any tool error)."""
     try:
-        arguments = json.loads(call["function"].get("arguments") or "{}")
-        if not isinstance(arguments, dict):
-            raise TypeError("the arguments are not a JSON object")
-        result = project.llms.tools[name](**arguments)
+        tool, arguments = _tool_arguments(project, call)
+        result = tool(**arguments)
+        if inspect.isawaitable(result):  # an async tool in a sync run: its own loop, on a thread of its own
+            with ThreadPoolExecutor(1, thread_name_prefix="compozy-nb tool") as pool:
+                return pool.submit(asyncio.run, _awaited(result)).result()
+        return result
+    except Exception as exc:
+        return _ToolFailure(exc)
+
+
+async def _acall_tool(project: Host, call: Mapping[str, Any]) -> Any:
+    """:func:`_call_tool` on the event loop: an ``async def`` tool is awaited, a plain one runs in a worker
+    thread."""
+    try:
+        tool, arguments = _tool_arguments(project, call)
+        if inspect.iscoroutinefunction(tool):
+            return await tool(**arguments)
+        result = await asyncio.to_thread(tool, **arguments)
+        return await result if inspect.isawaitable(result) else result
+    except Exception as exc:
+        return _ToolFailure(exc)
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
+@dataclass(frozen=True)
+class _ToolFailure:
+    error: Exception
+
+
+def _tool_message(call: Mapping[str, Any], result: Any) -> dict[str, Any]:
+    """The tool message answering ``call``: the result (JSON unless a string) or the tool's error text."""
+    if isinstance(result, _ToolFailure):
+        text = f"error: {type(result.error).__name__}: {result.error}"
+    else:
         text = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, default=str)
-    except Exception as exc:  # the model sees the failure, as with any tool error
-        text = f"error: {type(exc).__name__}: {exc}"
     return {"role": "tool", "tool_call_id": str(call.get("id", "")), "content": text}
 
 
@@ -429,6 +562,21 @@ def run_workflow(
     Raises:
         ConfigError: the input does not match the workflow's input schema (nothing ran).
     """
+    return _drive(project, _workflow_steps(project, workflow, data, exec_id))
+
+
+async def arun_workflow(
+    project: Host, workflow: Workflow, data: Mapping[str, Any] | None = None, exec_id: str | None = None
+) -> dict[str, Any]:
+    """:func:`run_workflow` on the event loop: the same run JSON, with memory operations over
+    ``AsyncMemory`` and LLM calls over async clients (no thread but for plain Python LLMs and tools)."""
+    with log_source("workflow"):
+        return await _adrive(project, _workflow_steps(project, workflow, data, exec_id))
+
+
+def _workflow_steps(
+    project: Host, workflow: Workflow, data: Mapping[str, Any] | None, exec_id: str | None
+) -> RunSteps[dict[str, Any]]:
     data = dict(data or {})
     validate_input(workflow, data)
     exec_id = exec_id or uuid.uuid4().hex
@@ -441,9 +589,9 @@ def run_workflow(
         started = time.perf_counter()
         try:
             if isinstance(task, WorkflowMemoryTask):
-                task_output = run_memory_task(project, task, context)
+                task_output = yield from _memory_task_steps(project, task, context)
             else:
-                task_output = run_basic_task(project, task, context, workflow.id)
+                task_output = yield from _basic_task_steps(project, task, context, workflow.id)
             tasks[task.id] = {
                 "status": "completed",
                 "output": task_output,
