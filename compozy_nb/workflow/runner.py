@@ -308,15 +308,22 @@ RunStep = MemoryStep | LlmStep | ToolStep
 RunSteps = Generator[RunStep, Any, T]
 
 
+def _advance(steps: RunSteps[Any], value: Any, error: Exception | None) -> tuple[RunStep | None, Any]:
+    """Give the run the last step's value (or throw its error in): the next step, or None and the result."""
+    try:
+        return (steps.throw(error) if error is not None else steps.send(value)), None
+    except StopIteration as done:
+        return None, done.value
+
+
 def _drive(project: Host, steps: RunSteps[T]) -> T:
     """Run the steps on the calling thread."""
     value: Any = None
     error: Exception | None = None
     while True:
-        try:
-            step = steps.throw(error) if error is not None else steps.send(value)
-        except StopIteration as done:
-            return cast(T, done.value)
+        step, result = _advance(steps, value, error)
+        if step is None:
+            return cast(T, result)
         value, error = None, None
         try:
             if isinstance(step, MemoryStep):
@@ -335,10 +342,9 @@ async def _adrive(project: Host, steps: RunSteps[T]) -> T:
     value: Any = None
     error: Exception | None = None
     while True:
-        try:
-            step = steps.throw(error) if error is not None else steps.send(value)
-        except StopIteration as done:
-            return cast(T, done.value)
+        step, result = _advance(steps, value, error)
+        if step is None:
+            return cast(T, result)
         value, error = None, None
         try:
             if isinstance(step, MemoryStep):
