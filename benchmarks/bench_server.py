@@ -10,9 +10,10 @@ Three runs of the same workload, each followed by the same verification:
 1. ``raw``: 50 threads, plain redis-py ``RPUSH`` of the message JSON - the floor (no tokens, no limits, no
    metadata, no ids, no TTL);
 2. ``sync``: 50 threads calling ``MemoryInstance.append`` directly (the engine, no HTTP);
-3. ``http``: 50 concurrent clients (one ``httpx.AsyncClient``, 50 connections) calling
-   ``POST /api/v0/memory/bench_memory/append`` on ``python -m compozy_nb.server`` (uvicorn, one process, sync
-   endpoints in the worker-thread pool).
+3. ``http``: 50 concurrent keep-alive connections (asyncio streams, requests encoded up front) calling
+   ``POST /api/v0/memory/bench_memory/append`` on ``python -m compozy_nb.server`` (uvicorn, one process; the
+   memory endpoints run on its event loop). With two CPUs or more the server is pinned to one and the load
+   generator and Redis to another, so the generator's CPU does not slow the server down.
 
 Verification (per run): the number of stored messages equals the number of requests answered 200, every
 (client, seq) pair is stored exactly once, every stored id is unique, each client's messages are stored in
@@ -150,36 +151,67 @@ def run_sync(project: Project, clients: int, requests: int, keys: int) -> Result
 
 
 def run_http(base_url: str, clients: int, requests: int, keys: int) -> Result:
-    result = Result("http POST .../append (async clients)")
+    """``clients`` keep-alive HTTP/1.1 connections, each sending its appends one after the other.
 
-    async def client_loop(http: httpx.AsyncClient, client: int, go: asyncio.Event) -> None:
+    The load generator is a few lines over asyncio streams with the requests encoded up front, so that its own
+    CPU time (an ``httpx.AsyncClient`` costs ~3.5 ms per request, more than the server) does not decide the
+    latencies measured."""
+    result = Result("http POST .../append (keep-alive clients)")
+    host, _, port = base_url.removeprefix("http://").partition(":")
+    path = f"/api/v0/memory/{MEMORY_REF}/append"
+
+    def encoded(client: int, seq: int) -> bytes:
+        body = json.dumps({"key": key_for(client, seq, keys), "messages": [message(client, seq)]}).encode()
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+    async def client_loop(client: int, go: asyncio.Event) -> None:
+        wire = [encoded(client, seq) for seq in range(requests)]
+        reader, writer = await asyncio.open_connection(host, int(port))
         await go.wait()
-        for seq in range(requests):
-            body = {"key": key_for(client, seq, keys), "messages": [message(client, seq)]}
-            t0 = time.perf_counter()
-            try:
-                response = await http.post(f"/api/v0/memory/{MEMORY_REF}/append", json=body)
-            except httpx.HTTPError as exc:
-                result.failures[type(exc).__name__] += 1
-                continue
-            if response.status_code == 200:
-                result.latencies.append(time.perf_counter() - t0)
-            else:
-                result.failures[f"HTTP {response.status_code}"] += 1
+        try:
+            for request in wire:
+                t0 = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line[:15].lower() == b"content-length:"
+                )
+                await reader.readexactly(length)
+                if status == 200:
+                    result.latencies.append(time.perf_counter() - t0)
+                else:
+                    result.failures[f"HTTP {status}"] += 1
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            result.failures[type(exc).__name__] += 1
+        finally:
+            writer.close()
 
     async def main() -> None:
-        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as http:
-            go = asyncio.Event()
-            tasks = [asyncio.create_task(client_loop(http, c, go)) for c in range(clients)]
-            await asyncio.sleep(0.05)
-            t0 = time.perf_counter()
-            go.set()
-            await asyncio.gather(*tasks)
-            result.elapsed = time.perf_counter() - t0
+        go = asyncio.Event()
+        tasks = [asyncio.create_task(client_loop(c, go)) for c in range(clients)]
+        await asyncio.sleep(0.2)
+        t0 = time.perf_counter()
+        go.set()
+        await asyncio.gather(*tasks)
+        result.elapsed = time.perf_counter() - t0
 
     asyncio.run(main())
     return result
+
+
+def pin(pid: int, cpus: set[int]) -> bool:
+    """Bind a process (0: this one) to ``cpus`` when the machine has them (Linux); False otherwise."""
+    try:
+        if not cpus <= os.sched_getaffinity(0) | os.sched_getaffinity(pid):
+            return False
+        os.sched_setaffinity(pid, cpus)
+        return True
+    except (AttributeError, OSError):
+        return False
 
 
 # ---------------------------------------------------------------------------- verification
@@ -346,17 +378,32 @@ def main(argv: list[str] | None = None) -> int:
             ("http", lambda: run_http(http_url, args.clients, args.requests, args.keys)),
         ]
         http_url = server.url
+        everywhere = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
         for name, runner in runners:
             check_client.flushdb()
+            pinned = False
+            if name == "http" and len(everywhere) >= 2:  # server on one core; load generator and Redis on another
+                first, second = sorted(everywhere)[:2]
+                pinned = pin(server.proc.pid, {first}) and pin(0, {second})
+                if pinned and own is not None and own.proc is not None:
+                    pin(own.proc.pid, {second})
             server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
             result = runner()
             client_cpu = time.process_time() - client_cpu
+            if pinned:
+                pin(0, everywhere)
+                if own is not None and own.proc is not None:
+                    pin(own.proc.pid, everywhere)
+                cpu_note_pin = f"; server pinned to CPU {first}, load generator and Redis to CPU {second}"
+            else:
+                cpu_note_pin = ""
             if name == "http" and server_cpu is not None and result.latencies:
                 server_cpu = (server.cpu_seconds() or 0.0) - server_cpu
                 n = len(result.latencies)
                 cpu_note = (
                     f"http: server process CPU {server_cpu / n * 1000:.2f} ms/request, "
-                    f"load-generator CPU {client_cpu / n * 1000:.2f} ms/request"
+                    f"load-generator CPU {client_cpu / n * 1000:.2f} ms/request{cpu_note_pin}; "
+                    f"p99/p50 {result.pct(0.99) / result.pct(0.50):.1f}"
                 )
             result.check = verify(check_client, args.keys, len(result.latencies))
             results.append(result)
