@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,13 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RedisServer, free_port
+from _common import RedisServer
 
 from compozy_nb import Project
+from compozy_nb.testing import ApiServer
 
 PROJECT = "bench"
 MEMORY_REF = "bench_memory"
@@ -248,58 +247,6 @@ def verify(client: redis.Redis, keys: int, expected: int) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------- server process
-class ApiServer:
-    """``python -m compozy_nb.server`` on a free port, stopped by pid."""
-
-    def __init__(self, project_dir: Path, redis_url: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k not in ("COMPOZY_API_KEY", "COMPOZY_REDIS_URL")}
-        cmd = [
-            sys.executable,
-            "-m",
-            "compozy_nb.server",
-            "--project",
-            str(project_dir),
-            "--port",
-            str(self.port),
-            "--redis",
-            redis_url,
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        self.stop()
-        raise SystemExit("server did not start in 30 s")
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the server process so far (Linux /proc), or None."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
 def make_project(root: Path) -> Path:
     (root / "memory").mkdir(parents=True)
     (root / "compozy.yaml").write_text(f"name: {PROJECT}\nautoload:\n  include: ['memory/*.yaml']\n")
@@ -358,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         project_dir = make_project(workdir / "project")
         project = Project.load(project_dir, redis_url=url)
-        server = ApiServer(project_dir, url)
+        server = ApiServer(project_dir, url).start()
         ping = min(_timed(check_client.ping) for _ in range(50)) * 1e6
         print(
             f"bench_server: {args.clients} clients x {args.requests} appends to {args.keys} keys "

@@ -1,5 +1,12 @@
-"""A throwaway ``redis-server`` for tests, notebooks and benchmarks: a free loopback port, no persistence, stopped
-by pid. Used by this project's own test suite; handy in yours::
+"""Helpers for tests, notebooks and benchmarks, used by this project's own suite and handy in yours.
+
+- :class:`RedisServer`: a throwaway ``redis-server`` on a free loopback port, no persistence, stopped by pid;
+- :class:`ApiServer`: ``python -m compozy_nb.server`` for a project, on a free port;
+- :func:`transport` / :func:`on_transport` / :class:`AsyncDriven` / :class:`AsyncDrivenProject`: run a suite
+  written against the sync API over the async transport;
+- :func:`need_redis`: skip (or, with ``COMPOZY_REQUIRE_REDIS=1``, fail) a pytest test without ``redis-server``.
+
+::
 
     with RedisServer() as server:
         project = compozy_nb.Project("test", redis_url=server.url)
@@ -8,9 +15,11 @@ by pid. Used by this project's own test suite; handy in yours::
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -31,10 +40,12 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = [
+    "ApiServer",
     "AsyncDriven",
     "AsyncDrivenProject",
     "RedisServer",
     "free_port",
+    "need_redis",
     "on_transport",
     "redis_server_binary",
     "transport",
@@ -44,6 +55,17 @@ __all__ = [
 def redis_server_binary() -> str | None:
     """The ``redis-server`` on PATH, or None."""
     return shutil.which("redis-server")
+
+
+def need_redis() -> None:
+    """In a pytest test: skip it when ``redis-server`` is not installed, or fail it when the environment says
+    Redis is required (``COMPOZY_REQUIRE_REDIS=1``, as CI sets)."""
+    import pytest
+
+    if redis_server_binary() is None:
+        if os.environ.get("COMPOZY_REQUIRE_REDIS") == "1":
+            pytest.fail("redis-server is not installed but COMPOZY_REQUIRE_REDIS=1")
+        pytest.skip("redis-server not installed (set COMPOZY_REQUIRE_REDIS=1 to make this a failure)")
 
 
 def free_port() -> int:
@@ -117,6 +139,112 @@ class RedisServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class ApiServer:
+    """``python -m compozy_nb.server`` for a project, on a free loopback port, stopped by pid (the test suite's
+    and ``benchmarks/bench_server.py``'s server)::
+
+        with ApiServer(project_dir, redis.url) as api:
+            httpx.get(f"{api.url}/healthz")
+
+    Args:
+        project_dir: The project directory (``compozy.yaml``).
+        redis_url: The backend URL (``--redis``).
+        api_key: Sets ``COMPOZY_API_KEY`` for the server (default: none, and the caller's is not passed on).
+        host: The bind address.
+    """
+
+    def __init__(
+        self, project_dir: Path | str, redis_url: str, *, api_key: str | None = None, host: str = "127.0.0.1"
+    ) -> None:
+        self.project_dir = Path(project_dir)
+        self.redis_url = redis_url
+        self.api_key = api_key
+        self.host = host
+        self.port = free_port()
+        self.logdir = Path(tempfile.mkdtemp(prefix="compozy-nb-server-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        """The server's command line."""
+        return [
+            sys.executable,
+            *("-m", "compozy_nb.server", "--project", str(self.project_dir), "--host", self.host),
+            *("--port", str(self.port), "--redis", self.redis_url, "--log-level", "warning", "--no-access-log"),
+        ]
+
+    def env(self) -> dict[str, str]:
+        """The environment: the caller's, without its API key and backend URL, plus ``api_key``."""
+        env = {k: v for k, v in os.environ.items() if k not in ("COMPOZY_API_KEY", "COMPOZY_REDIS_URL")}
+        if self.api_key:
+            env["COMPOZY_API_KEY"] = self.api_key
+        return env
+
+    def start(self, timeout: float = 30.0) -> ApiServer:
+        """Start it and wait until ``/healthz`` answers (another port when the free one was taken meanwhile)."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == 2:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> ApiServer:
+        import httpx
+
+        with (self.logdir / "out.log").open("wb") as out, (self.logdir / "err.log").open("wb") as err:
+            self.proc = subprocess.Popen(self.command(), cwd=self.project_dir, env=self.env(), stdout=out, stderr=err)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.stderr()}")
+            try:
+                httpx.get(f"{self.url}/healthz", timeout=1)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not answer in {timeout:g} s: {self.stderr()}")
+
+    def stderr(self) -> str:
+        """What the server wrote to stderr so far."""
+        path = self.logdir / "err.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the server process so far (Linux ``/proc``), or None."""
+        try:
+            assert self.proc is not None
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (AssertionError, OSError, ValueError, IndexError):
+            return None
+
+    def stop(self) -> None:
+        """Terminate it (kill after 10 s) and remove its logs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+        shutil.rmtree(self.logdir, ignore_errors=True)
+
+    def __enter__(self) -> ApiServer:
         return self.start()
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:

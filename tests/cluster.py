@@ -7,6 +7,7 @@ Nodes listen on free loopback ports below 55535 whose cluster bus port (port + 1
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import REDIS_SERVER, REQUIRE_REDIS, _need_redis
+from compozy_nb.testing import need_redis, redis_server_binary
 
+REDIS_SERVER = redis_server_binary()
+REQUIRE_REDIS = os.environ.get("COMPOZY_REQUIRE_REDIS") == "1"
 REDIS_CLI = shutil.which("redis-cli")
 BUS_OFFSET = 10000
 START_TIMEOUT = 30.0
@@ -208,7 +211,7 @@ class RedisCluster:
 
 def need_cluster_tools() -> None:
     """Skip (or fail, with COMPOZY_REQUIRE_REDIS=1) when redis-server or redis-cli is missing."""
-    _need_redis()
+    need_redis()
     if REDIS_CLI is None:
         if REQUIRE_REDIS:
             pytest.fail("redis-cli is not installed but COMPOZY_REQUIRE_REDIS=1")

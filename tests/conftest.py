@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import uuid
@@ -16,21 +15,11 @@ from compozy_nb import testing
 from compozy_nb.backends import Backend, connect
 from compozy_nb.testing import RedisServer, free_port
 
-REQUIRE_REDIS = os.environ.get("COMPOZY_REQUIRE_REDIS") == "1"
-REDIS_SERVER = shutil.which("redis-server")
-
-
-def _need_redis() -> None:
-    if REDIS_SERVER is None:
-        if REQUIRE_REDIS:
-            pytest.fail("redis-server is not installed but COMPOZY_REQUIRE_REDIS=1")
-        pytest.skip("redis-server not installed (set COMPOZY_REQUIRE_REDIS=1 to make this a failure)")
-
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server for the whole session."""
-    _need_redis()
+    testing.need_redis()
     workdir = Path(tempfile.mkdtemp(prefix="compozy-redis-"))
     server = RedisServer(free_port(), workdir)
     server.start()

@@ -19,8 +19,8 @@ from compozy_nb import Project
 from compozy_nb.backends import Backend, ConnectOptions, connect
 from compozy_nb.errors import BackendError, ConfirmRequiredError, InvalidKeyError
 from compozy_nb.memory.keys import KeyLayout
+from compozy_nb.testing import RedisServer
 from tests.cluster import RedisCluster, free_cluster_ports, start_cluster
-from tests.conftest import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 

@@ -27,7 +27,7 @@ from compozy_nb.cli import main
 from compozy_nb.errors import BackendError, ConfigError, InvalidKeyError, MemoryOperationError
 from compozy_nb.memory.keys import KeyLayout, compozy_key_warning, key_template_warning
 from compozy_nb.memory.store import Scripts
-from tests.conftest import RedisServer, _need_redis, free_port
+from compozy_nb.testing import RedisServer, free_port, need_redis
 
 pytestmark = [pytest.mark.redis]
 
@@ -306,7 +306,7 @@ def test_a_lone_surrogate_in_a_key_is_invalid_key_from_the_cli(
 @pytest.fixture
 def replica(redis_server: RedisServer, tmp_path: Path) -> Iterator[RedisServer]:
     """A read-only replica of the session's redis-server, in sync."""
-    _need_redis()
+    need_redis()
     own = RedisServer(free_port(), tmp_path, ["--replicaof", "127.0.0.1", str(redis_server.port)])
     own.start()
     client = redis.Redis(port=own.port)
@@ -368,7 +368,7 @@ def test_a_read_only_replica_is_a_retryable_503_over_http(redis_url: str, replic
 
 
 def test_lru_reads_at_maxmemory_return_their_messages(tmp_path: Path) -> None:
-    _need_redis()
+    need_redis()
     server = RedisServer(free_port(), tmp_path, ["--maxmemory-policy", "noeviction"])
     server.start()
     try:

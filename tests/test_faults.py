@@ -29,7 +29,7 @@ from compozy_nb import Project
 from compozy_nb.backends import ConnectOptions, connect
 from compozy_nb.errors import BackendError, CorruptDataError
 from compozy_nb.memory.keys import KeyLayout
-from tests.conftest import RedisServer, _need_redis, free_port
+from compozy_nb.testing import RedisServer, free_port, need_redis
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -211,7 +211,7 @@ class FaultyProxy:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own (no persistence), killed or stopped at the end."""
-    _need_redis()
+    need_redis()
     workdir = tmp_path / "redis"
     workdir.mkdir()
     own = RedisServer(free_port(), workdir)
@@ -223,7 +223,7 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def durable_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server with an append-only file fsynced on every write."""
-    _need_redis()
+    need_redis()
     workdir = tmp_path / "durable"
     workdir.mkdir()
     own = RedisServer(free_port(), workdir, ["--appendonly", "yes", "--appendfsync", "always"])

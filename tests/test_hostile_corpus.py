@@ -21,9 +21,8 @@ import redis
 
 from compozy_nb import Project
 from compozy_nb.errors import CompozyNbError
-from tests.conftest import RedisServer
+from compozy_nb.testing import ApiServer, RedisServer
 from tests.hostile_cases import CLI_CASES, HTTP_CASES, KEY, PYTHON_CASES, YAML_CASES, CliCase, HttpCase, YamlCase
-from tests.test_server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(sys.executable).parent / "compozy-nb"
@@ -41,8 +40,8 @@ def seed(url: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(redis_server: RedisServer) -> Iterator[ServerProcess]:
-    proc = ServerProcess(redis_server.url).start()
+def server(redis_server: RedisServer) -> Iterator[ApiServer]:
+    proc = ApiServer(ROOT, redis_server.url).start()
     yield proc
     log = proc.stderr()
     proc.stop()
@@ -54,7 +53,7 @@ def _ids(cases: list[Any]) -> list[str]:
 
 
 @pytest.mark.parametrize("case", HTTP_CASES, ids=_ids(HTTP_CASES))
-def test_http(case: HttpCase, server: ServerProcess, redis_url: str) -> None:
+def test_http(case: HttpCase, server: ApiServer, redis_url: str) -> None:
     seed(redis_url)
     before = snapshot(redis_url)
     headers = {"Content-Type": "application/json", **case.headers}

@@ -16,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -35,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
-from tests.conftest import RedisServer, free_port
+from compozy_nb.testing import ApiServer, RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMORY = "/api/v0/memory/conversation_memory"
@@ -51,83 +50,11 @@ SEED_REQUEST: dict[str, Any] = {
 }
 
 
-class ServerProcess:
-    """``python -m compozy_nb.server`` on a free loopback port, stopped by pid."""
+class ServerProcess(ApiServer):
+    """The repository's example project served by ``python -m compozy_nb.server`` (``compozy_nb.testing``)."""
 
     def __init__(self, redis_url: str, *, api_key: str | None = None, host: str = "127.0.0.1") -> None:
-        self.port = free_port()
-        self.host = host
-        self.redis_url = redis_url
-        self.api_key = api_key
-        self.logdir = Path(tempfile.mkdtemp(prefix="compozy-server-"))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "compozy_nb.server",
-            "--project",
-            str(ROOT),
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--redis",
-            self.redis_url,
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("COMPOZY_API_KEY", "COMPOZY_REDIS_URL")}
-        if self.api_key:
-            env["COMPOZY_API_KEY"] = self.api_key
-        return env
-
-    def start(self) -> ServerProcess:
-        for _ in range(3):  # the free port may be taken by another process before uvicorn binds it
-            try:
-                return self._start()
-            except RuntimeError as exc:
-                if "address already in use" not in str(exc):
-                    raise
-                self.port = free_port()
-        return self._start()
-
-    def _start(self) -> ServerProcess:
-        with (self.logdir / "out.log").open("wb") as out, (self.logdir / "err.log").open("wb") as err:
-            self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env(), stdout=out, stderr=err)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.stderr()}")
-            try:
-                httpx.get(f"{self.url}/healthz", timeout=1)
-                return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server did not answer in 30 s: {self.stderr()}")
-
-    def stderr(self) -> str:
-        return (self.logdir / "err.log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-        shutil.rmtree(self.logdir, ignore_errors=True)
+        super().__init__(ROOT, redis_url, api_key=api_key, host=host)
 
 
 @pytest.fixture(scope="module")
