@@ -154,3 +154,20 @@ def test_the_exact_integer_bound_is_defined_once() -> None:
     literal = re.compile(r"2\s*\*\*\s*53|9007199254740991")
     sources = [p for p in (ROOT / "compozy_nb").rglob("*.py") if literal.search(p.read_text(encoding="utf-8"))]
     assert [p.relative_to(ROOT).as_posix() for p in sources] == ["compozy_nb/limits.py"]
+
+
+def test_every_subpackage_declares_what_it_offers() -> None:
+    """Each subpackage's ``__all__`` names its public modules or objects, and each one imports; a subpackage that
+    lists modules lists every public one."""
+    import importlib
+
+    for init in sorted((ROOT / "compozy_nb").glob("*/__init__.py")):
+        name = f"compozy_nb.{init.parent.name}"
+        package = importlib.import_module(name)
+        names = getattr(package, "__all__", None)
+        assert names, f"{name} has no __all__"
+        modules = {p.stem for p in init.parent.glob("*.py") if not p.stem.startswith("_")}
+        for item in names:
+            assert hasattr(package, item) or importlib.import_module(f"{name}.{item}"), (name, item)
+        if set(names) & modules:
+            assert set(names) == modules, (name, sorted(modules - set(names)))

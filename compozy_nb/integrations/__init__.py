@@ -8,3 +8,5 @@
 Every adapter is a thin shell over one :class:`compozy_nb.MemoryInstance`: limits, redaction, TTL, the archive and
 idempotent appends are the engine's, and each call is the engine's own call (no extra round trip).
 """
+
+__all__ = ["langchain", "llama_index"]

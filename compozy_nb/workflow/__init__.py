@@ -1,1 +1,3 @@
-"""Workflows: runner, task executors, LLM providers."""
+"""Workflows: the runner (written once as steps, driven sync or async) and the LLM providers."""
+
+__all__ = ["providers", "runner"]
