@@ -158,7 +158,7 @@ def test_run_workflow_and_store(ip: object) -> None:
 def test_connect_and_load(ip: object, tmp_path: object) -> None:
     import pathlib
 
-    root = pathlib.Path(__file__).resolve().parents[1]
+    root = pathlib.Path(__file__).resolve().parents[3]
     summary = magic(ip, f"load {root}")
     assert "conversation_memory" in summary._repr_html_()  # type: ignore[attr-defined]
     magic(ip, "connect embedded://magic-test")
@@ -424,7 +424,7 @@ def test_load_without_compozy_yaml_keeps_the_current_project(ip: object, tmp_pat
     with pytest.raises(UsageError, match=r"has no compozy\.yaml; the current project is unchanged"):
         magic(ip, f"load {tmp_path}")
     assert magics.project is before and "notes" in before.resources
-    root = pathlib.Path(__file__).resolve().parents[1]
+    root = pathlib.Path(__file__).resolve().parents[3]
     magic(ip, f"load {root}")
     assert {"notes", "conversation_memory"} <= set(magics.project.resources)  # inline definitions kept
 

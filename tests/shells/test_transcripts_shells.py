@@ -19,7 +19,7 @@ from compozy_nb import Project
 from compozy_nb.backends import Backend
 from compozy_nb.errors import CompozyNbError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLI = Path(sys.executable).with_name("compozy-nb")
 MEMORY = "/api/v0/memory/conversation_memory"
 TURN: list[dict[str, Any]] = [

@@ -18,7 +18,7 @@ from compozy_nb import tokens
 from compozy_nb.errors import ConfigError
 from compozy_nb.tokens import TokenCounter, encoding_for_model, ensure_offline_vocab, get_counter
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CL100K_FILE = "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"
 O200K_FILE = "fb374d419588a4632f3f557e76b4b70aebbca790"
 SAMPLES = [
@@ -365,7 +365,7 @@ def test_size_is_checked_before_counting(tmp_path: Path) -> None:
     from compozy_nb import Project
     from compozy_nb.errors import LimitExceededError
 
-    project = Project.load(Path(__file__).resolve().parent.parent, redis_url="embedded://size-before-count")
+    project = Project.load(Path(__file__).resolve().parents[2], redis_url="embedded://size-before-count")
     memory = project.memory("conversation_memory", key="k")
     with pytest.raises(LimitExceededError, match="its content alone is 4000001 characters"):
         memory.append("\n" * 4_000_000 + "x")

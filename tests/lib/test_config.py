@@ -12,7 +12,7 @@ from compozy_nb.config.memory import MemoryResource
 from compozy_nb.errors import ConfigError
 from compozy_nb.project import Project
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EMAIL_PATTERN = r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Z|a-z]{2,}\b"
 
 

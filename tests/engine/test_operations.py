@@ -34,7 +34,7 @@ from compozy_nb.project import Project
 from compozy_nb.testing import on_transport
 from compozy_nb.tokens import ensure_offline_vocab
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SEED_RESOURCE = REPO_ROOT / "memory" / "conversation.yaml"
 PROJECT = "ops"
 EMAIL = "alice.smith@example.com"

@@ -31,7 +31,7 @@ from compozy_nb.testing import RedisServer, free_port, need_redis
 
 pytestmark = [pytest.mark.redis]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = """
 resource: memory
 id: chat

@@ -481,7 +481,7 @@ def test_project_memory_refuses_unusable_key_variables(value: Any) -> None:
 
     from compozy_nb import Project
 
-    project = Project.load(Path(__file__).resolve().parent.parent, redis_url="embedded://render-key")
+    project = Project.load(Path(__file__).resolve().parents[2], redis_url="embedded://render-key")
     with pytest.raises(TemplateError, match="user_id"):
         project.memory("conversation_memory", user_id=value, session_id="s1")
     assert project.memory("conversation_memory", user_id=7, session_id="s1").key == "conv:7:s1"

@@ -13,7 +13,7 @@ import pytest
 from compozy_nb import BackendError, Project
 from compozy_nb.backends import connect
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RESOURCE = (
     "resource: memory\nid: chat\nkey: 'chat:{{.u}}'\ntype: buffer\nmax_messages: 1\n"
     "persistence: {type: redis, ttl: 1h}\n"

@@ -36,7 +36,7 @@ from hypothesis.errors import Unsatisfiable
 
 from compozy_nb.testing import ApiServer, RedisServer, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 MEMORY = "/api/v0/memory/conversation_memory"
 TOKEN = "s3cret-token"
 JSON_TYPE = {"Content-Type": "application/json"}

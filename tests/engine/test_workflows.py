@@ -24,7 +24,7 @@ from compozy_nb.testing import on_transport
 
 pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 WF = "chatbot-workflow"
 TURNS = ("Hello, I am Bob.", "I like green tea.", "What do I like?")
 

@@ -18,7 +18,7 @@ import redis
 from compozy_nb import Project
 from compozy_nb.cli import main
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[3]
 CLI = Path(sys.executable).with_name("compozy-nb")
 WRITE_REQUEST = REPO_ROOT / "examples" / "requests" / "write.json"
 READ_REQUEST = REPO_ROOT / "examples" / "requests" / "read.json"
