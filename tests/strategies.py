@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 # No "tool": a tool message forms a tool-call group with the message before it (issue 12), which the state-machine
-# model does not model; tests/test_transcripts_groups.py covers groups in reads, eviction and flushes.
+# model does not model; tests/engine/test_transcripts_groups.py covers groups in reads, eviction and flushes.
 ROLES = ("user", "assistant", "system")
 """The roles Compozy accepts (its documented list, written here rather than imported from the package)."""
 
