@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -61,6 +62,7 @@ class Project:
         self.root = root
         self._redis_url = redis_url
         self._backend: Backend | None = None
+        self._backend_lock = threading.Lock()
         self.resources: dict[str, MemoryResource] = {}
         self.sources: dict[str, str] = {}
         self.workflows: dict[str, Workflow] = {}
@@ -243,22 +245,34 @@ class Project:
     # ------------------------------------------------------------------ backend
     @property
     def backend(self) -> Backend:
-        """The backend, connected on first use."""
-        if self._backend is None:
-            redis = self.settings.redis
-            options = ConnectOptions(
-                connect_timeout=redis.connect_timeout,
-                socket_timeout=redis.socket_timeout,
-                retries=redis.retries,
-                backoff_base=redis.backoff_base,
-                backoff_cap=redis.backoff_cap,
-            )
-            self._backend = connect(self._redis_url, project_url=redis.url, options=options)
-        return self._backend
+        """The backend, connected on first use.
+
+        Thread-safe: threads racing for the first use connect once (the others wait for that connection);
+        a connection that fails is tried again at the next use.
+
+        Raises:
+            BackendError: Redis cannot be reached.
+        """
+        backend = self._backend
+        if backend is None:
+            with self._backend_lock:
+                if self._backend is None:
+                    redis = self.settings.redis
+                    options = ConnectOptions(
+                        connect_timeout=redis.connect_timeout,
+                        socket_timeout=redis.socket_timeout,
+                        retries=redis.retries,
+                        backoff_base=redis.backoff_base,
+                        backoff_cap=redis.backoff_cap,
+                    )
+                    self._backend = connect(self._redis_url, project_url=redis.url, options=options)
+                backend = self._backend
+        return backend
 
     def use_backend(self, backend: Backend) -> None:
         """Switch to an already connected backend."""
-        self._backend = backend
+        with self._backend_lock:
+            self._backend = backend
 
     # ------------------------------------------------------------------ memory
     def resource(self, memory_ref: str) -> MemoryResource:
@@ -396,6 +410,54 @@ class Project:
             return {"status": "completed", "output": runner.run_basic_task(self, basic, context, wid)}
         model = task if isinstance(task, MemoryTask) else _validate(MemoryTask, body)
         return {"status": "completed", "output": self.run_task(model, context)}
+
+    def merge_task(self, workflow_id: str, task_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Complete a partial :meth:`execute` request from task ``task_id`` of workflow ``workflow_id``.
+
+        The request's ``fields`` go over the defined task's (top-level keys: a config block such as
+        ``read_config`` replaces the task's whole block). A request whose ``type`` differs from the defined
+        task's, or for a task or workflow that is not defined, is returned as it is when it is complete
+        (``operation`` and ``memory_ref`` for a memory task, ``messages`` for a ``basic`` one): an ad-hoc task.
+
+        Raises:
+            ConfigError: the request is incomplete and no task of the same type fills it in: code
+                WORKFLOW_NOT_FOUND or TASK_NOT_FOUND when the workflow or the task is not defined,
+                INVALID_CONFIG (field ``type``) when the defined task has another type.
+        """
+        fields = dict(fields)
+        workflow = self.workflows.get(workflow_id)
+        task: MemoryTask | BasicTask | None = workflow.task(task_id) if workflow is not None else None
+        if task is not None and fields.get("type", task.type) == task.type:
+            return {**task.model_dump(exclude_unset=True), **fields}
+        if _is_complete(fields):
+            return fields
+        missing = (
+            ["messages"]
+            if fields.get("type") == "basic"
+            else [f for f in ("operation", "memory_ref") if f not in fields]
+        )
+        if task is not None:
+            raise ConfigError(
+                f"task '{task_id}' of workflow '{workflow_id}' is a {task.type} task; a "
+                f"'{fields.get('type')}' request must be complete (missing: {', '.join(missing)})",
+                field="type",
+            )
+        if workflow is None:
+            known = ", ".join(sorted(self.workflows)) or "none registered"
+            raise ConfigError(
+                f"workflow not found: '{workflow_id}' (known: {known}); a request for an undefined "
+                f"task must be complete (missing: {', '.join(missing)})",
+                code=ErrorCode.WORKFLOW_NOT_FOUND,
+                workflow=workflow_id,
+            )
+        known = ", ".join(t.id for t in workflow.tasks)
+        raise ConfigError(
+            f"task not found: '{task_id}' in workflow '{workflow_id}' (tasks: {known}); a request "
+            f"for an undefined task must be complete (missing: {', '.join(missing)})",
+            code=ErrorCode.TASK_NOT_FOUND,
+            workflow=workflow_id,
+            task=task_id,
+        )
 
     def run_task(self, task: MemoryTask, context: Mapping[str, Any]) -> Output:
         """Render a memory task with ``context`` and run its operation."""
@@ -647,6 +709,13 @@ def _interactive() -> bool:
     except ImportError:  # pragma: no cover - IPython is a dependency
         return False
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _is_complete(fields: Mapping[str, Any]) -> bool:
+    """Whether a task request can run without a task definition to fill it in."""
+    if fields.get("type") == "basic":
+        return "messages" in fields
+    return "operation" in fields and "memory_ref" in fields
 
 
 def _validate(model: type[M], body: Mapping[str, Any]) -> M:

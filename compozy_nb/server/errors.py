@@ -1,4 +1,5 @@
-"""HTTP status codes and response bodies for the package's error tree (no FastAPI import here).
+"""HTTP status codes and response bodies for the package's error tree, and the renaming of an engine error's field
+to the request's name (:func:`renamed`) (no FastAPI import here).
 
 Every response of the API uses Compozy's envelope (``engine/infra/server/router/response.go``)::
 
@@ -12,10 +13,12 @@ the error's context (``operation``, ``key``, ``workflow`` ...) or, for request v
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from compozy_nb.errors import CompozyNbError, ErrorCode
+
+T = TypeVar("T")
 
 STATUS_BY_CODE: dict[ErrorCode, int] = {
     # 400: the request is wrong and retrying it unchanged will fail again.
@@ -106,6 +109,34 @@ def from_exception(exc: CompozyNbError) -> tuple[int, dict[str, Any]]:
     context = dict(exc.context)
     field = context.pop("field", None)
     return status, error_envelope(status, exc.code, str(exc), field=field, details=context or None)
+
+
+def renamed(exc: CompozyNbError, old: str = "", new: str = "", default_field: str | None = None) -> CompozyNbError:
+    """The same error with an engine name (``payload``, ``flush_config.``) replaced by the request's name
+    (``messages``, nothing) in its field and message, and ``default_field`` when it names no field."""
+    context = dict(exc.context)
+    message = exc.message
+    field = context.get("field")
+    if old and isinstance(field, str) and field.startswith(old):
+        context["field"] = new + field[len(old) :]
+    if old and old in message:
+        message = message.replace(old, new, 1)
+    if context.get("field") is None and default_field:
+        context["field"] = default_field
+    if context == exc.context and message == exc.message:
+        return exc
+    try:
+        return type(exc)(message, code=exc.code, **context)
+    except TypeError:  # pragma: no cover - a subclass with another constructor keeps its own names
+        return exc
+
+
+def call_renamed(fn: Callable[[], T], old: str = "", new: str = "", default_field: str | None = None) -> T:
+    """``fn()``, with its errors renamed by :func:`renamed`."""
+    try:
+        return fn()
+    except CompozyNbError as exc:
+        raise renamed(exc, old, new, default_field) from None
 
 
 def field_path(loc: Sequence[Any]) -> str:

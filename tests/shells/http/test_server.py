@@ -746,6 +746,55 @@ def test_a_bug_is_a_500_internal_error(monkeypatch: pytest.MonkeyPatch, caplog: 
     assert "a bug" in caplog.text
 
 
+def test_merge_task_completes_a_partial_request_from_the_workflow() -> None:
+    """``Project.merge_task`` (what the execute endpoint calls): the body over the defined task, a complete body
+    as it is, an incomplete one for an undefined or differently typed task refused."""
+    from compozy_nb import Project
+    from compozy_nb.errors import ConfigError
+
+    project = Project.load(ROOT, redis_url=f"embedded://{uuid.uuid4().hex}")
+    merged = project.merge_task("chatbot-workflow", "read_history", {"operation": "stats"})
+    assert (merged["operation"], merged["memory_ref"], merged["id"]) == ("stats", "conversation_memory", "read_history")
+    complete = {"operation": "read", "memory_ref": "conversation_memory", "key_template": "k"}
+    assert project.merge_task("nope", "nope", complete) == complete
+    refused = {
+        ("nope", "read_history", "memory"): "WORKFLOW_NOT_FOUND",
+        ("chatbot-workflow", "nope", "memory"): "TASK_NOT_FOUND",
+        ("chatbot-workflow", "read_history", "basic"): "INVALID_CONFIG",
+    }
+    for (workflow_id, task_id, kind), code in refused.items():
+        with pytest.raises(ConfigError) as caught:
+            project.merge_task(workflow_id, task_id, {"type": kind, "operation": "read"})
+        assert caught.value.code == code
+
+
+def test_threads_racing_for_the_first_backend_use_connect_once(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Project.backend`` connects under a lock: the server's worker threads (or ``run_many``'s) share one
+    connection, never open several."""
+    import compozy_nb.project as project_module
+    from compozy_nb import Project
+
+    calls: list[str | None] = []
+    real_connect = project_module.connect
+
+    def slow_connect(url: str | None, **options: Any) -> Any:
+        calls.append(url)
+        time.sleep(0.05)  # widen the window in which an unlocked check lets other threads in
+        return real_connect(url, **options)
+
+    monkeypatch.setattr(project_module, "connect", slow_connect)
+    project = Project.load(ROOT, redis_url=redis_url)
+    start = threading.Barrier(16)
+
+    def first_use(_: int) -> int:
+        start.wait()
+        return id(project.backend)
+
+    with ThreadPoolExecutor(16) as pool:
+        backends = set(pool.map(first_use, range(16)))
+    assert len(calls) == 1 and len(backends) == 1
+
+
 # ---------------------------------------------------------------------------- hand-written fuzz of task bodies
 _OPERATIONS = ("read", "write", "append", "delete", "flush", "health", "clear", "stats")
 _CONFIG_KEYS = {

@@ -1,0 +1,182 @@
+"""The memory endpoints, Compozy's REST shapes: ``/api/v0/memory/{memory_ref}/{operation}``.
+
+``read``, ``write``, ``append``, ``delete``, ``flush``, ``clear``, ``health`` and ``stats`` are ``async def``:
+they await :class:`~compozy_nb.memory.aio.AsyncMemory` (redis.asyncio) on the event loop, and its CPU-heavy
+steps run in worker threads. ``log`` and ``instances`` are plain ``def`` (run in anyio's worker threads) over the
+synchronous engine.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+
+from compozy_nb.errors import CompozyNbError, ErrorCode
+from compozy_nb.memory.aio import AsyncMemory
+from compozy_nb.memory.instance import MemoryInstance, Output
+from compozy_nb.memory.keys import validate_key
+from compozy_nb.project import Project
+from compozy_nb.server.errors import call_renamed, renamed
+from compozy_nb.server.models import (
+    MAX_OFFSET,
+    MEMORY_ERRORS,
+    READ_LIMIT_DEFAULT,
+    READ_LIMIT_MAX,
+    ClearRequest,
+    Envelope,
+    FlushRequest,
+    KeyQuery,
+    KeyRequest,
+    MessagesRequest,
+    error_responses,
+)
+from compozy_nb.server.responses import ok, unavailable
+
+__all__ = ["API_PREFIX", "memory_router"]
+
+API_PREFIX = "/api/v0"
+
+
+def _instance(project: Project, memory_ref: str, key: str) -> MemoryInstance:
+    """One instance; unknown ``memory_ref`` (404) and invalid ``key`` (400) are reported before an unreachable
+    Redis (503)."""
+    project.resource(memory_ref)
+    call_renamed(lambda: validate_key(key), default_field="key")
+    return project.memory(memory_ref, key=key)
+
+
+async def _store(mem: MemoryInstance, body: MessagesRequest, *, replace: bool) -> Output:
+    """Write (``replace``) or append the request's messages; errors name ``messages``, the request's field, where
+    the engine says ``payload``."""
+    memory = AsyncMemory(mem)
+    try:
+        return await (memory.write if replace else memory.append)(body.payload())
+    except CompozyNbError as exc:
+        raise renamed(exc, "payload", "messages", "messages") from None
+
+
+def memory_router(project: Project) -> APIRouter:
+    """The memory endpoints of ``project``."""
+    router = APIRouter()
+    base = f"{API_PREFIX}/memory/{{memory_ref}}"
+    tags: list[str | Enum] = ["memory"]
+
+    @router.get(f"{base}/read", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
+    async def read(
+        memory_ref: str,
+        key: KeyQuery,
+        limit: Annotated[int, Query(le=READ_LIMIT_MAX, description="≤ 0 means 50")] = READ_LIMIT_DEFAULT,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+        role: Annotated[list[str] | None, Query(description="only these roles (repeatable)")] = None,
+        since: Annotated[str | None, Query(description="only messages written at/after (ISO-8601)")] = None,
+        until: Annotated[str | None, Query(description="only messages written before (ISO-8601)")] = None,
+    ) -> JSONResponse:
+        """Messages, oldest first: ``{key, messages, total_count, has_more, limit, offset, count}``.
+
+        Runs on the event loop over redis.asyncio (the async path); with filters (``role``, ``since``,
+        ``until``), decoding and filtering the whole list happens in a worker thread."""
+        limit = limit if limit > 0 else READ_LIMIT_DEFAULT
+        mem = _instance(project, memory_ref, key)
+        out = await AsyncMemory(mem).read(limit, offset, roles=role, since=since, until=until)
+        return ok("memory read successfully", {**out, "limit": limit, "offset": offset})
+
+    @router.post(f"{base}/write", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
+    async def write(memory_ref: str, body: MessagesRequest) -> JSONResponse:
+        """Replace the content with ``messages``: ``{success, count, key, ...}`` (async path)."""
+        out = await _store(_instance(project, memory_ref, body.key), body, replace=True)
+        return ok("memory written successfully", out)
+
+    @router.post(f"{base}/append", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
+    async def append(memory_ref: str, body: MessagesRequest) -> JSONResponse:
+        """Append ``messages`` atomically: ``{success, appended, total_count, key, ...}``.
+
+        Runs on the event loop over redis.asyncio (the async path)."""
+        out = await _store(_instance(project, memory_ref, body.key), body, replace=False)
+        return ok("memory appended successfully", out)
+
+    @router.post(f"{base}/delete", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
+    async def delete(memory_ref: str, body: KeyRequest) -> JSONResponse:
+        """Remove the instance (messages, metadata, archive, backups): ``{success, key, ...}`` (async path)."""
+        mem = _instance(project, memory_ref, body.key)
+        return ok("memory deleted successfully", await AsyncMemory(mem).delete())
+
+    @router.post(f"{base}/flush", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
+    async def flush(memory_ref: str, body: FlushRequest) -> JSONResponse:
+        """Flush when over the threshold (or ``force``): ``{success, key, summary_generated, message_count,
+        token_count, dry_run, would_flush, actual_strategy, ...}`` (async path; planning and a
+        ``hybrid_summary`` summarizer run in a worker thread)."""
+        mem = _instance(project, memory_ref, body.key)
+        try:
+            out = await AsyncMemory(mem).flush(
+                body.strategy, dry_run=body.dry_run, force=body.force, threshold=body.threshold
+            )
+        except CompozyNbError as exc:
+            raise renamed(exc, "flush_config.", "") from None
+        return ok("memory flushed successfully", out)
+
+    @router.post(f"{base}/clear", tags=tags, response_model=Envelope, responses=error_responses(400, 404, 409))
+    async def clear(memory_ref: str, body: ClearRequest) -> JSONResponse:
+        """Remove every message; needs ``confirm: true`` (409 otherwise): ``{success, key,
+        messages_cleared, backup_created, backup_key}`` (async path)."""
+        mem = _instance(project, memory_ref, body.key)
+        try:
+            out = await AsyncMemory(mem).clear(confirm=body.confirm, backup=body.backup)
+        except CompozyNbError as exc:
+            raise renamed(exc, "clear_config.", "", "confirm") from None
+        return ok("memory cleared successfully", out)
+
+    @router.get(f"{base}/health", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
+    async def health(memory_ref: str, key: KeyQuery, include_stats: bool = True) -> JSONResponse:
+        """``{healthy, key, token_count, message_count, actual_strategy, last_flush, redis, warnings}``;
+        503 (with the same data) when Redis is unreachable (async path)."""
+        mem = _instance(project, memory_ref, key)
+        out: Output = await AsyncMemory(mem).health(include_stats=include_stats)
+        if not out.get("healthy"):
+            message = f"memory unhealthy: {out.get('error', 'Redis is unreachable')}"
+            return unavailable(ErrorCode.BACKEND_UNAVAILABLE, message, out)
+        return ok("memory health retrieved successfully", out)
+
+    @router.get(f"{base}/stats", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
+    async def stats(memory_ref: str, key: KeyQuery, include_content: bool = False) -> JSONResponse:
+        """Counters from the metadata hash, plus Compozy's names ``context_window_used`` (= message_count) and
+        ``token_limit`` (= max_tokens, the resource's real limit) (async path)."""
+        mem = _instance(project, memory_ref, key)
+        out = await AsyncMemory(mem).stats(include_content=include_content)
+        data = {**out, "context_window_used": out["message_count"], "token_limit": out["max_tokens"]}
+        return ok("memory stats retrieved successfully", data)
+
+    @router.get(f"{base}/log", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
+    def log(
+        memory_ref: str,
+        key: KeyQuery,
+        since: Annotated[str | None, Query(max_length=40, description="ms since the epoch or an event id")] = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    ) -> JSONResponse:
+        """The operation log, oldest first: ``{key, count, events: [{id, ts, operation, source, ...}]}``."""
+        mem = _instance(project, memory_ref, key)
+        events = call_renamed(lambda: mem.log(since=since, limit=limit))
+        data = {"key": key, "count": len(events), "events": [{**e, "ts": e["ts"].isoformat()} for e in events]}
+        return ok("memory log retrieved successfully", data)
+
+    @router.get(f"{base}/instances", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
+    def instances(
+        memory_ref: str,
+        pattern: Annotated[str, Query(min_length=1, max_length=512, description="glob over memory keys")] = "*",
+        limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+    ) -> JSONResponse:
+        """Stored instances whose key matches ``pattern`` (SCAN, never KEYS), with their stats (limits of
+        ``memory_ref``). Keys do not name their resource: every matching key of the project is listed."""
+        project.resource(memory_ref)
+        rows = project.instances(pattern, memory_ref=memory_ref, limit=limit + 1)
+        data = {
+            "pattern": pattern,
+            "count": min(len(rows), limit),
+            "has_more": len(rows) > limit,
+            "instances": rows[:limit],
+        }
+        return ok("memory instances listed successfully", data)
+
+    return router
