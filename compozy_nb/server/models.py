@@ -6,12 +6,14 @@ They define the OpenAPI document's schemas: each operation lists its error statu
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import typing
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from compozy_nb.limits import MAX_EXACT_INT
+from compozy_nb.memory import operations
 
 READ_LIMIT_DEFAULT = 50
 READ_LIMIT_MAX = 1000
@@ -28,7 +30,10 @@ SEED_EXAMPLE: dict[str, Any] = {
 }
 
 
-class TaskRequest(BaseModel):
+CONFIG_FIELDS = tuple(op.config_field for op in operations.OPERATIONS.values() if op.config_field)
+
+
+class _TaskRequestHead(BaseModel):
     """The body of ``POST /workflows/{workflow_id}/tasks/{task_id}/execute`` (the seed's execute request).
 
     Fields left out are taken from task ``task_id`` of workflow ``workflow_id``. Any other field of a memory
@@ -43,19 +48,26 @@ class TaskRequest(BaseModel):
     key_template: str | None = Field(None, description="Go-style template, e.g. conv:{{.user_id}}")
     payload: Any = Field(None, description="a message map, a list of maps or a string (write/append)")
     input: dict[str, Any] | None = Field(None, description="template variables (also under .workflow.input)")
-    read_config: dict[str, Any] | None = None
-    flush_config: dict[str, Any] | None = None
-    health_config: dict[str, Any] | None = None
-    clear_config: dict[str, Any] | None = None
-    stats_config: dict[str, Any] | None = None
+    # and one ``<operation>_config`` object per operation with options, from the registry (below)
 
-    @field_validator("read_config", "flush_config", "health_config", "clear_config", "stats_config")
+    @field_validator(*CONFIG_FIELDS, check_fields=False)
     @classmethod
     def _safe_integers(cls, block: dict[str, Any] | None) -> dict[str, Any] | None:
         for name, value in (block or {}).items():
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) > SAFE_INT:
                 raise ValueError(f"{name} must be between -{SAFE_INT} and {SAFE_INT} (I-JSON integers)")
         return block
+
+
+if TYPE_CHECKING:
+    TaskRequest = _TaskRequestHead
+else:
+    TaskRequest = create_model(
+        "TaskRequest",
+        __base__=_TaskRequestHead,
+        __doc__=_TaskRequestHead.__doc__,
+        **dict.fromkeys(CONFIG_FIELDS, (dict[str, Any] | None, None)),
+    )
 
 
 class WorkflowRunRequest(BaseModel):
@@ -95,21 +107,63 @@ class KeyRequest(_KeyBody):
     """Body of ``delete``."""
 
 
-class FlushRequest(_KeyBody):
-    """Body of ``flush``."""
+def _loose(annotation: Any) -> Any:
+    """The field's type without its literal choices: the engine checks the value and names the field."""
+    kinds = [k for k in typing.get_args(annotation) or (annotation,) if k is not type(None)]
+    plain = [str if typing.get_origin(k) is Literal else k for k in kinds]
+    loose: Any = plain[0]
+    for kind in plain[1:]:
+        loose = loose | kind
+    return loose | None if type(None) in typing.get_args(annotation) else loose
 
-    force: bool = False
-    dry_run: bool = False
-    strategy: str | None = Field(None, description="simple_fifo|fifo|lru|token_aware_lru|hybrid_summary")
-    threshold: float | None = Field(None, description="usage ratio (0..1) at which to flush")
-    max_keys: int | None = Field(None, description="accepted for Compozy compatibility; ignored")
+
+def option_fields(operation: str, *, ignored: bool) -> dict[str, Any]:
+    """The HTTP fields of an operation's options, from the registry: its name, a loose type (bounds and choices
+    are the engine's to check, so errors name the field the same way in every shell), the default and the
+    description; ``ignored`` adds the Compozy-only fields a request may carry."""
+    op = operations.OPERATIONS[operation]
+    names = op.options.model_fields if ignored else operations.arguments(op)
+    return {
+        name: (_loose(info.annotation), Field(info.default, description=info.description))
+        for name, info in op.options.model_fields.items()
+        if name in names
+    }
 
 
-class ClearRequest(_KeyBody):
-    """Body of ``clear``."""
+def _body(operation: str, doc: str) -> type[_KeyBody]:
+    return create_model(
+        f"{operation.capitalize()}Request", __base__=_KeyBody, __doc__=doc, **option_fields(operation, ignored=True)
+    )
 
-    confirm: bool = Field(False, description="must be true, or the request fails with 409")
-    backup: bool = Field(False, description="keep the cleared messages in a restorable backup list")
+
+def _query(operation: str) -> type[BaseModel]:
+    model: type[BaseModel] = create_model(
+        f"{operation.capitalize()}Query",
+        __config__=ConfigDict(extra="ignore"),
+        **option_fields(operation, ignored=False),
+    )
+    return model
+
+
+if TYPE_CHECKING:  # the fields below come from the registry at run time
+
+    class FlushRequest(_KeyBody):
+        """Body of ``flush``."""
+
+    class ClearRequest(_KeyBody):
+        """Body of ``clear``."""
+
+    class HealthQuery(BaseModel):
+        """Query of ``health``."""
+
+    class StatsQuery(BaseModel):
+        """Query of ``stats``."""
+
+else:
+    FlushRequest = _body("flush", "Body of ``flush`` (``max_keys`` is accepted for Compozy compatibility, ignored).")
+    ClearRequest = _body("clear", "Body of ``clear``: ``confirm`` must be true, or the request fails with 409.")
+    HealthQuery = _query("health")
+    StatsQuery = _query("stats")
 
 
 class Envelope(BaseModel):

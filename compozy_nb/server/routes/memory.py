@@ -13,8 +13,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from compozy_nb.errors import CompozyNbError, ErrorCode
+from compozy_nb.memory import operations
 from compozy_nb.memory.aio import AsyncMemory
 from compozy_nb.memory.instance import MemoryInstance, Output
 from compozy_nb.memory.keys import validate_key
@@ -28,9 +30,11 @@ from compozy_nb.server.models import (
     ClearRequest,
     Envelope,
     FlushRequest,
+    HealthQuery,
     KeyQuery,
     KeyRequest,
     MessagesRequest,
+    StatsQuery,
     error_responses,
 )
 from compozy_nb.server.responses import ok, unavailable
@@ -56,6 +60,14 @@ async def _store(mem: MemoryInstance, body: MessagesRequest, *, replace: bool) -
         return await (memory.write if replace else memory.append)(body.payload())
     except CompozyNbError as exc:
         raise renamed(exc, "payload", "messages", "messages") from None
+
+
+async def _run(project: Project, memory_ref: str, key: str, operation: str, options: BaseModel) -> Output:
+    """Run ``operation`` with the request's options (their names are the registry's, so are the engine's error
+    fields)."""
+    mem = _instance(project, memory_ref, key)
+    result: Output = await operations.call(AsyncMemory(mem), operation, options=options.model_dump(exclude={"key"}))
+    return result
 
 
 def memory_router(project: Project) -> APIRouter:
@@ -108,43 +120,29 @@ def memory_router(project: Project) -> APIRouter:
         """Flush when over the threshold (or ``force``): ``{success, key, summary_generated, message_count,
         token_count, dry_run, would_flush, actual_strategy, ...}`` (async path; planning and a
         ``hybrid_summary`` summarizer run in a worker thread)."""
-        mem = _instance(project, memory_ref, body.key)
-        try:
-            out = await AsyncMemory(mem).flush(
-                body.strategy, dry_run=body.dry_run, force=body.force, threshold=body.threshold
-            )
-        except CompozyNbError as exc:
-            raise renamed(exc, "flush_config.", "") from None
-        return ok("memory flushed successfully", out)
+        return ok("memory flushed successfully", await _run(project, memory_ref, body.key, "flush", body))
 
     @router.post(f"{base}/clear", tags=tags, response_model=Envelope, responses=error_responses(400, 404, 409))
     async def clear(memory_ref: str, body: ClearRequest) -> JSONResponse:
         """Remove every message; needs ``confirm: true`` (409 otherwise): ``{success, key,
         messages_cleared, backup_created, backup_key}`` (async path)."""
-        mem = _instance(project, memory_ref, body.key)
-        try:
-            out = await AsyncMemory(mem).clear(confirm=body.confirm, backup=body.backup)
-        except CompozyNbError as exc:
-            raise renamed(exc, "clear_config.", "", "confirm") from None
-        return ok("memory cleared successfully", out)
+        return ok("memory cleared successfully", await _run(project, memory_ref, body.key, "clear", body))
 
     @router.get(f"{base}/health", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
-    async def health(memory_ref: str, key: KeyQuery, include_stats: bool = True) -> JSONResponse:
+    async def health(memory_ref: str, key: KeyQuery, query: Annotated[HealthQuery, Query()]) -> JSONResponse:
         """``{healthy, key, token_count, message_count, actual_strategy, last_flush, redis, warnings}``;
         503 (with the same data) when Redis is unreachable (async path)."""
-        mem = _instance(project, memory_ref, key)
-        out: Output = await AsyncMemory(mem).health(include_stats=include_stats)
+        out = await _run(project, memory_ref, key, "health", query)
         if not out.get("healthy"):
             message = f"memory unhealthy: {out.get('error', 'Redis is unreachable')}"
             return unavailable(ErrorCode.BACKEND_UNAVAILABLE, message, out)
         return ok("memory health retrieved successfully", out)
 
     @router.get(f"{base}/stats", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
-    async def stats(memory_ref: str, key: KeyQuery, include_content: bool = False) -> JSONResponse:
+    async def stats(memory_ref: str, key: KeyQuery, query: Annotated[StatsQuery, Query()]) -> JSONResponse:
         """Counters from the metadata hash, plus Compozy's names ``context_window_used`` (= message_count) and
         ``token_limit`` (= max_tokens, the resource's real limit) (async path)."""
-        mem = _instance(project, memory_ref, key)
-        out = await AsyncMemory(mem).stats(include_content=include_content)
+        out = await _run(project, memory_ref, key, "stats", query)
         data = {**out, "context_window_used": out["message_count"], "token_limit": out["max_tokens"]}
         return ok("memory stats retrieved successfully", data)
 
