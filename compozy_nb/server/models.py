@@ -107,10 +107,14 @@ class KeyRequest(_KeyBody):
     """Body of ``delete``."""
 
 
+_PLAIN = (bool, int, float, str)
+
+
 def _loose(annotation: Any) -> Any:
-    """The field's type without its literal choices: the engine checks the value and names the field."""
+    """The field's type without its literal choices or parsed kinds (a time is a string here): the engine checks
+    the value and names the field."""
     kinds = [k for k in typing.get_args(annotation) or (annotation,) if k is not type(None)]
-    plain = [str if typing.get_origin(k) is Literal else k for k in kinds]
+    plain = [k if k in _PLAIN or typing.get_origin(k) is list else str for k in kinds]
     loose: Any = plain[0]
     for kind in plain[1:]:
         loose = loose | kind
@@ -136,11 +140,12 @@ def _body(operation: str, doc: str) -> type[_KeyBody]:
     )
 
 
-def _query(operation: str) -> type[BaseModel]:
+def _query(operation: str, **http: Any) -> type[BaseModel]:
+    """The query model of ``operation``: its registry options, with ``http`` overriding some (Compozy's bounds)."""
     model: type[BaseModel] = create_model(
         f"{operation.capitalize()}Query",
-        __config__=ConfigDict(extra="ignore"),
-        **option_fields(operation, ignored=False),
+        __config__=ConfigDict(extra="ignore", populate_by_name=True),
+        **{**option_fields(operation, ignored=False), **http},
     )
     return model
 
@@ -159,11 +164,33 @@ if TYPE_CHECKING:  # the fields below come from the registry at run time
     class StatsQuery(BaseModel):
         """Query of ``stats``."""
 
+    class ReadQuery(BaseModel):
+        """Query of ``read``."""
+
+        limit: int | None
+        offset: int
+        last: int | None
+        max_tokens: int | None
+
 else:
     FlushRequest = _body("flush", "Body of ``flush`` (``max_keys`` is accepted for Compozy compatibility, ignored).")
     ClearRequest = _body("clear", "Body of ``clear``: ``confirm`` must be true, or the request fails with 409.")
     HealthQuery = _query("health")
     StatsQuery = _query("stats")
+    ReadQuery = _query(
+        "read",
+        # Compozy's read: a page of at most 1,000 messages, 50 when the limit is left out or not positive
+        limit=(
+            int | None,
+            Field(
+                None,
+                le=READ_LIMIT_MAX,
+                description=f"at most N messages (≤ 0 or left out: {READ_LIMIT_DEFAULT}, without last/max_tokens)",
+            ),
+        ),
+        offset=(int, Field(0, ge=0, le=MAX_OFFSET, description="skip the first N")),
+        roles=(list[str] | None, Field(None, alias="role", description="only these roles (repeatable)")),
+    )
 
 
 class Envelope(BaseModel):

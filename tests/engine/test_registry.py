@@ -87,6 +87,31 @@ def test_the_magic_exposes_exactly_the_registered_options(name: str) -> None:
         assert action.help == info.description and action.default is None, (name, n)
 
 
+def test_the_http_server_exposes_exactly_the_registered_options() -> None:
+    """Request models derive from the registry: a flush/clear body carries the options (the Compozy-only ones
+    too, accepted and ignored), a read/health/stats query the options that reach the method, an execute
+    request one config block per operation with options; OpenAPI shows them."""
+    from compozy_nb.server import models
+    from compozy_nb.server.app import create_app
+
+    assert {n for n in models.TaskRequest.model_fields if n.endswith("_config")} == {
+        op.config_field for op in OPERATIONS.values() if op.config_field
+    }
+    for name, body in (("flush", models.FlushRequest), ("clear", models.ClearRequest)):
+        assert set(body.model_fields) == {"key", *OPERATIONS[name].options.model_fields}, name
+    queries = {"read": models.ReadQuery, "health": models.HealthQuery, "stats": models.StatsQuery}
+    for name, query in queries.items():
+        assert set(query.model_fields) == set(arguments(OPERATIONS[name])), name
+    for name in ("write", "append", "delete"):
+        assert not arguments(OPERATIONS[name])  # their bodies: key (and messages)
+
+    paths = create_app(Project("registry")).openapi()["paths"]
+    for name in queries:
+        parameters = {p["name"] for p in paths[f"/api/v0/memory/{{memory_ref}}/{name}"]["get"]["parameters"]}
+        http_names = {"role" if n == "roles" else n for n in arguments(OPERATIONS[name])}
+        assert parameters == {"memory_ref", "key", *http_names}, name
+
+
 def test_ignored_options_are_accepted_in_tasks_but_reach_no_shell_or_method() -> None:
     ignored = {
         (op.name, n) for op in OPERATIONS.values() for n, i in op.options.model_fields.items() if operations.ignored(i)

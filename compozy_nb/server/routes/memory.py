@@ -23,10 +23,8 @@ from compozy_nb.memory.keys import validate_key
 from compozy_nb.project import Project
 from compozy_nb.server.errors import call_renamed, renamed
 from compozy_nb.server.models import (
-    MAX_OFFSET,
     MEMORY_ERRORS,
     READ_LIMIT_DEFAULT,
-    READ_LIMIT_MAX,
     ClearRequest,
     Envelope,
     FlushRequest,
@@ -34,6 +32,7 @@ from compozy_nb.server.models import (
     KeyQuery,
     KeyRequest,
     MessagesRequest,
+    ReadQuery,
     StatsQuery,
     error_responses,
 )
@@ -77,23 +76,18 @@ def memory_router(project: Project) -> APIRouter:
     tags: list[str | Enum] = ["memory"]
 
     @router.get(f"{base}/read", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
-    async def read(
-        memory_ref: str,
-        key: KeyQuery,
-        limit: Annotated[int, Query(le=READ_LIMIT_MAX, description="≤ 0 means 50")] = READ_LIMIT_DEFAULT,
-        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-        role: Annotated[list[str] | None, Query(description="only these roles (repeatable)")] = None,
-        since: Annotated[str | None, Query(description="only messages written at/after (ISO-8601)")] = None,
-        until: Annotated[str | None, Query(description="only messages written before (ISO-8601)")] = None,
-    ) -> JSONResponse:
-        """Messages, oldest first: ``{key, messages, total_count, has_more, limit, offset, count}``.
+    async def read(memory_ref: str, key: KeyQuery, query: Annotated[ReadQuery, Query()]) -> JSONResponse:
+        """Messages, oldest first: ``{key, messages, total_count, has_more, count}``, with ``limit`` and ``offset``
+        for a page (Compozy's read); ``last`` (the newest N) or ``max_tokens`` (the newest within a token budget)
+        instead of a page; ``archive`` reads the flushed/evicted messages.
 
         Runs on the event loop over redis.asyncio (the async path); with filters (``role``, ``since``,
         ``until``), decoding and filtering the whole list happens in a worker thread."""
-        limit = limit if limit > 0 else READ_LIMIT_DEFAULT
-        mem = _instance(project, memory_ref, key)
-        out = await AsyncMemory(mem).read(limit, offset, roles=role, since=since, until=until)
-        return ok("memory read successfully", {**out, "limit": limit, "offset": offset})
+        page = query.last is None and query.max_tokens is None
+        if page and (query.limit is None or query.limit <= 0):
+            query = query.model_copy(update={"limit": READ_LIMIT_DEFAULT})
+        out = await _run(project, memory_ref, key, "read", query)
+        return ok("memory read successfully", {**out, "limit": query.limit, "offset": query.offset} if page else out)
 
     @router.post(f"{base}/write", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
     async def write(memory_ref: str, body: MessagesRequest) -> JSONResponse:

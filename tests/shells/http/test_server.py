@@ -248,6 +248,34 @@ def test_memory_endpoints_round_trip(api: httpx.Client) -> None:
     assert (empty["messages"], empty["total_count"]) == ([], 0)
 
 
+def test_read_takes_every_read_option_of_the_engine(api: httpx.Client) -> None:
+    """Besides Compozy's page (limit/offset), HTTP reads the newest N, the newest within a token budget, the
+    archive and filtered messages; a bad value is the engine's error, naming the parameter."""
+    k = key()
+    messages = [{"role": "user" if i % 2 else "assistant", "content": f"message {i}"} for i in range(8)]
+    ok(api.post(f"{MEMORY}/write", json={"key": k, "messages": messages}), "memory written successfully")
+
+    last = ok(api.get(f"{MEMORY}/read", params={"key": k, "last": 3}), "memory read successfully")
+    assert [m["content"] for m in last["messages"]] == ["message 5", "message 6", "message 7"]
+    assert "limit" not in last and last["total_count"] == 8
+    budget = ok(api.get(f"{MEMORY}/read", params={"key": k, "max_tokens": 6}), "memory read successfully")
+    assert 0 < len(budget["messages"]) < 8 and budget["messages"][-1]["content"] == "message 7"
+    users = ok(api.get(f"{MEMORY}/read", params={"key": k, "role": "user", "last": 2}), "memory read successfully")
+    assert [m["content"] for m in users["messages"]] == ["message 5", "message 7"]
+    page = ok(api.get(f"{MEMORY}/read", params={"key": k, "limit": 2, "role": "assistant"}), "memory read successfully")
+    assert [m["content"] for m in page["messages"]] == ["message 0", "message 2"] and page["limit"] == 2
+
+    many = [{"content": f"turn {i}"} for i in range(60)]  # over the flush target of the resource's 100 messages
+    ok(api.post(f"{MEMORY}/write", json={"key": k, "messages": many}), "memory written successfully")
+    flushed = ok(api.post(f"{MEMORY}/flush", json={"key": k, "force": True}), "memory flushed successfully")
+    archive = ok(api.get(f"{MEMORY}/read", params={"key": k, "archive": True}), "memory read successfully")
+    archived = {m["content"] for m in archive["messages"]}
+    assert archived == {f"turn {i}" for i in range(flushed["flushed_count"])} and archived
+
+    assert_error(api.get(f"{MEMORY}/read", params={"key": k, "last": -1}), 400, "INVALID_PAYLOAD", "last")
+    assert_error(api.get(f"{MEMORY}/read", params={"key": k, "since": "yesterday"}), 400, "INVALID_PAYLOAD", "since")
+
+
 def test_memory_privacy_applies_over_http(api: httpx.Client) -> None:
     k = key()
     body = {
