@@ -400,16 +400,41 @@ class Project:
         Raises:
             CompozyNbError: any failure; nothing is written.
         """
+        model, context, wid = self._execution(task, input, workflow_id)
+        if isinstance(model, BasicTask):
+            return {"status": "completed", "output": runner.run_basic_task(self, model, context, wid)}
+        return {"status": "completed", "output": self.run_task(model, context)}
+
+    async def aexecute(
+        self,
+        task: Mapping[str, Any] | MemoryTask,
+        input: Mapping[str, Any] | None = None,
+        *,
+        workflow_id: str | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`execute` on the event loop: the operation over ``AsyncMemory``, a ``basic`` task's LLM over
+        an async client (what the HTTP server runs).
+
+        Raises:
+            CompozyNbError: any failure; nothing is written.
+        """
+        model, context, wid = self._execution(task, input, workflow_id)
+        if isinstance(model, BasicTask):
+            return {"status": "completed", "output": await runner.arun_basic_task(self, model, context, wid)}
+        return {"status": "completed", "output": await runner.arun_memory_task(self, model, context)}
+
+    def _execution(
+        self, task: Mapping[str, Any] | MemoryTask, input: Mapping[str, Any] | None, workflow_id: str | None
+    ) -> tuple[MemoryTask | BasicTask, dict[str, Any], str]:
+        """The validated task of an execute request, its template context and workflow id."""
         body = dict(task) if isinstance(task, Mapping) else task.model_dump(exclude_none=True)
         data = dict(input if input is not None else body.pop("input", None) or {})
         body.pop("input", None)
         wid = workflow_id or "adhoc"
         context = runner.base_context(wid, data, uuid.uuid4().hex)
         if body.get("type") == "basic":
-            basic = _validate(BasicTask, {"id": "task", **body})
-            return {"status": "completed", "output": runner.run_basic_task(self, basic, context, wid)}
-        model = task if isinstance(task, MemoryTask) else _validate(MemoryTask, body)
-        return {"status": "completed", "output": self.run_task(model, context)}
+            return _validate(BasicTask, {"id": "task", **body}), context, wid
+        return (task if isinstance(task, MemoryTask) else _validate(MemoryTask, body)), context, wid
 
     def merge_task(self, workflow_id: str, task_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         """Complete a partial :meth:`execute` request from task ``task_id`` of workflow ``workflow_id``.

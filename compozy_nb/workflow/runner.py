@@ -337,12 +337,14 @@ def _drive(project: Host, steps: RunSteps[T]) -> T:
 
 
 async def _adrive(project: Host, steps: RunSteps[T]) -> T:
-    """Run the steps on the event loop: memory operations over ``AsyncMemory``, LLM calls over async
-    clients, tools awaited (``async def``) or in a worker thread (a plain function may block)."""
+    """Run the steps from the event loop: memory operations over ``AsyncMemory``, LLM calls over async
+    clients, tools awaited (``async def``) or in a worker thread (a plain function may block). The run's own
+    work between steps (rendering templates and payloads, building prompts) is CPU-bound, so it advances in a
+    worker thread too: the loop only waits."""
     value: Any = None
     error: Exception | None = None
     while True:
-        step, result = _advance(steps, value, error)
+        step, result = await asyncio.to_thread(_advance, steps, value, error)
         if step is None:
             return cast(T, result)
         value, error = None, None
@@ -384,6 +386,18 @@ def run_basic_task(project: Host, task: BasicTask, context: Mapping[str, Any], w
     the memories are listed, oldest first within each), then the task's other messages.
     """
     return _drive(project, _basic_task_steps(project, task, context, workflow_id))
+
+
+async def arun_memory_task(project: Host, task: MemoryTask, context: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`run_memory_task` on the event loop (the operation over ``AsyncMemory``)."""
+    return await _adrive(project, _memory_task_steps(project, task, context))
+
+
+async def arun_basic_task(
+    project: Host, task: BasicTask, context: Mapping[str, Any], workflow_id: str
+) -> dict[str, Any]:
+    """:func:`run_basic_task` on the event loop (memory over ``AsyncMemory``, the LLM over an async client)."""
+    return await _adrive(project, _basic_task_steps(project, task, context, workflow_id))
 
 
 def _basic_task_steps(

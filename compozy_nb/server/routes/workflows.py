@@ -1,7 +1,8 @@
 """The workflow endpoints: execute one task (the seed's request) or run a whole workflow.
 
-Both are plain ``def`` functions, run in anyio's worker threads: the engine is synchronous and a ``basic`` task
-waits on an LLM.
+Both run on the event loop (``Project.aexecute`` and ``Project.arun``): memory operations over redis.asyncio, a
+``basic`` task's LLM over an async client; the run's CPU-bound work (templates, prompts, token counts) and plain
+Python LLMs and tools go to worker threads, so a slow model holds no thread.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def workflow_router(project: Project) -> APIRouter:
         response_model=TaskResponse,
         responses=error_responses(400, 404, 409, 413),
     )
-    def execute_task(
+    async def execute_task(
         workflow_id: str, task_id: str, body: Annotated[TaskRequest | None, Body()] = None
     ) -> JSONResponse:
         """Execute one task (the seed's request). Missing fields come from task ``task_id`` of workflow
@@ -69,16 +70,18 @@ def workflow_router(project: Project) -> APIRouter:
         try:
             if is_memory and isinstance(merged.get("memory_ref"), str):
                 project.resource(merged["memory_ref"])
-            return JSON(project.execute(merged, data, workflow_id=workflow_id))
+            return JSON(await project.aexecute(merged, data, workflow_id=workflow_id))
         except CompozyNbError as exc:
             raise _task_error(exc, is_memory) from None
 
     @router.post("/workflows/{workflow_id}/execute", tags=["workflows"], responses=error_responses(400, 404))
-    def execute_workflow(workflow_id: str, body: Annotated[WorkflowRunRequest | None, Body()] = None) -> JSONResponse:
+    async def execute_workflow(
+        workflow_id: str, body: Annotated[WorkflowRunRequest | None, Body()] = None
+    ) -> JSONResponse:
         """Run a whole workflow with ``{"input": {...}}`` and return the run JSON. A run that failed keeps
         the run JSON as body with the HTTP status of its error code (400, 404, 409, 413, 503 ...)."""
         data = body.input if body is not None else {}
-        run = project.run(workflow_id, data)  # raises (400) when the input does not match the workflow's schema
+        run = await project.arun(workflow_id, data)  # raises (400) when the input does not match the workflow's schema
         error = run.get("error") or {}
         status = 200 if run.get("status") == "completed" else http_status(str(error.get("code")))
         return JSON(run, status_code=status)

@@ -1063,3 +1063,71 @@ def test_connections_without_complete_headers_are_closed(redis_server: RedisServ
                 assert _read_until_closed(sock) == b""  # closed without an answer
     finally:
         proc.stop()
+
+
+GATED_WORKFLOW = """
+name: gated
+tasks:
+  - id: reply
+    type: basic
+    provider: python
+    function: gated
+    memory:
+      - {id: chat, key: "chat:{{.user}}"}
+    messages:
+      - {role: user, content: "{{.text}}"}
+"""
+
+
+def test_task_and_workflow_runs_wait_for_their_model_on_the_event_loop(redis_url: str) -> None:
+    """With a single worker thread for synchronous endpoints, 6 workflow runs and 6 task executions whose
+    model awaits one gate are all waiting at once: a run holds no thread while its model works. When the gate
+    opens every one completes and stores its exchange."""
+    from compozy_nb import Project
+    from compozy_nb.server import create_app
+
+    project = Project("gated", redis_url=redis_url)
+    project.add_yaml('resource: memory\nid: chat\ntype: buffer\nkey: "chat:{{.user}}"\n')
+    project.add_yaml(GATED_WORKFLOW)
+    waiting: list[str] = []
+
+    async def main() -> list[httpx.Response]:
+        gate = asyncio.Event()
+
+        @project.llm("gated")
+        async def gated(messages: list[dict[str, Any]]) -> str:
+            waiting.append(messages[-1]["content"])
+            await gate.wait()
+            return "ok: " + messages[-1]["content"]
+
+        app = create_app(project, api_key="", threads=1)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+                runs = [
+                    client.post("/workflows/gated/execute", json={"input": {"user": f"w{i}", "text": f"run {i}"}})
+                    for i in range(6)
+                ] + [
+                    client.post(
+                        "/workflows/gated/tasks/reply/execute", json={"input": {"user": f"t{i}", "text": f"task {i}"}}
+                    )
+                    for i in range(6)
+                ]
+                pending = asyncio.gather(*runs)
+
+                async def all_waiting() -> None:
+                    while len(waiting) < 12:
+                        await asyncio.sleep(0.01)
+
+                await asyncio.wait_for(all_waiting(), timeout=60)  # a guard against a hang, not a time limit
+                gate.set()
+                return await pending
+
+    responses = asyncio.run(main())
+    assert sorted(waiting) == sorted([f"run {i}" for i in range(6)] + [f"task {i}" for i in range(6)])
+    assert [r.status_code for r in responses] == [200] * 12
+    assert responses[0].json()["output"]["content"] == "ok: run 0"
+    assert responses[6].json()["output"]["content"] == "ok: task 0"
+    for user, text in [("w3", "run 3"), ("t5", "task 5")]:
+        messages = project.memory("chat", user=user).read()["messages"]
+        assert [m["content"] for m in messages] == [text, "ok: " + text]
