@@ -231,7 +231,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nmemory {mem.key!r} (privacy redaction applied before storage):")
     print(_table(rows, ["position", "role", "content", "tokens"]))
     print("\nstats:")
-    print(_table([mem.stats()], list(STATS_COLUMNS)))
+    print(_table([dict(mem.stats())], list(STATS_COLUMNS)))
     return 0
 
 

@@ -30,6 +30,7 @@ from compozy_nb.errors import CompozyNbError, ConfigError, ErrorCode, MemoryNotF
 from compozy_nb.memory.aio import AsyncMemory
 from compozy_nb.memory.flush import Summarizer, truncate_tokens
 from compozy_nb.memory.instance import MemoryInstance, MemoryRuntime, Output
+from compozy_nb.memory.outputs import StatsOutput
 from compozy_nb.results import RunResult
 from compozy_nb.templating import render_key
 from compozy_nb.workflow import runner
@@ -488,13 +489,15 @@ class Project:
         """Render a memory task with ``context`` and run its operation."""
         return runner.run_memory_task(self, task, context)
 
-    def instances(self, pattern: str = "*", memory_ref: str | None = None, limit: int | None = None) -> list[Output]:
+    def instances(
+        self, pattern: str = "*", memory_ref: str | None = None, limit: int | None = None
+    ) -> list[StatsOutput]:
         """Stats of every stored instance whose key matches ``pattern`` (SCAN, never KEYS; every primary
         of a cluster). Limits come from ``memory_ref`` when given."""
         from compozy_nb.memory.scan import scan_keys
 
         runtime = self.runtime(memory_ref) if memory_ref else MemoryRuntime(_ANY_RESOURCE)
-        rows: list[Output] = []
+        rows: list[StatsOutput] = []
         for key in sorted(scan_keys(self.backend, self.name, pattern)):
             rows.append(MemoryInstance(runtime, key, self.backend, self.name).stats())
             if limit is not None and len(rows) >= limit:

@@ -44,12 +44,43 @@ __all__ = [
     "AsyncDriven",
     "AsyncDrivenProject",
     "RedisServer",
+    "check_output",
     "free_port",
     "need_redis",
     "on_transport",
     "redis_server_binary",
     "transport",
 ]
+
+
+def check_output(operation: str, output: Mapping[str, Any]) -> None:
+    """Assert that ``output`` is what operation ``operation`` declares (its ``TypedDict`` in
+    :mod:`compozy_nb.memory.outputs`, from the registry): every required key, no undeclared key, each value of
+    its declared type (pydantic, strict; nested maps included).
+
+    Raises:
+        AssertionError: naming the missing, undeclared or mistyped keys.
+    """
+    from pydantic import TypeAdapter, ValidationError
+    from typing_extensions import get_type_hints
+
+    from compozy_nb.memory.operations import get
+
+    def keys_of(kind: Any, value: Mapping[str, Any], where: str) -> None:
+        keys, required, optional = set(value), set(kind.__required_keys__), set(kind.__optional_keys__)
+        assert required <= keys, f"{where}: missing {sorted(required - keys)}"
+        assert keys <= required | optional, f"{where}: undeclared {sorted(keys - required - optional)}"
+        hints = get_type_hints(kind)
+        for name, item in value.items():
+            if isinstance(item, Mapping) and hasattr(hints[name], "__required_keys__"):
+                keys_of(hints[name], item, f"{where}.{name}")
+
+    kind = get(operation).output
+    keys_of(kind, output, operation)
+    try:
+        TypeAdapter(kind).validate_python(dict(output), strict=True)
+    except ValidationError as exc:
+        raise AssertionError(f"{operation}: {exc}") from None
 
 
 def redis_server_binary() -> str | None:

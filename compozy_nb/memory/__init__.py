@@ -1,6 +1,7 @@
 """The engine: the 8 memory operations over Redis.
 
 - :mod:`~compozy_nb.memory.operations`: the registry (each operation, its options, payload);
+  :mod:`~compozy_nb.memory.outputs`: each operation's output map as a ``TypedDict``;
 - :mod:`~compozy_nb.memory.instance` (``MemoryInstance``, sync) and :mod:`~compozy_nb.memory.aio` (``AsyncMemory``,
   async): the two transports over one engine; :mod:`~compozy_nb.memory.steps`: operations of several round trips;
 - :mod:`~compozy_nb.memory.messages`, :mod:`~compozy_nb.memory.transcript`: the stored message, tool-call groups;
@@ -18,6 +19,7 @@ __all__ = [
     "log",
     "messages",
     "operations",
+    "outputs",
     "scan",
     "steps",
     "store",

@@ -23,6 +23,16 @@ from compozy_nb.errors import CompozyNbError
 from compozy_nb.memory import operations
 from compozy_nb.memory.instance import MemoryInstance, Output, tolerated
 from compozy_nb.memory.messages import Encoded
+from compozy_nb.memory.outputs import (
+    AppendOutput,
+    ClearOutput,
+    DeleteOutput,
+    FlushOutput,
+    HealthOutput,
+    ReadOutput,
+    StatsOutput,
+    WriteOutput,
+)
 from compozy_nb.memory.steps import Command, Runner, Script, Step, Steps, Work
 from compozy_nb.memory.store import ForeignDataError, redis_errors, script_sha, script_source
 
@@ -206,18 +216,18 @@ class AsyncMemory:
                 except redis.exceptions.NoScriptError:
                     return await client.eval(script_source(name), len(keys), *keys, *args)
 
-    async def append(self, payload: Any) -> Output:
+    async def append(self, payload: Any) -> AppendOutput:
         """Like :meth:`MemoryInstance.append`."""
         mem = self.instance
         encoded, skipped = await self._encode(payload, "append")
         if not encoded:
             count, tokens, _ = await self._drive(mem._counters_steps("append"))
-            return mem._append_output(encoded, skipped, [0, count, tokens, 0, 0, 0])
+            return cast(AppendOutput, mem._append_output(encoded, skipped, [0, count, tokens, 0, 0, 0]))
         result = await self._store("append", encoded, "append")
         out = mem._append_output(encoded, skipped, result)
         if mem._summary_due(out):
             await self._drive(mem._summary_flush_steps(out))
-        return out
+        return cast(AppendOutput, out)
 
     async def _encode(self, payload: Any, operation: str) -> tuple[list[Encoded], int]:
         """The instance's encoding (normalize, redact, count tokens): inline for a small text payload, where a
@@ -247,33 +257,33 @@ class AsyncMemory:
         dry_run: bool = False,
         force: bool = False,
         threshold: float | None = None,
-    ) -> Output:
+    ) -> FlushOutput:
         """Like :meth:`MemoryInstance.flush` (a ``hybrid_summary`` summarizer runs in a worker thread)."""
         steps = self.instance._flush_steps(strategy, dry_run=dry_run, force=force, threshold=threshold)
-        return await self._drive(steps)
+        return cast(FlushOutput, await self._drive(steps))
 
-    async def health(self, include_stats: bool = True) -> Output:
+    async def health(self, include_stats: bool = True) -> HealthOutput:
         """Like :meth:`MemoryInstance.health`: unreachable Redis gives ``healthy: false``, not an exception."""
-        return await self._drive(self.instance._health_steps(include_stats))
+        return cast(HealthOutput, await self._drive(self.instance._health_steps(include_stats)))
 
-    async def stats(self, include_content: bool = False) -> Output:
+    async def stats(self, include_content: bool = False) -> StatsOutput:
         """Like :meth:`MemoryInstance.stats`."""
-        return await self._drive(self.instance._stats_steps(include_content))
+        return cast(StatsOutput, await self._drive(self.instance._stats_steps(include_content)))
 
-    async def write(self, payload: Any) -> Output:
+    async def write(self, payload: Any) -> WriteOutput:
         """Like :meth:`MemoryInstance.write`."""
         mem = self.instance
         encoded, skipped = await self._encode(payload, "write")
-        return mem._write_output(skipped, await self._store("replace", encoded, "write"))
+        return cast(WriteOutput, mem._write_output(skipped, await self._store("replace", encoded, "write")))
 
-    async def delete(self) -> Output:
+    async def delete(self) -> DeleteOutput:
         """Like :meth:`MemoryInstance.delete`."""
-        return self.instance._delete_output(await self._script("delete", [], "delete"))
+        return cast(DeleteOutput, self.instance._delete_output(await self._script("delete", [], "delete")))
 
-    async def clear(self, confirm: bool = False, backup: bool = False) -> Output:
+    async def clear(self, confirm: bool = False, backup: bool = False) -> ClearOutput:
         """Like :meth:`MemoryInstance.clear`."""
         args = self.instance._clear_args(confirm, backup)
-        return self.instance._clear_output(args[0], await self._script("clear", args, "clear"))
+        return cast(ClearOutput, self.instance._clear_output(args[0], await self._script("clear", args, "clear")))
 
     async def read(
         self,
@@ -286,11 +296,10 @@ class AsyncMemory:
         roles: Sequence[str] | str | None = None,
         since: Any = None,
         until: Any = None,
-    ) -> Output:
+    ) -> ReadOutput:
         """Like :meth:`MemoryInstance.read`."""
-        return await self._drive(
-            self.instance._read_steps(limit, offset, last, max_tokens, archive, roles, since, until)
-        )
+        steps = self.instance._read_steps(limit, offset, last, max_tokens, archive, roles, since, until)
+        return cast(ReadOutput, await self._drive(steps))
 
 
 async def arun_operation(

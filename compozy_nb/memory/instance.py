@@ -46,6 +46,16 @@ from compozy_nb.memory.messages import (
     stored_text,
     utc_now_iso,
 )
+from compozy_nb.memory.outputs import (
+    AppendOutput,
+    ClearOutput,
+    DeleteOutput,
+    FlushOutput,
+    HealthOutput,
+    ReadOutput,
+    StatsOutput,
+    WriteOutput,
+)
 from compozy_nb.memory.steps import Batch, Call, Command, Script, Step, Steps, Work
 from compozy_nb.memory.store import ForeignDataError, Scripts, redis_errors
 from compozy_nb.privacy import PrivacyPolicy
@@ -291,7 +301,7 @@ class MemoryInstance:
         return [decode(raw, key=self.key, position=start + i) for i, raw in enumerate(raws)]
 
     # ------------------------------------------------------------------ operations
-    def append(self, payload: Any) -> Output:
+    def append(self, payload: Any) -> AppendOutput:
         """Append one message, a list of messages or a string (a user message), atomically.
 
         Over a limit, the oldest non-system messages are evicted into the archive in the same step.
@@ -300,11 +310,11 @@ class MemoryInstance:
         encoded, skipped = self._encode(payload, "append")
         if not encoded:
             count, tokens, _ = self._counters("append")
-            return self._append_output(encoded, skipped, [0, count, tokens, 0, 0, 0])
+            return cast(AppendOutput, self._append_output(encoded, skipped, [0, count, tokens, 0, 0, 0]))
         out = self._append_output(encoded, skipped, self._store("append", encoded, "append"))
         if self._summary_due(out):
             self._summary_flush(out)
-        return out
+        return cast(AppendOutput, out)
 
     def _append_output(self, encoded: Sequence[Encoded], skipped: int, result: Sequence[int]) -> Output:
         accepted, total, tokens, evicted, duplicates, _ = result
@@ -353,10 +363,10 @@ class MemoryInstance:
             out["summary_flush"] = {k: summary[k] for k in ("flushed_count", "summary_generated")}
             out["total_count"], out["token_count"] = summary["message_count"], summary["token_count"]
 
-    def write(self, payload: Any) -> Output:
+    def write(self, payload: Any) -> WriteOutput:
         """Replace the whole content atomically (limits and privacy apply as for append)."""
         encoded, skipped = self._encode(payload, "write")
-        return self._write_output(skipped, self._store("replace", encoded, "write"))
+        return cast(WriteOutput, self._write_output(skipped, self._store("replace", encoded, "write")))
 
     def _write_output(self, skipped: int, result: Sequence[int]) -> Output:
         accepted, total, tokens, evicted, duplicates, _ = result
@@ -382,7 +392,7 @@ class MemoryInstance:
         roles: Sequence[str] | str | None = None,
         since: Any = None,
         until: Any = None,
-    ) -> Output:
+    ) -> ReadOutput:
         """Read messages, oldest first.
 
         Args:
@@ -396,7 +406,9 @@ class MemoryInstance:
             since: Only messages written at or after this time (a datetime or an ISO-8601 string).
             until: Only messages written before this time.
         """
-        return self._drive(self._read_steps(limit, offset, last, max_tokens, archive, roles, since, until))
+        return cast(
+            ReadOutput, self._drive(self._read_steps(limit, offset, last, max_tokens, archive, roles, since, until))
+        )
 
     def _read_steps(
         self,
@@ -519,7 +531,7 @@ class MemoryInstance:
         target = frames.export_messages(messages, path)
         return self._out("export", success=True, path=str(target), count=len(messages))
 
-    def import_file(self, path: str | Path, *, replace: bool = False) -> Output:
+    def import_file(self, path: str | Path, *, replace: bool = False) -> WriteOutput | AppendOutput:
         """Append the messages of a file written by :meth:`export` (ids kept: importing twice adds nothing);
         ``replace=True`` writes them instead (replacing the content)."""
         messages = frames.import_messages(path)
@@ -574,22 +586,22 @@ class MemoryInstance:
         tokens = [count_decoded(self.runtime.counter, m) for m in messages]
         return transcript.newest_whole_groups(tokens, [str(m.get("role")) for m in messages], budget, None)
 
-    def delete(self) -> Output:
+    def delete(self) -> DeleteOutput:
         """Remove the instance: messages, metadata, archive, ids, access data and backups."""
-        return self._delete_output(self._run("delete", [], "delete"))
+        return cast(DeleteOutput, self._delete_output(self._run("delete", [], "delete")))
 
     def _delete_output(self, result: Sequence[Any]) -> Output:
         count, deleted = (int(v) for v in result)
         return self._out("delete", success=True, deleted=deleted > 0, messages_deleted=count)
 
-    def clear(self, confirm: bool = False, backup: bool = False) -> Output:
+    def clear(self, confirm: bool = False, backup: bool = False) -> ClearOutput:
         """Remove all messages. Needs ``confirm=True``; ``backup=True`` keeps them in a restorable backup list.
 
         Raises:
             ConfirmRequiredError: without ``confirm=True`` (nothing is removed).
         """
         args = self._clear_args(confirm, backup)
-        return self._clear_output(args[0], self._run("clear", args, "clear"))
+        return cast(ClearOutput, self._clear_output(args[0], self._run("clear", args, "clear")))
 
     def _clear_args(self, confirm: bool, backup: bool) -> list[Any]:
         if confirm is not True:
@@ -656,14 +668,16 @@ class MemoryInstance:
         dry_run: bool = False,
         force: bool = False,
         threshold: float | None = None,
-    ) -> Output:
+    ) -> FlushOutput:
         """Flush when usage reaches ``threshold`` (default: the resource's summarize_threshold) or ``force``.
 
         Removed messages go to the archive; ``hybrid_summary`` replaces the oldest ones with one summary
         system message. Messages appended while the flush runs survive. A flush racing another flush never
         raises: the second removes what is still there (possibly nothing, ``flushed_count: 0``).
         """
-        return self._drive(self._flush_steps(strategy, dry_run=dry_run, force=force, threshold=threshold))
+        return cast(
+            FlushOutput, self._drive(self._flush_steps(strategy, dry_run=dry_run, force=force, threshold=threshold))
+        )
 
     def _flush_steps(
         self, strategy: str | None, *, dry_run: bool, force: bool, threshold: float | None
@@ -750,9 +764,9 @@ class MemoryInstance:
             **base,
         )
 
-    def health(self, include_stats: bool = True) -> Output:
+    def health(self, include_stats: bool = True) -> HealthOutput:
         """Check Redis and this instance. Unreachable Redis gives ``healthy: false``, not an exception."""
-        return self._drive(self._health_steps(include_stats))
+        return cast(HealthOutput, self._drive(self._health_steps(include_stats)))
 
     def _health_steps(self, include_stats: bool) -> Steps[Output]:
         warnings: list[str] = []
@@ -810,9 +824,9 @@ class MemoryInstance:
             out["current_tokens"] = tokens  # Compozy's name
         return out
 
-    def stats(self, include_content: bool = False) -> Output:
+    def stats(self, include_content: bool = False) -> StatsOutput:
         """Counters kept in the metadata hash: O(1) whatever the history size."""
-        return self._drive(self._stats_steps(include_content))
+        return cast(StatsOutput, self._drive(self._stats_steps(include_content)))
 
     def _stats_steps(self, include_content: bool) -> Steps[Output]:
         # HGETALL, PTTL, LLEN, the tail (and head/tail previews) in one round trip; a list another tool changed is

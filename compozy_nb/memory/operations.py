@@ -1,9 +1,10 @@
 """The eight memory operations, declared once.
 
 Each :class:`Operation` says what the operation is called, what it does (one line, the help text of every
-shell), whether it takes a payload, and its options model — the fields of a task's ``<operation>_config``
-block, the keyword arguments of the ``MemoryInstance``/``AsyncMemory`` method of the same name, the
-``%compozy memory OP`` flags and the HTTP request fields. Everything else derives from :data:`OPERATIONS`:
+shell), whether it takes a payload, its output map's type (:mod:`~compozy_nb.memory.outputs`) and its options
+model — the fields of a task's ``<operation>_config`` block, the keyword arguments of the
+``MemoryInstance``/``AsyncMemory`` method of the same name, the ``%compozy memory OP`` flags and the HTTP request
+fields. Everything else derives from :data:`OPERATIONS`:
 
 - the task model (``config/task.py``): the valid ``operation`` names, one ``<op>_config`` field per operation
   with options, "write/append need a payload";
@@ -29,6 +30,7 @@ from pydantic.fields import FieldInfo
 from compozy_nb.config.memory import FlushStrategy
 from compozy_nb.errors import CompozyNbError, ConfigError
 from compozy_nb.limits import MAX_EXACT_INT
+from compozy_nb.memory import outputs
 
 __all__ = [
     "IGNORED",
@@ -156,6 +158,7 @@ class Operation:
         options: Its options model.
         payload: It takes a payload (the messages), required.
         writes: It changes the memory.
+        output: The ``TypedDict`` of its output map (:mod:`compozy_nb.memory.outputs`).
     """
 
     name: str
@@ -163,6 +166,7 @@ class Operation:
     options: type[Options] = NoOptions
     payload: bool = False
     writes: bool = False
+    output: Any = None
 
     @property
     def config_field(self) -> str | None:
@@ -173,14 +177,16 @@ class Operation:
 OPERATIONS: Mapping[str, Operation] = {
     op.name: op
     for op in (
-        Operation("read", "messages as a DataFrame (a transcript)", ReadConfig),
-        Operation("write", "replace every message", payload=True, writes=True),
-        Operation("append", "add messages at the end", payload=True, writes=True),
-        Operation("delete", "delete the instance", writes=True),
-        Operation("flush", "flush by the resource's strategy", FlushConfig, writes=True),
-        Operation("health", "counts, usage, warnings, Redis ping", HealthConfig),
-        Operation("clear", "remove every message (needs --confirm)", ClearConfig, writes=True),
-        Operation("stats", "counts, tokens, utilisation, roles, TTL", StatsConfig),
+        Operation("read", "messages as a DataFrame (a transcript)", ReadConfig, output=outputs.ReadOutput),
+        Operation("write", "replace every message", payload=True, writes=True, output=outputs.WriteOutput),
+        Operation("append", "add messages at the end", payload=True, writes=True, output=outputs.AppendOutput),
+        Operation("delete", "delete the instance", writes=True, output=outputs.DeleteOutput),
+        Operation("flush", "flush by the resource's strategy", FlushConfig, writes=True, output=outputs.FlushOutput),
+        Operation("health", "counts, usage, warnings, Redis ping", HealthConfig, output=outputs.HealthOutput),
+        Operation(
+            "clear", "remove every message (needs --confirm)", ClearConfig, writes=True, output=outputs.ClearOutput
+        ),
+        Operation("stats", "counts, tokens, utilisation, roles, TTL", StatsConfig, output=outputs.StatsOutput),
     )
 }
 NAMES: tuple[str, ...] = tuple(OPERATIONS)

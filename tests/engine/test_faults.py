@@ -29,7 +29,7 @@ from compozy_nb import Project
 from compozy_nb.backends import ConnectOptions, connect
 from compozy_nb.errors import BackendError, CorruptDataError
 from compozy_nb.memory.keys import KeyLayout
-from compozy_nb.testing import RedisServer, free_port, need_redis
+from compozy_nb.testing import RedisServer, check_output, free_port, need_redis
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -339,6 +339,7 @@ def test_killed_server_fails_fast_then_the_same_client_reconnects(server: RedisS
         project.instances()
     health = memory.health()
     assert health["healthy"] is False and health["redis"] is None
+    check_output("health", health)  # the unhealthy shape is a HealthOutput too
     assert "unreachable" in " ".join(health["warnings"]).lower()
 
     restart(server)  # fresh: no persistence, the data is gone

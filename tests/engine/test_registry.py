@@ -20,6 +20,7 @@ from compozy_nb.memory import operations
 from compozy_nb.memory.instance import run_operation
 from compozy_nb.memory.operations import OPERATIONS, Operation, Options, arguments, flag
 from compozy_nb.notebook import magics
+from compozy_nb.testing import check_output, on_transport
 
 EIGHT = ("read", "write", "append", "delete", "flush", "health", "clear", "stats")
 RESOURCE = {"resource": "memory", "id": "mem", "type": "token_based", "max_tokens": 4000, "key": "k:{{.u}}"}
@@ -110,6 +111,60 @@ def test_the_http_server_exposes_exactly_the_registered_options() -> None:
         parameters = {p["name"] for p in paths[f"/api/v0/memory/{{memory_ref}}/{name}"]["get"]["parameters"]}
         http_names = {"role" if n == "roles" else n for n in arguments(OPERATIONS[name])}
         assert parameters == {"memory_ref", "key", *http_names}, name
+
+
+def test_every_output_is_its_declared_type_on_both_transports(backend: Backend, transport: str) -> None:
+    """Each operation's output map, in every case that adds or changes keys (a page, the newest N, a budget, the
+    archive, a filter; a dry run, a flush with nothing to do, a summary flush an append triggers; health with
+    and without stats; stats with content; clear with a backup), is exactly its ``TypedDict`` in
+    ``memory/outputs.py``: required keys present, nothing undeclared, values of the declared types."""
+    resource = {
+        **RESOURCE,
+        "max_messages": 10,
+        "flushing": {"type": "hybrid_summary", "summary_tokens": 60, "summarize_threshold": 0.8},
+    }
+    project = Project("outputs")
+    project.use_backend(backend)
+    project.add_yaml(yaml.safe_dump(resource, sort_keys=False))
+    mem = on_transport(project.memory("mem", u="ada"))
+    seen: dict[str, int] = dict.fromkeys(EIGHT, 0)
+
+    def check(name: str, out: Any) -> Any:
+        check_output(name, out)
+        seen[name] += 1
+        return out
+
+    check("append", mem.append([{"role": "user", "content": f"m{i}"} for i in range(7)]))
+    assert "summary_flush" in check("append", mem.append({"role": "user", "content": "m7"}))  # 8 of 10
+    check("append", mem.append({"role": "assistant", "content": "again", "id": "same"}))
+    assert check("append", mem.append({"role": "assistant", "content": "again", "id": "same"}))["duplicates"] == 1
+    for options in (
+        {},
+        {"limit": 2, "offset": 1},
+        {"last": 2},
+        {"max_tokens": 10},
+        {"roles": ["assistant"]},
+        {"since": "2020-01-01T00:00:00Z", "last": 1},
+        {"archive": True},
+    ):
+        check("read", operations.call(mem, "read", options=options))
+    for options in ({"dry_run": True, "force": True}, {}, {"force": True, "strategy": "simple_fifo"}):
+        check("flush", operations.call(mem, "flush", options=options))
+    check("health", mem.health())
+    check("health", mem.health(include_stats=False))
+    check("stats", mem.stats())
+    assert "content_preview" in check("stats", mem.stats(include_content=True))
+    check("write", mem.write([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]))
+    check("clear", mem.clear(confirm=True))
+    mem.append("one more")
+    assert check("clear", mem.clear(confirm=True, backup=True))["backup_key"]
+    check("delete", mem.delete())
+    check("stats", mem.stats())  # an empty memory: no utilisation, no last flush
+    assert all(seen.values()), seen
+    with pytest.raises(AssertionError, match="undeclared \\['colour'\\]"):
+        check_output("delete", {**mem.delete(), "colour": "red"})
+    with pytest.raises(AssertionError, match="deleted"):
+        check_output("delete", {**mem.delete(), "deleted": "yes"})
 
 
 def test_ignored_options_are_accepted_in_tasks_but_reach_no_shell_or_method() -> None:

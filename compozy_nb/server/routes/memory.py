@@ -20,6 +20,7 @@ from compozy_nb.memory import operations
 from compozy_nb.memory.aio import AsyncMemory
 from compozy_nb.memory.instance import MemoryInstance, Output
 from compozy_nb.memory.keys import validate_key
+from compozy_nb.memory.outputs import AppendOutput, WriteOutput
 from compozy_nb.project import Project
 from compozy_nb.server.errors import call_renamed, renamed
 from compozy_nb.server.models import (
@@ -51,7 +52,7 @@ def _instance(project: Project, memory_ref: str, key: str) -> MemoryInstance:
     return project.memory(memory_ref, key=key)
 
 
-async def _store(mem: MemoryInstance, body: MessagesRequest, *, replace: bool) -> Output:
+async def _store(mem: MemoryInstance, body: MessagesRequest, *, replace: bool) -> WriteOutput | AppendOutput:
     """Write (``replace``) or append the request's messages; errors name ``messages``, the request's field, where
     the engine says ``payload``."""
     memory = AsyncMemory(mem)
