@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import sys
 import threading
@@ -504,6 +505,18 @@ class Project:
                 break
         return rows
 
+    async def ainstances(
+        self, pattern: str = "*", memory_ref: str | None = None, limit: int | None = None
+    ) -> list[StatsOutput]:
+        """:meth:`instances` on the event loop: SCAN over ``redis.asyncio``, then the stats of the first ``limit``
+        keys (in key order) fetched concurrently (one pipeline per loop turn)."""
+        from compozy_nb.memory.scan import ascan_keys
+
+        runtime = self.runtime(memory_ref) if memory_ref else MemoryRuntime(_ANY_RESOURCE)
+        keys = sorted(await ascan_keys(self.backend, self.name, pattern))[:limit]
+        stats = [AsyncMemory(MemoryInstance(runtime, key, self.backend, self.name)).stats() for key in keys]
+        return list(await asyncio.gather(*stats))
+
     # ------------------------------------------------------------------ workflows
     def workflow(self, workflow_id: str) -> WorkflowHandle:
         """A runnable handle on a registered workflow.
@@ -595,7 +608,6 @@ class WorkflowHandle:
     async def arun_many(self, rows: Any, *, progress: bool | None = None, concurrency: int = 16) -> Any:
         """:meth:`run_many` on the event loop: up to ``concurrency`` runs at a time, interleaved on one thread
         while they wait on Redis or an LLM; the same DataFrame, rows in the input order."""
-        import asyncio
 
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency!r}", field="concurrency")

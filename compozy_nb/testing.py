@@ -312,8 +312,11 @@ class _Loops:
                 loop.close()
 
 
+_ASYNC_TOO = frozenset({"log"})  # AsyncMemory methods besides the 8 operations
+
+
 class AsyncDriven:
-    """A memory instance whose 8 operations run on the async transport.
+    """A memory instance whose 8 operations (and ``log``) run on the async transport.
 
     ``AsyncDriven(mem).read(last=5)`` awaits ``AsyncMemory(mem).read(last=5)`` on an event loop of the calling
     thread and returns its output; every other attribute (``key``, ``layout``, ``restore`` …) is the
@@ -332,7 +335,7 @@ class AsyncDriven:
     def __getattr__(self, name: str) -> Any:
         from compozy_nb.memory.operations import OPERATIONS
 
-        if name not in OPERATIONS:
+        if name not in OPERATIONS and name not in _ASYNC_TOO:
             return getattr(self.instance, name)
         method = getattr(self.memory, name)
         return lambda *args, **kwargs: self._loops.run(method(*args, **kwargs))

@@ -16,6 +16,7 @@ expected, and nothing written to Redis. To add a case, append it to the list of 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -450,5 +451,96 @@ YAML_CASES: list[YamlCase] = [
         "a key template of 300 blocks",
         b"resource: memory\nid: m\nkey: 'c" + b"{{.u}}" * 300 + b"'\n",
         codes("INVALID_CONFIG", "TEMPLATE_ERROR"),
+    ),
+]
+
+
+# ---------------------------------------------------------------------------- transcripts
+def _call(call_id: str, name: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}
+
+
+# Malformed agent messages (case, payload, the field the error names): tests/engine/test_transcripts.py sends each
+# through the Python API, tests/shells/test_transcripts_shells.py through HTTP and ``compozy-nb exec``.
+TRANSCRIPT_CASES: list[tuple[str, Any, str]] = [
+    ("null content for a user", {"role": "user", "content": None}, "payload.content"),
+    ("null content without tool calls", {"role": "assistant", "content": None}, "payload.content"),
+    ("empty parts", {"role": "user", "content": []}, "payload.content"),
+    ("unknown part", {"role": "user", "content": [{"type": "video", "video": {}}]}, "payload.content[0].type"),
+    (
+        "image in a system message",
+        {"role": "system", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+        "payload.content[0].type",
+    ),
+    ("text part without text", {"role": "user", "content": [{"type": "text"}]}, "payload.content[0].text"),
+    (
+        "image_url without url",
+        {"role": "user", "content": [{"type": "image_url", "image_url": {}}]},
+        "payload.content[0].image_url.url",
+    ),
+    (
+        "file without data",
+        {"role": "user", "content": [{"type": "file", "file": {"filename": "a"}}]},
+        "payload.content[0].file",
+    ),
+    ("tool_calls on a user", {"role": "user", "content": "x", "tool_calls": [_call("a", "f")]}, "payload.tool_calls"),
+    ("empty tool_calls", {"role": "assistant", "content": "x", "tool_calls": []}, "payload.tool_calls"),
+    (
+        "arguments as a dict",
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": {}}}],
+        },
+        "payload.tool_calls[0].function.arguments",
+    ),
+    (
+        "tool call without id",
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
+        "payload.tool_calls[0].id",
+    ),
+    (
+        "wrong tool call type",
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "a", "type": "web", "function": {"name": "f", "arguments": "{}"}}],
+        },
+        "payload.tool_calls[0].type",
+    ),
+    (
+        "tool_call_id on an assistant",
+        {"role": "assistant", "content": "x", "tool_call_id": "a"},
+        "payload.tool_call_id",
+    ),
+    ("empty tool_call_id", {"role": "tool", "content": "x", "tool_call_id": ""}, "payload.tool_call_id"),
+    ("name not a string", {"role": "user", "content": "x", "name": 3}, "payload.name"),
+    ("refusal on a user", {"role": "user", "content": "x", "refusal": "no"}, "payload.refusal"),
+    ("reserved field", {"role": "user", "content": "x", "content_parts": []}, "payload.content_parts"),
+    ("NaN in metadata", {"role": "user", "content": "x", "metadata": {"score": math.nan}}, "payload.metadata.score"),
+    ("Infinity in a list", {"role": "user", "content": "x", "scores": [1.0, math.inf]}, "payload.scores[1]"),
+    (
+        "tool_use in a system message",
+        {"role": "system", "content": [{"type": "tool_use", "id": "a", "name": "f"}]},
+        "payload.role",
+    ),
+    (
+        "tool_result without id",
+        {"role": "user", "content": [{"type": "tool_result", "content": "x"}]},
+        "payload.content[0].tool_use_id",
+    ),
+    (
+        "image with a bad source",
+        {"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]},
+        "payload.content[0].source",
+    ),
+    (
+        "tool_use input NaN",
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "a", "name": "f", "input": {"x": math.nan}}]},
+        "payload.content[0].input.x",
     ),
 ]

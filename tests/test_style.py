@@ -169,3 +169,15 @@ def test_every_subpackage_declares_what_it_offers() -> None:
             assert hasattr(package, item) or importlib.import_module(f"{name}.{item}"), (name, item)
         if set(names) & modules:
             assert set(names) == modules, (name, sorted(modules - set(names)))
+
+
+def test_no_test_module_imports_another() -> None:
+    """A test module imported from another works only when pytest happened to collect its folder first (a run of
+    one folder fails): shared cases live in tests/*.py helpers (``from tests.hostile_cases import …``)."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.match(r"\s*(from|import)\s+test_\w+", line)
+    ]
+    assert offenders == []

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 import redis
 
 from compozy_nb.errors import CompozyNbError
+from compozy_nb.memory import log as oplog
 from compozy_nb.memory import operations
 from compozy_nb.memory.instance import MemoryInstance, Output, tolerated
 from compozy_nb.memory.messages import Encoded
@@ -245,6 +246,10 @@ class AsyncMemory:
             await self.adopt()
             result = await self._script("append", args, operation)
         return [int(v) for v in result]
+
+    async def log(self, since: Any = None, limit: int | None = None) -> oplog.LogResult:
+        """Like :meth:`MemoryInstance.log` (a long log is parsed in a worker thread)."""
+        return await self._drive(oplog.log_steps(self.instance, since, limit))
 
     async def adopt(self) -> bool:
         """Like :meth:`MemoryInstance.adopt`."""

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from compozy_nb.errors import InvalidPayloadError
-from compozy_nb.memory.steps import Batch, Call
+from compozy_nb.memory.steps import Batch, Call, Command, Steps, Work
 from compozy_nb.results import OperationResult, html_table
 
 if TYPE_CHECKING:
@@ -216,8 +216,15 @@ class LogResult(list[dict[str, Any]]):
 
 def read_log(instance: MemoryInstance, since: Any = None, limit: int | None = None) -> LogResult:
     """The events of ``instance`` from ``since`` on, oldest first, at most ``limit`` of them."""
-    from compozy_nb.memory.store import redis_errors
+    return instance._drive(log_steps(instance, since, limit))
 
+
+PARSE_INLINE = 64
+"""Events parsed where they are read; a longer log is parsed as ``Work`` (a worker thread on the async path)."""
+
+
+def log_steps(instance: MemoryInstance, since: Any = None, limit: int | None = None) -> Steps[LogResult]:
+    """:func:`read_log` as steps (memory/steps.py), for either transport: one XRANGE, then the parse."""
     start = _stream_bound(since)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise InvalidPayloadError(
@@ -225,9 +232,15 @@ def read_log(instance: MemoryInstance, since: Any = None, limit: int | None = No
         )
     if limit == 0:
         return LogResult([], instance.key)
-    with redis_errors("log", instance.key):
-        entries = instance.backend.client.xrange(instance.layout.log, start, "+", count=limit)
-    return LogResult([parse_entry(eid, fields) for eid, fields in entries], instance.key)
+    entries = yield Command("log", Call("xrange", (instance.layout.log, start, "+", limit)))
+
+    def parse() -> LogResult:
+        return LogResult([parse_entry(eid, fields) for eid, fields in entries], instance.key)
+
+    if len(entries) > PARSE_INLINE:
+        result: LogResult = yield Work(parse)
+        return result
+    return parse()
 
 
 # ---------------------------------------------------------------------------------------------- why

@@ -19,10 +19,31 @@ def scan_keys(backend: Backend, project: str, pattern: str = "*", count: int = 5
     seen: set[str] = set()
     with redis_errors("scan", pattern):
         for raw in backend.client.scan_iter(match=match, count=count, _type="list"):
-            name = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-            if KeyLayout.is_auxiliary(name):
-                continue
-            key = KeyLayout.instance_key(project, name)
-            if key not in seen:
-                seen.add(key)
+            key = _new_instance_key(project, raw, seen)
+            if key is not None:
                 yield key
+
+
+async def ascan_keys(backend: Backend, project: str, pattern: str = "*", count: int = 500) -> list[str]:
+    """:func:`scan_keys` over ``redis.asyncio`` (every primary of a cluster): the keys, in SCAN order."""
+    match = KeyLayout.pattern(project, pattern, backend.cluster)
+    seen: set[str] = set()
+    keys: list[str] = []
+    with redis_errors("scan", pattern):
+        async for raw in backend.async_client.scan_iter(match=match, count=count, _type="list"):
+            key = _new_instance_key(project, raw, seen)
+            if key is not None:
+                keys.append(key)
+    return keys
+
+
+def _new_instance_key(project: str, raw: bytes | str, seen: set[str]) -> str | None:
+    """The memory key of Redis list ``raw`` when it is a message list not seen yet (recorded in ``seen``)."""
+    name = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    if KeyLayout.is_auxiliary(name):
+        return None
+    key = KeyLayout.instance_key(project, name)
+    if key in seen:
+        return None
+    seen.add(key)
+    return key

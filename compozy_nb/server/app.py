@@ -10,11 +10,11 @@ the event loop and send CPU-heavy steps (tokenizing, decoding a whole list, plan
 worker threads. Task and workflow execution is ``async def`` too (:meth:`Project.aexecute
 <compozy_nb.project.Project.aexecute>`, :meth:`Project.arun <compozy_nb.project.Project.arun>`): memory over
 ``AsyncMemory``, LLMs over async clients, the run's own CPU work (templates, prompts) and plain Python LLMs and
-tools in worker threads, so a run waiting on a model holds no thread. The rest (``/healthz``, the memory ``log``
-and ``instances``) are plain ``def`` functions over the synchronous engine, which FastAPI runs in anyio's
-worker-thread pool, set to ``threads`` tokens at startup (anyio's default is 40); each thread borrows its own
-connection from redis-py's pool. So a request waiting on Redis or on an LLM never blocks the event loop or the
-other requests. Writes stay correct under any interleaving because each one is a single atomic Lua script.
+tools in worker threads, so a run waiting on a model holds no thread. The memory ``log`` and ``instances`` are
+async as well; only ``/healthz`` is a plain ``def`` function, which FastAPI runs in anyio's worker-thread pool, set
+to ``threads`` tokens at startup (anyio's default is 40). So a request waiting on Redis or on an LLM never blocks
+the event loop or the other requests. Writes stay correct under any interleaving because each one is a single
+atomic Lua script.
 
 The backend is connected once, by :attr:`Project.backend <compozy_nb.project.Project.backend>` (thread-safe);
 startup compiles every resource's runtime and connects, and only logs a warning when Redis is down: requests then
@@ -63,7 +63,7 @@ def create_app(
         project: A loaded project (its backend is connected at startup, or at the first request).
         api_key: Bearer token required on every endpoint except ``/healthz``. ``None`` reads
             ``COMPOZY_API_KEY``; an empty string turns authentication off.
-        threads: Worker threads for the synchronous endpoints (``/healthz``, ``log``, ``instances``).
+        threads: Worker threads for synchronous work FastAPI runs in anyio's pool (``/healthz``).
         max_body_bytes: Larger request bodies get 413 ``REQUEST_TOO_LARGE``.
         body_timeout: Seconds a client may take to send its body (then 408 ``REQUEST_TIMEOUT``, connection
             closed).

@@ -8,6 +8,7 @@ listing by pattern scans every primary. Clusters of their own (started per test)
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -232,6 +233,9 @@ def test_instances_lists_keys_from_every_primary(cluster: RedisCluster, project:
     assert sorted(row["key"] for row in some) == sorted(["conv:u1:s1", *(f"conv:u1{i}:s1" for i in range(10))])
     assert len(project.instances(limit=7)) == 7
     assert project.instances("nothing:*") == []
+    # the same listing on the event loop (what the HTTP server runs): SCAN over redis.asyncio on every primary
+    assert asyncio.run(project.ainstances()) == rows
+    assert asyncio.run(project.ainstances("conv:u1*", limit=3)) == some[:3]
 
 
 # ------------------------------------------------------------------------------------------ engine suite

@@ -199,7 +199,7 @@ def test_cli_exec_accepts_transcripts(tmp_path: Path) -> None:
 
 def _hostile_bodies() -> list[tuple[str, str]]:
     """The transcript corpus of test_transcripts as raw HTTP bodies, plus numbers only JSON text can carry."""
-    from test_transcripts import BAD
+    from tests.hostile_cases import TRANSCRIPT_CASES as BAD
 
     bodies = [(case, json.dumps({"key": "h", "messages": [payload]})) for case, payload, _ in BAD if "NaN" not in case]
     bodies += [
@@ -238,7 +238,7 @@ def test_hostile_transcripts_over_http_are_400_and_store_nothing() -> None:
 
 
 def test_hostile_transcripts_through_cli_exec_are_one_line_errors(tmp_path: Path) -> None:
-    from test_transcripts import BAD
+    from tests.hostile_cases import TRANSCRIPT_CASES as BAD
 
     requests = [
         {"memory_ref": "conversation_memory", "key_template": "conv:h:1", "operation": "append", "payload": payload}

@@ -1,9 +1,8 @@
 """The memory endpoints, Compozy's REST shapes: ``/api/v0/memory/{memory_ref}/{operation}``.
 
-``read``, ``write``, ``append``, ``delete``, ``flush``, ``clear``, ``health`` and ``stats`` are ``async def``:
-they await :class:`~compozy_nb.memory.aio.AsyncMemory` (redis.asyncio) on the event loop, and its CPU-heavy
-steps run in worker threads. ``log`` and ``instances`` are plain ``def`` (run in anyio's worker threads) over the
-synchronous engine.
+Every endpoint is ``async def``: the 8 operations and ``log`` await :class:`~compozy_nb.memory.aio.AsyncMemory`
+(redis.asyncio) on the event loop, ``instances`` awaits ``Project.ainstances`` (SCAN, then the stats concurrently);
+CPU-heavy steps run in worker threads.
 """
 
 from __future__ import annotations
@@ -142,7 +141,7 @@ def memory_router(project: Project) -> APIRouter:
         return ok("memory stats retrieved successfully", data)
 
     @router.get(f"{base}/log", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
-    def log(
+    async def log(
         memory_ref: str,
         key: KeyQuery,
         since: Annotated[str | None, Query(max_length=40, description="ms since the epoch or an event id")] = None,
@@ -150,12 +149,12 @@ def memory_router(project: Project) -> APIRouter:
     ) -> JSONResponse:
         """The operation log, oldest first: ``{key, count, events: [{id, ts, operation, source, ...}]}``."""
         mem = _instance(project, memory_ref, key)
-        events = call_renamed(lambda: mem.log(since=since, limit=limit))
+        events = await AsyncMemory(mem).log(since=since, limit=limit)
         data = {"key": key, "count": len(events), "events": [{**e, "ts": e["ts"].isoformat()} for e in events]}
         return ok("memory log retrieved successfully", data)
 
     @router.get(f"{base}/instances", tags=tags, response_model=Envelope, responses=MEMORY_ERRORS)
-    def instances(
+    async def instances(
         memory_ref: str,
         pattern: Annotated[str, Query(min_length=1, max_length=512, description="glob over memory keys")] = "*",
         limit: Annotated[int, Query(ge=1, le=10000)] = 100,
@@ -163,7 +162,7 @@ def memory_router(project: Project) -> APIRouter:
         """Stored instances whose key matches ``pattern`` (SCAN, never KEYS), with their stats (limits of
         ``memory_ref``). Keys do not name their resource: every matching key of the project is listed."""
         project.resource(memory_ref)
-        rows = project.instances(pattern, memory_ref=memory_ref, limit=limit + 1)
+        rows = await project.ainstances(pattern, memory_ref=memory_ref, limit=limit + 1)
         data = {
             "pattern": pattern,
             "count": min(len(rows), limit),
