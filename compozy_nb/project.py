@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,7 +35,7 @@ from compozy_nb.memory.outputs import StatsOutput
 from compozy_nb.results import RunResult
 from compozy_nb.templating import render_key
 from compozy_nb.workflow import runner
-from compozy_nb.workflow.providers import ChatRequest, Registry, complete
+from compozy_nb.workflow.providers import ChatRequest, F, Registry, complete
 
 M = TypeVar("M", bound=BaseModel)
 _ANY_RESOURCE = MemoryResource(id="any", type="buffer", description="limits unknown: listing by pattern")
@@ -343,7 +343,7 @@ class Project:
         value = providers.get(provider)
         return dict(value) if isinstance(value, dict) else {}
 
-    def llm(self, name: str) -> Any:
+    def llm(self, name: str) -> Callable[[F], F]:
         """Register a Python function as an LLM (``provider: python``, ``function: name``)::
 
         @project.llm("echo")
@@ -351,7 +351,7 @@ class Project:
         """
         return self.llms.register(name)
 
-    def tool(self, name: str) -> Any:
+    def tool(self, name: str) -> Callable[[F], F]:
         """Register a Python function as a tool that ``basic`` tasks run when the model calls ``name``::
 
         @project.tool("get_weather")

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast, overload
 
 import redis
 
@@ -135,7 +135,7 @@ class RedisServer:
         """``redis://127.0.0.1:<port>/0``."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
+    def start(self, timeout: float = 10.0) -> Self:
         """Start it and wait until it answers PING."""
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         cmd += ["--dir", str(self.workdir), "--daemonize", "no", *self.extra]
@@ -221,7 +221,7 @@ class ApiServer:
             env["COMPOZY_API_KEY"] = self.api_key
         return env
 
-    def start(self, timeout: float = 30.0) -> ApiServer:
+    def start(self, timeout: float = 30.0) -> Self:
         """Start it and wait until ``/healthz`` answers (another port when the free one was taken meanwhile)."""
         for attempt in range(3):
             try:
@@ -232,7 +232,7 @@ class ApiServer:
                 self.port = free_port()
         raise AssertionError("unreachable")
 
-    def _start(self, timeout: float) -> ApiServer:
+    def _start(self, timeout: float) -> Self:
         import httpx
 
         with (self.logdir / "out.log").open("wb") as out, (self.logdir / "err.log").open("wb") as err:

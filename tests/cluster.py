@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
@@ -167,7 +168,7 @@ class RedisCluster:
 
     def _node_in_state(self, port: int, state: str) -> bool:
         try:
-            info = self.node(port).execute_command("CLUSTER", "INFO")
+            info = cast(Any, self.node(port)).execute_command("CLUSTER", "INFO")  # unannotated in redis-py
             text = info.decode() if isinstance(info, bytes) else str(info)
             if f"cluster_state:{state}" not in text:
                 return False
@@ -181,14 +182,14 @@ class RedisCluster:
 
     def primary_for_slot(self, slot: int) -> int:
         """The port of the primary serving ``slot``."""
-        for start, end, primary, *_ in self.node(self.ports[0]).execute_command("CLUSTER", "SLOTS"):
+        for start, end, primary, *_ in cast(Any, self.node(self.ports[0])).execute_command("CLUSTER", "SLOTS"):
             if int(start) <= slot <= int(end):
                 return int(primary[1])
         raise LookupError(f"slot {slot} is not served")
 
     def keyslot(self, key: str) -> int:
         """``CLUSTER KEYSLOT key`` as computed by the server."""
-        return int(self.node(self.ports[0]).execute_command("CLUSTER", "KEYSLOT", key))
+        return int(cast(Any, self.node(self.ports[0])).execute_command("CLUSTER", "KEYSLOT", key))
 
     def flushall(self) -> None:
         """Empty every primary."""

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 
 @dataclass
@@ -92,7 +92,7 @@ class FakeOpenAI:
     @property
     def base_url(self) -> str:
         """The OpenAI-style base URL of this server."""
-        host, port = self._server.server_address[:2]
+        host, port = cast(tuple[str, int], self._server.server_address[:2])
         return f"http://{host}:{port}/v1"
 
     def queue(self, *replies: Reply) -> None:

@@ -542,7 +542,7 @@ def write_project(directory: Path, resources: str) -> Path:
 def assert_cli_failed(result: subprocess.CompletedProcess[str], code: str) -> dict[str, Any]:
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr, result.stderr
-    out = json.loads(result.stdout)
+    out: dict[str, Any] = json.loads(result.stdout)
     assert out["status"] == "failed"
     assert out["error"]["code"] == code, out
     assert isinstance(out["error"]["message"], str) and out["error"]["message"]

@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -218,7 +218,8 @@ def text_mismatch(expected: str, actual: str) -> str | None:
 def json_values(text: str) -> list[Any]:
     """Every JSON value of ``text``, one after another (``compozy-nb exec`` prints one per request)."""
     decoder = json.JSONDecoder()
-    values, index = [], 0
+    values: list[Any] = []
+    index = 0
     while True:
         while index < len(text) and text[index].isspace():
             index += 1
@@ -724,7 +725,7 @@ def test_readme_code_runs_in_a_real_ipython_shell(monkeypatch: pytest.MonkeyPatc
     saved, magics._project = magics._project, None
     try:
         for block in cells:
-            result = shell.run_cell(block.text, store_history=False)
+            result = cast(Any, shell).run_cell(block.text, store_history=False)  # unannotated in IPython
             assert result.success, f"{block.where}: {result.error_in_exec or result.error_before_exec!r}"
         frame = shell.user_ns["frame"]
         assert frame["content"].tolist() == ["I am [REDACTED]"]
@@ -736,7 +737,7 @@ def test_readme_code_runs_in_a_real_ipython_shell(monkeypatch: pytest.MonkeyPatc
 def test_notebook_sanitizer_hides_how_pandas_shows_write_times() -> None:
     """regression (CI, notebook 02): pandas drops ``.000`` from a datetime column when every value is a whole second,
     so the ts header of a transcript frame moved 4 characters in about one run in a thousand"""
-    from nbval.plugin import get_sanitize_patterns
+    from nbval.plugin import get_sanitize_patterns  # type: ignore[import-untyped]  # nbval ships no type information
 
     from compozy_nb.memory.frames import messages_frame
 

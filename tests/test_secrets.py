@@ -18,11 +18,10 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from fake_openai import FakeOpenAI, Reply, completion
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -33,6 +32,11 @@ from compozy_nb.cli import main
 from compozy_nb.errors import CompozyNbError
 from compozy_nb.results import RunResult
 from compozy_nb.testing import RedisServer, free_port, redis_server_binary
+
+if TYPE_CHECKING:  # tests/ is on sys.path when pytest runs; mypy sees the module as tests.fake_openai
+    from tests.fake_openai import FakeOpenAI, Reply, completion
+else:
+    from fake_openai import FakeOpenAI, Reply, completion
 
 PASSWORD = f"pw-{uuid.uuid4().hex}"
 API_KEY = f"sk-planted-{uuid.uuid4().hex}"

@@ -1,4 +1,5 @@
-"""The package stays ruff-clean, passes mypy --strict (both configured in pyproject.toml) and has no import circle."""
+"""The package stays ruff-clean, the package and the tests pass mypy --strict (both configured in pyproject.toml),
+and the package has no import circle."""
 
 from __future__ import annotations
 
@@ -28,6 +29,15 @@ def test_ruff_clean() -> None:
 
 def test_mypy_strict() -> None:
     result = subprocess.run([_tool("mypy"), "compozy_nb"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict_on_the_tests() -> None:
+    """The tests type-check too: what they read from an output map is checked against its TypedDict
+    (compozy_nb/memory/outputs.py), so a renamed or retyped key fails here before it fails a user."""
+    result = subprocess.run(
+        [_tool("mypy"), "--explicit-package-bases", "tests"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

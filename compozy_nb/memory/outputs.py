@@ -2,8 +2,10 @@
 operation, on both transports) returns, so ``mypy --strict`` checks the keys a caller uses.
 
 At run time an output is an :class:`~compozy_nb.results.OperationResult` (a ``dict`` that renders as a table in a
-notebook and has ``to_pandas()``); these types describe its keys. Compozy's fields are all present with its names
-(docs/compatibility.md, "Outputs"); ``NotRequired`` keys appear only in some cases, said on each.
+notebook and has ``to_pandas()``); these types describe its keys. A ``TypedDict`` cannot declare methods, so typed
+code gets the DataFrame from the instance (``mem.to_pandas(last=20)``) rather than from the output map.
+Compozy's fields are all present with its names (docs/compatibility.md, "Outputs"); ``NotRequired`` keys appear
+only in some cases, said on each.
 ``tests/engine/test_registry.py`` validates every output of every operation, on both transports, against its type
 (pydantic, unknown keys refused), so the types cannot drift from what the engine returns.
 

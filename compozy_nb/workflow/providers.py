@@ -12,17 +12,19 @@ import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast, overload
 from urllib.parse import unquote, urlsplit
 
 from compozy_nb._secrets import excerpt, mask_url, scrub, scrub_exact
 from compozy_nb.config.memory import PROVIDERS
-from compozy_nb.errors import CompozyNbError, ConfigError, ErrorCode, ProviderError
+from compozy_nb.errors import CompozyNbError, ConfigError, ErrorCode
+from compozy_nb.errors import ProviderError as ProviderError  # re-exported: its home before errors.py
 from compozy_nb.templating import render
 from compozy_nb.tokens import get_counter
 
 Message = dict[str, Any]
 PythonLLM = Callable[[list[Message]], Any]
+F = TypeVar("F", bound=Callable[..., Any])  # a registered function: the decorators return it unchanged
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_REPLY_BYTES = 4 * 1024 * 1024
 """Largest reply body read from an OpenAI-compatible server (``max_reply_bytes`` changes it)."""
@@ -73,6 +75,12 @@ class Registry:
         self._turns: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    @overload
+    def register(self, name: str, func: None = None) -> Callable[[F], F]: ...
+
+    @overload
+    def register(self, name: str, func: F) -> F: ...
+
     def register(self, name: str, func: PythonLLM | None = None) -> Any:
         """Register ``func`` under ``name``; usable as a decorator: ``@registry.register("echo")``."""
 
@@ -81,6 +89,12 @@ class Registry:
             return fn
 
         return decorate(func) if func is not None else decorate
+
+    @overload
+    def register_tool(self, name: str, func: None = None) -> Callable[[F], F]: ...
+
+    @overload
+    def register_tool(self, name: str, func: F) -> F: ...
 
     def register_tool(self, name: str, func: Callable[..., Any] | None = None) -> Any:
         """Register a Python tool that a workflow runs when the model calls ``name`` (its JSON arguments as

@@ -58,7 +58,7 @@ def _need_browser() -> None:
 
 
 def _notebook(path: Path) -> None:
-    cells = [
+    cells: list[dict[str, Any]] = [
         {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
         for source in CELLS
     ]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from compozy_nb import Project
 from compozy_nb.backends import Backend
 from compozy_nb.memory.aio import AsyncMemory
+from compozy_nb.memory.outputs import AppendOutput
 
 RESOURCE = """
 resource: memory
@@ -36,8 +38,8 @@ def test_async_append_and_read_match_sync(backend: Backend) -> None:
     sync_mem = project.memory("chat", key="sync")
     async_mem = AsyncMemory(project.memory("chat", key="async"))
 
-    async def scenario() -> list[dict[str, Any]]:
-        outs = []
+    async def scenario() -> list[Mapping[str, Any]]:
+        outs: list[Mapping[str, Any]] = []
         for i in range(7):
             outs.append(await async_mem.append({"role": "user", "content": f"m{i} ssn 123-45-6789", "id": f"i{i}"}))
         outs.append(await async_mem.append({"role": "user", "content": "dup", "id": "i6"}))
@@ -49,11 +51,13 @@ def test_async_append_and_read_match_sync(backend: Backend) -> None:
         return outs
 
     got = asyncio.run(scenario())
-    want = [sync_mem.append({"role": "user", "content": f"m{i} ssn 123-45-6789", "id": f"i{i}"}) for i in range(7)]
+    want: list[Mapping[str, Any]] = [
+        sync_mem.append({"role": "user", "content": f"m{i} ssn 123-45-6789", "id": f"i{i}"}) for i in range(7)
+    ]
     want.append(sync_mem.append({"role": "user", "content": "dup", "id": "i6"}))
     want += [sync_mem.read(), sync_mem.read(last=2), sync_mem.read(max_tokens=30), sync_mem.read(archive=True, limit=3)]
-    for a, b in zip(got, want, strict=True):
-        a, b = _strip(dict(a)), _strip(dict(b))
+    for got_out, want_out in zip(got, want, strict=True):
+        a, b = _strip(dict(got_out)), _strip(dict(want_out))
         a["key"] = b["key"] = "k"
         for out in (a, b):
             for m in out.get("messages", []):
@@ -70,8 +74,11 @@ def test_async_write_clear_delete_match_sync(backend: Backend) -> None:
     async_mem = AsyncMemory(project.memory("chat", key="a"))
     messages = [{"role": "user", "content": f"w{i}", "id": f"w{i}"} for i in range(7)]
 
-    async def scenario() -> list[dict[str, Any]]:
-        outs = [await async_mem.write(messages), await async_mem.clear(confirm=True, backup=True)]
+    async def scenario() -> list[Mapping[str, Any]]:
+        outs: list[Mapping[str, Any]] = [
+            await async_mem.write(messages),
+            await async_mem.clear(confirm=True, backup=True),
+        ]
         outs.append(await async_mem.write(messages[:2]))
         outs.append(await async_mem.delete())
         try:
@@ -82,11 +89,11 @@ def test_async_write_clear_delete_match_sync(backend: Backend) -> None:
         return outs
 
     got = asyncio.run(scenario())
-    want: list[dict[str, Any]] = [sync_mem.write(messages), sync_mem.clear(confirm=True, backup=True)]
+    want: list[Mapping[str, Any]] = [sync_mem.write(messages), sync_mem.clear(confirm=True, backup=True)]
     want += [sync_mem.write(messages[:2]), sync_mem.delete()]
     want.append({"error": "ConfirmRequiredError"})
-    for a, b in zip(got, want, strict=True):
-        a, b = dict(a), dict(b)
+    for got_out, want_out in zip(got, want, strict=True):
+        a, b = dict(got_out), dict(want_out)
         a.pop("key", None), b.pop("key", None)
         for out in (a, b):
             if out.get("backup_key"):
@@ -100,7 +107,7 @@ def test_async_appends_run_concurrently_without_loss(backend: Backend) -> None:
     project.add_yaml(RESOURCE.replace("id: chat", "id: big").replace("max_messages: 5", "max_messages: 1000"))
     mem = AsyncMemory(project.memory("big", key="many"))
 
-    async def scenario() -> list[dict[str, Any]]:
+    async def scenario() -> list[AppendOutput]:
         outs = await asyncio.gather(*(mem.append(f"message {i}") for i in range(200)))
         await mem.client.aclose()
         return list(outs)
@@ -120,7 +127,7 @@ def test_async_append_adopts_compozy_data(backend: Backend) -> None:
     backend.client.hset("compozy:aio:memory:old:metadata", mapping={"message_count": 1, "token_count": 5})
     mem = AsyncMemory(project.memory("chat", key="old"))
 
-    async def scenario() -> dict[str, Any]:
+    async def scenario() -> AppendOutput:
         out = await mem.append("hello")
         await mem.client.aclose()
         return out

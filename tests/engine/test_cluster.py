@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -20,6 +20,7 @@ from compozy_nb import Project
 from compozy_nb.backends import Backend, ConnectOptions, connect
 from compozy_nb.errors import BackendError, ConfirmRequiredError, InvalidKeyError
 from compozy_nb.memory.keys import KeyLayout
+from compozy_nb.memory.outputs import AppendOutput
 from compozy_nb.testing import RedisServer
 from tests.cluster import RedisCluster, free_cluster_ports, start_cluster
 
@@ -125,11 +126,11 @@ def assert_consistent(cluster: RedisCluster, layout: KeyLayout) -> list[dict[str
     port = cluster.primary_for_slot(cluster.keyslot(layout.base))
     node = cluster.node(port)
     stored = [json.loads(raw) for raw in node.lrange(layout.base, 0, -1)]
-    meta = {k.decode(): v.decode() for k, v in node.hgetall(layout.metadata).items()}
+    meta = {k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], node.hgetall(layout.metadata)).items()}
     if stored or meta:
         assert int(meta["message_count"]) == len(stored)
         assert int(meta["token_count"]) == sum(m["tokens"] for m in stored)
-    ids = {raw.decode() for raw in node.smembers(layout.ids)}
+    ids = {raw.decode() for raw in cast(set[bytes], node.smembers(layout.ids))}
     assert ids == {m["id"] for m in stored}
     return stored
 
@@ -141,7 +142,7 @@ def test_cluster_url_connects_to_a_cluster_client(cluster: RedisCluster) -> None
         assert backend.kind == "cluster" and backend.cluster
         assert isinstance(backend.client, redis.RedisCluster)
         assert backend.client.ping()
-        primaries = sorted(node.port for node in backend.client.get_primaries())
+        primaries = sorted(node.port for node in cast(Any, backend.client).get_primaries())  # unannotated in redis-py
         assert primaries == sorted(cluster.ports)
     finally:
         backend.close()
@@ -319,7 +320,7 @@ def test_lru_access_data_lives_on_the_slot_and_drives_the_flush(cluster: RedisCl
     memory.append(messages(8))
     memory.read(limit=4)  # m0..m3 are now recently used; m4..m7 never read
     port = cluster.primary_for_slot(cluster.keyslot(memory.layout.base))
-    accessed = {raw.decode() for raw in cluster.node(port).zrange(memory.layout.access, 0, -1)}
+    accessed = {raw.decode() for raw in cast(list[bytes], cluster.node(port).zrange(memory.layout.access, 0, -1))}
     assert accessed == {"m0", "m1", "m2", "m3"}
     out = memory.flush(force=True)
     assert out["flushed_count"] == 3
@@ -338,6 +339,7 @@ def test_clear_with_backup_restore_and_delete(cluster: RedisCluster, project: Pr
     cleared = memory.clear(confirm=True, backup=True)
     assert cleared["messages_cleared"] == 5 and cleared["backup_created"]
     backup_key = cleared["backup_key"]
+    assert backup_key is not None
     assert backup_key.startswith("compozy:demo:memory:{chat:clear}:backup:")
     assert cluster.keyslot(backup_key) == cluster.keyslot(memory.layout.base)
     assert memory.backups() == [backup_key]
@@ -366,6 +368,7 @@ def test_stats_and_health(cluster: RedisCluster, project: Project) -> None:
     assert stats["content_preview"]["first"][0]["content"].startswith("message 0")
     health = memory.health()
     assert health["healthy"] is True and health["message_count"] == 4
+    assert health["redis"] is not None
     assert health["redis"]["version"]
 
 
@@ -527,7 +530,7 @@ def test_the_async_cluster_client_does_not_retry_timeouts(project: Project, clus
     client_class = type(memory.backend.async_client)
     assert not any(issubclass(e, redis.exceptions.TimeoutError) for e in client_class.ERRORS_ALLOW_RETRY)
 
-    async def scenario() -> dict[str, Any]:
+    async def scenario() -> AppendOutput:
         out = await AsyncMemory(memory).append(messages(3))
         await memory.backend.async_client.aclose()
         return out

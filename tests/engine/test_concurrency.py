@@ -15,7 +15,7 @@ import threading
 import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -152,9 +152,11 @@ class Stored:
         layout = KeyLayout(PROJECT, key)
         self.messages = [json.loads(raw) for raw in client.lrange(layout.base, 0, -1)]
         self.archive = [json.loads(raw) for raw in client.lrange(layout.archive, 0, -1)]
-        self.meta = {k.decode(): v.decode() for k, v in client.hgetall(layout.metadata).items()}
-        self.ids_set = {m.decode() for m in client.smembers(layout.ids)}
-        self.access = {m.decode() for m in client.zrange(layout.access, 0, -1)}
+        self.meta = {
+            k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], client.hgetall(layout.metadata)).items()
+        }
+        self.ids_set = {m.decode() for m in cast(set[bytes], client.smembers(layout.ids))}
+        self.access = {m.decode() for m in cast(list[bytes], client.zrange(layout.access, 0, -1))}
         self.llen = client.llen(layout.base)
         client.close()
 

@@ -14,9 +14,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -58,7 +58,7 @@ def snapshot(client: redis.Redis, layout: KeyLayout) -> dict[str, Any]:
     """Every key of an instance with its type, value and whether it expires: what "nothing was written" compares."""
     state: dict[str, Any] = {}
     for key in client.scan_iter(match=f"{layout.base}*"):
-        kind = client.type(key).decode()
+        kind = cast(bytes, client.type(key)).decode()
         value: Any = {
             "list": client.lrange(key, 0, -1) if kind == "list" else None,
             "hash": client.hgetall(key) if kind == "hash" else None,
@@ -120,7 +120,7 @@ def test_the_longest_allowed_ttl_stores_and_expires_in_100_years(redis_url: str)
     assert 36499 * 86400 * 1000 < pttl <= 36500 * 86400 * 1000
 
 
-BAD_ARGUMENTS = {
+BAD_ARGUMENTS: dict[str, tuple[str, list[Any]]] = {
     # script: (the arguments, with one bad value)
     "append:ttl in exponent form": (
         "append",
@@ -228,6 +228,7 @@ def test_every_operation_works_at_100000_messages(redis_url: str) -> None:
 
     cleared = memory.clear(confirm=True, backup=True)
     assert cleared["messages_cleared"] == remaining and client.llen(memory.layout.base) == 0
+    assert cleared["backup_key"] is not None
     restored = memory.restore(cleared["backup_key"])
     assert restored["restored"] == remaining == client.scard(memory.layout.ids)
 
@@ -242,6 +243,7 @@ SURROGATE_KEY = "k\ud800"
 
 def test_a_lone_surrogate_in_a_key_is_invalid_key_from_python() -> None:
     project = open_project(f"embedded://{uuid.uuid4().hex}")
+    call: Callable[[], object]
     for call in (
         lambda: project.memory("chat", key=SURROGATE_KEY),
         lambda: project.memory("chat", key="conv:{{.u}}", u="x\udfff"),

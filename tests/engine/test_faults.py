@@ -18,9 +18,9 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -28,7 +28,9 @@ import redis
 from compozy_nb import Project
 from compozy_nb.backends import ConnectOptions, connect
 from compozy_nb.errors import BackendError, CorruptDataError
+from compozy_nb.memory.instance import MemoryInstance
 from compozy_nb.memory.keys import KeyLayout
+from compozy_nb.memory.outputs import AppendOutput, WriteOutput
 from compozy_nb.testing import RedisServer, check_output, free_port, need_redis
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
@@ -88,8 +90,8 @@ def batch(tag: str, size: int = 3) -> list[dict[str, Any]]:
 def stored_state(client: redis.Redis, layout: KeyLayout) -> tuple[list[dict[str, Any]], dict[str, str], set[str]]:
     """The decoded list, the metadata hash and the ids set of an instance, read directly."""
     items = [json.loads(raw) for raw in client.lrange(layout.base, 0, -1)]
-    meta = {k.decode(): v.decode() for k, v in client.hgetall(layout.metadata).items()}
-    ids = {raw.decode() for raw in client.smembers(layout.ids)}
+    meta = {k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], client.hgetall(layout.metadata)).items()}
+    ids = {raw.decode() for raw in cast(set[bytes], client.smembers(layout.ids))}
     return items, meta, ids
 
 
@@ -310,7 +312,7 @@ def test_a_command_that_timed_out_is_not_resent(server: RedisServer, proxy: Faul
 
 
 # ------------------------------------------------------------------------------------------ kill and restart
-ALL_OPERATIONS = {
+ALL_OPERATIONS: dict[str, Callable[[MemoryInstance], object]] = {
     "append": lambda m: m.append("hello"),
     "write": lambda m: m.write([{"role": "user", "content": "replace"}]),
     "read": lambda m: m.read(),
@@ -620,7 +622,7 @@ def test_resent_async_append_is_stored_once(server: RedisServer, proxy: FaultyPr
     memory = project.memory("chat", key="conv:async-resend")
     direct = redis.Redis(port=server.port)
 
-    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+    async def scenario() -> tuple[AppendOutput, WriteOutput]:
         aio = AsyncMemory(memory)
         await aio.append("warm up")
         before = evalsha_calls(direct)
@@ -658,7 +660,7 @@ def test_resent_pipeline_of_async_appends_stores_each_once(server: RedisServer, 
     memory = project.amemory("chat", key="conv:pipeline-resend")
     direct = redis.Redis(port=server.port)
 
-    async def scenario() -> list[dict[str, Any]]:
+    async def scenario() -> list[AppendOutput]:
         await memory.append("warm up")
         before = evalsha_calls(direct)
         proxy.cut_script_replies(1)
@@ -687,7 +689,7 @@ def test_the_retry_record_is_bounded(server: RedisServer) -> None:
         memory.append(f"message {i}")
     record = redis.Redis(port=server.port).hget(memory.layout.metadata, "nb_ops")
     assert record is not None and 400 < len(record) <= 512
-    entries = record.decode().split("\n")[1:]
+    entries = cast(bytes, record).decode().split("\n")[1:]
     assert len(entries) >= 5
     for entry in entries:
         op, result = entry.split("\t")

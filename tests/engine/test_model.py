@@ -17,7 +17,7 @@ import math
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 from hypothesis import HealthCheck, event, settings
@@ -45,7 +45,7 @@ from compozy_nb.tokens import get_counter
 try:
     from tests import strategies as s
 except ImportError:  # tests/ is not a package: pytest put it on sys.path
-    import strategies as s  # type: ignore[no-redef]
+    import strategies as s  # type: ignore[no-redef,import-not-found]
 
 PROJECT = "modeltest"
 MAX_MESSAGES = 6
@@ -466,7 +466,7 @@ class MemoryMachine(RuleBasedStateMachine):
     def read(self, options: dict[str, Any]) -> None:
         """A window (limit/offset), the newest ``last`` messages, or the newest within a token budget."""
         want, expected = self.expected_read(options)
-        out = self.memory.read(**options)
+        out = cast(dict[str, Any], self.memory.read(**options))  # a dict at run time: pop() a required key
         _match(want, out.pop("messages"), f"read {options}")
         assert out == expected, options
 
@@ -655,7 +655,7 @@ class MemoryMachine(RuleBasedStateMachine):
         assert archived["total_count"] == len(m.archive)
         assert sorted(self.memory.backups()) == sorted(m.backups)
 
-        stats = self.memory.stats()
+        stats = cast(dict[str, Any], self.memory.stats())  # a dict at run time: pop() a required key
         assert (stats.pop("last_flush") is not None) == m.flushed
         count, tokens = len(m.messages), m.token_count
         assert stats == {

@@ -237,7 +237,7 @@ def seed_task(operation: str, input: dict[str, Any] | None = None, **extra: Any)
 def completed(result: dict[str, Any], keys: set[str]) -> dict[str, Any]:
     assert set(result) == {"status", "output"}
     assert result["status"] == "completed"
-    output = result["output"]
+    output: dict[str, Any] = result["output"]
     assert set(output) == keys
     assert output["key"] == SEED_KEY
     return output
@@ -499,6 +499,7 @@ def test_redaction_never_reaches_redis(backend: Backend) -> None:
     mem.read(limit=2)  # access data
     mem.flush(force=True)
     backup_key = mem.clear(confirm=True, backup=True)["backup_key"]
+    assert backup_key is not None
     mem.restore(backup_key)
     mem.append(user(f"last {SSN} {EMAIL}"))
 
@@ -533,8 +534,8 @@ def test_non_persistable_roles_are_skipped_case_insensitively(backend: Backend, 
         ]
     )
     assert out["skipped"] == 2 and out["appended"] == 2 and len(out["ids"]) == 2
-    out = mem.write([{"role": "system", "content": "x"}, user("fresh")])
-    assert out["skipped"] == 1 and out["total_count"] == 1
+    written = mem.write([{"role": "system", "content": "x"}, user("fresh")])
+    assert written["skipped"] == 1 and written["total_count"] == 1
     out = mem.append({"role": "tool", "content": "only"})
     assert out["skipped"] == 1 and out["appended"] == 0 and out["total_count"] == 1
     assert [(m["role"], m["content"]) for m in stored(mem)] == [("user", "fresh")]
@@ -638,7 +639,8 @@ def test_append_system_message_to_system_only_memory_is_refused(backend: Backend
 def test_append_user_message_to_system_only_memory_is_refused(backend: Backend, limit: str) -> None:
     system = [{"role": "system", "content": "s1"}, {"role": "system", "content": "s2"}]
     value = 2 if limit == "max_messages" else sum(cl100k(m["role"], m["content"]) for m in system)
-    mem = make_memory(backend, **{limit: value})
+    limits: dict[str, Any] = {limit: value}
+    mem = make_memory(backend, **limits)
     mem.append(system)
     before = _snapshot(mem)
     with pytest.raises(LimitExceededError) as info:
@@ -680,9 +682,12 @@ def test_ttl_on_every_key_after_each_write(backend: Backend) -> None:
     backup_key = mem.clear(confirm=True, backup=True)["backup_key"]
     assert backup_key in instance_keys(mem)
     assert_ttl(mem, hour)
+    assert backup_key is not None
     mem.restore(backup_key)
     assert_ttl(mem, hour)
-    assert 0 < mem.stats()["ttl_seconds"] <= 3600
+    ttl_seconds = mem.stats()["ttl_seconds"]
+    assert ttl_seconds is not None
+    assert 0 < ttl_seconds <= 3600
 
 
 @pytest.mark.parametrize("ttl", ["0", 0])
@@ -787,8 +792,8 @@ def test_write_replaces_content_ids_and_counters(backend: Backend) -> None:
     assert mem.stats()["role_distribution"] == {"user": 2}
     assert_counters(mem)
     # an id that the write replaced is free again
-    out = mem.append(user("again", id="a"))
-    assert out["appended"] == 1 and out["duplicates"] == 0
+    appended = mem.append(user("again", id="a"))
+    assert appended["appended"] == 1 and appended["duplicates"] == 0
     assert_counters(mem)
 
 
@@ -923,6 +928,7 @@ def test_flush_hybrid_summary(backend: Backend) -> None:
     assert out["message_count"] == 6 and out["token_count"] == sum(m["tokens"] for m in messages)
     stats = mem.stats()
     assert stats["flush_count"] == 1
+    assert stats["last_flush"] is not None
     first_flush = datetime.fromisoformat(stats["last_flush"].replace("Z", "+00:00"))
     assert first_flush.tzinfo is not None
     assert mem.health()["last_flush"] == stats["last_flush"]
@@ -938,13 +944,15 @@ def test_flush_hybrid_summary(backend: Backend) -> None:
     assert contents(archived(mem))[:3] == ["m5", "m4", summary["content"]]
     stats = mem.stats()
     assert stats["flush_count"] == 2
+    assert stats["last_flush"] is not None
     assert datetime.fromisoformat(stats["last_flush"].replace("Z", "+00:00")) >= first_flush
     assert_counters(mem)
 
 
 def test_flush_empty_memory(backend: Backend) -> None:
     mem = make_memory(backend, max_messages=10)
-    for kwargs in ({}, {"force": True}, {"force": True, "dry_run": True}):
+    cases: tuple[dict[str, Any], ...] = ({}, {"force": True}, {"force": True, "dry_run": True})
+    for kwargs in cases:
         out = mem.flush(**kwargs)
         assert out["flushed_count"] == 0 and out["message_count"] == 0 and out["token_count"] == 0
         assert out["would_flush"] is False and out["success"] is True
@@ -973,6 +981,7 @@ def test_clear_backup_and_restore(backend: Backend) -> None:
     assert set(out) == CLEAR_KEYS
     assert out["messages_cleared"] == 3 and out["backup_created"] is True
     backup_key = out["backup_key"]
+    assert backup_key is not None
     assert _s(backend.client.type(backup_key)) == "list"
     assert backend.client.lrange(backup_key, 0, -1) == old
     assert mem.backups() == [backup_key]
@@ -980,10 +989,10 @@ def test_clear_backup_and_restore(backend: Backend) -> None:
     assert mem.read()["messages"] == []
     assert_counters(mem)
 
-    out = mem.restore(backup_key)
-    assert set(out) == RESTORE_KEYS
-    assert out["restored"] == 3 and out["total_count"] == 3
-    assert out["token_count"] == sum(json.loads(r)["tokens"] for r in old)
+    restored = mem.restore(backup_key)
+    assert set(restored) == RESTORE_KEYS
+    assert restored["restored"] == 3 and restored["total_count"] == 3
+    assert restored["token_count"] == sum(json.loads(r)["tokens"] for r in old)
     assert contents(stored(mem)) == ["rules", "a", "b"]
     assert_counters(mem)
     assert mem.stats()["role_distribution"] == {"assistant": 1, "system": 1, "user": 1}
@@ -1029,6 +1038,7 @@ def test_health(backend: Backend) -> None:
     assert out["healthy"] is True and out["message_count"] == 2
     assert out["token_count"] == sum(m["tokens"] for m in stored(mem))
     assert out["usage"] == 0.2 and out["actual_strategy"] == "simple_fifo" and out["last_flush"] is None
+    assert out["redis"] is not None
     assert set(out["redis"]) == {"ping_ms", "version", "maxmemory_policy"}
     assert isinstance(out["redis"]["ping_ms"], float) and out["redis"]["ping_ms"] >= 0
     if backend.kind == "redis":
@@ -1045,6 +1055,7 @@ def test_health_warns_about_allkeys_eviction(redis_url: str) -> None:
     try:
         client.config_set("maxmemory-policy", "allkeys-lru")
         out = make_memory(backend, max_messages=10).health()
+        assert out["redis"] is not None
         assert out["healthy"] is True and out["redis"]["maxmemory_policy"] == "allkeys-lru"
         assert len(out["warnings"]) == 1 and "allkeys-lru" in out["warnings"][0]
     finally:
@@ -1100,6 +1111,7 @@ def test_stats(backend: Backend) -> None:
     assert out["token_utilization"] == round(tokens / 1000, 4)
     assert out["message_utilization"] == round(5 / 8, 4)
     assert out["role_distribution"] == {"assistant": 1, "system": 1, "tool": 1, "user": 2}
+    assert out["ttl_seconds"] is not None
     assert 0 < out["ttl_seconds"] <= 7200
     assert out["last_flush"] is None and out["flush_count"] == 0 and out["evicted_count"] == 0
     assert out["avg_tokens_per_message"] == round(tokens / 5, 2)
@@ -1197,9 +1209,9 @@ def test_compozy_written_data_is_readable_and_appendable(backend: Backend) -> No
     assert [(m["role"], m["content"]) for m in out["messages"]] == [(m["role"], m["content"]) for m in COMPOZY_MESSAGES]
     assert mem.stats()["message_count"] == 2 and mem.stats()["token_count"] == compozy_tokens
 
-    out = mem.append(user("and one more"))
+    appended = mem.append(user("and one more"))
     new_tokens = cl100k("user", "and one more")
-    assert out["total_count"] == 3 and out["token_count"] == compozy_tokens + new_tokens
+    assert appended["total_count"] == 3 and appended["token_count"] == compozy_tokens + new_tokens
     meta = metadata(mem)
     assert int(meta["message_count"]) == backend.client.llen(mem.layout.base) == 3
     assert int(meta["token_count"]) == compozy_tokens + new_tokens

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -76,6 +76,7 @@ def test_write_and_restore_replace(backend: Backend) -> None:
     assert mem.why("old1")["fate"] == "replaced" and mem.why("new1")["fate"] == "kept"
     cleared = mem.clear(confirm=True, backup=True)
     assert mem.why("new1")["fate"] == "cleared" and mem.why("new1")["backup_key"] == cleared["backup_key"]
+    assert cleared["backup_key"] is not None
     mem.restore(cleared["backup_key"])
     assert ops(mem) == ["append", "write", "clear", "restore"]
     assert mem.log()[-1]["ids"] == ["new1"] and mem.why("new1")["fate"] == "kept"
@@ -261,7 +262,7 @@ def test_source_magic_and_memory_log_subcommand(backend: Backend) -> None:
     magics._project = None
     try:
         magics.project.use_backend(backend)
-        shell.run_cell_magic("compozy", "", yaml.safe_dump(SHELL_MEMORY))
+        cast(Any, shell).run_cell_magic("compozy", "", yaml.safe_dump(SHELL_MEMORY))  # unannotated in IPython
         shell.run_line_magic("compozy", "memory append mem --key k --payload '\"hello\"'")
         frame = shell.run_line_magic("compozy", "memory log mem --key k")
         assert frame["operation"].tolist() == ["append"] and frame["source"].tolist() == ["magic"]

@@ -12,15 +12,19 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from fake_openai import FakeOpenAI, Reply, completion
 
 from compozy_nb import Project
 from compozy_nb.backends import Backend, connect
 from compozy_nb.testing import on_transport
 from compozy_nb.workflow.providers import DEFAULT_MAX_REPLY_BYTES
+
+if TYPE_CHECKING:  # tests/ is on sys.path when pytest runs; mypy sees the module as tests.fake_openai
+    from tests.fake_openai import FakeOpenAI, Reply, completion
+else:
+    from fake_openai import FakeOpenAI, Reply, completion
 
 pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from compozy_nb import AsyncMemory, MemoryInstance, Project
 from compozy_nb.backends import Backend
@@ -100,7 +100,11 @@ def test_the_http_server_exposes_exactly_the_registered_options() -> None:
     }
     for name, body in (("flush", models.FlushRequest), ("clear", models.ClearRequest)):
         assert set(body.model_fields) == {"key", *OPERATIONS[name].options.model_fields}, name
-    queries = {"read": models.ReadQuery, "health": models.HealthQuery, "stats": models.StatsQuery}
+    queries: dict[str, type[BaseModel]] = {
+        "read": models.ReadQuery,
+        "health": models.HealthQuery,
+        "stats": models.StatsQuery,
+    }
     for name, query in queries.items():
         assert set(query.model_fields) == set(arguments(OPERATIONS[name])), name
     for name in ("write", "append", "delete"):
@@ -202,7 +206,7 @@ def test_a_new_option_is_one_field_in_the_registry(monkeypatch: pytest.MonkeyPat
         colour: str | None = Field(None, description="the colour of the card")
 
     op = OPERATIONS["stats"]
-    monkeypatch.setitem(OPERATIONS, "stats", Operation(op.name, op.summary, StatsWithColour))  # type: ignore[index]
+    monkeypatch.setitem(OPERATIONS, "stats", Operation(op.name, op.summary, StatsWithColour))
     assert "--colour" in _flags(_magic_parsers()["stats"])
     assert next(a for a in _magic_parsers()["stats"]._actions if a.dest == "colour").help == "the colour of the card"
     assert operations.keywords(OPERATIONS["stats"], {"colour": "red"}) == {"colour": "red"}
@@ -245,7 +249,7 @@ def test_every_operation_runs_from_a_task_on_both_transports(backend: Backend) -
 
 def test_the_engine_names_the_parameter_and_a_task_names_its_config_field(backend: Backend) -> None:
     mem = _project(backend).memory("mem", u="ada")
-    cases = [
+    cases: list[tuple[str, dict[str, Any], str, str]] = [
         ("read", {"since": "yesterday"}, "since", "since: not an ISO-8601 date/time"),
         ("read", {"limit": -1}, "limit", "limit: must be a non-negative integer, got -1"),
         ("read", {"roles": [1]}, "roles", "roles: must be a list of role names"),

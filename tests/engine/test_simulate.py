@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -74,7 +74,7 @@ def test_read_options_limit_what_the_agent_is_sent() -> None:
     assert budget.turns["tokens_sent"].tolist() == [tokens(0), tokens(1, 2), tokens(2, 3, 4)]
 
 
-def _by_hand(project: Project, ref: str, frame: pd.DataFrame, read: dict[str, int]) -> tuple[list[int], Any]:
+def _by_hand(project: Project, ref: str, frame: pd.DataFrame, read: dict[str, Any]) -> tuple[list[int], Any]:
     """The operations the simulator performs, written out: append what came since the last read, then read."""
     sent: list[int] = []
     for number, (_cid, group) in enumerate(frame.groupby("conversation_id", sort=False)):
@@ -129,7 +129,7 @@ def test_redis_backend_deletes_its_namespace(redis_url: str) -> None:
     frame = compozy_nb.synthetic_conversations(users=2, sessions_per_user=2, long_turns=6)
     sim = compozy_nb.simulate(frame, [MemoryResource("w").message_count_based(4)], backend=redis_url, progress=False)
     assert sim.summary.loc["w", "evicted"] > 0
-    assert [k.decode() for k in client.keys("*")] == ["keep-me"]
+    assert [k.decode() for k in cast(list[bytes], client.keys("*"))] == ["keep-me"]
 
 
 def test_deterministic_and_the_same_over_processes() -> None:

@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -17,6 +17,7 @@ import yaml
 from compozy_nb.backends import Backend
 from compozy_nb.errors import CompozyNbError, ConfigError, InvalidPayloadError
 from compozy_nb.memory.instance import MemoryInstance
+from compozy_nb.memory.outputs import AppendOutput, WriteOutput
 from compozy_nb.memory.transcript import PART_TOKENS
 from compozy_nb.project import Project
 from compozy_nb.testing import on_transport
@@ -392,12 +393,12 @@ def test_export_import_round_trip(backend: Backend, tmp_path: Path, suffix: str)
     out = mem.export(path)
     assert out["count"] == len(SHAPES) + 4 and Path(out["path"]) == path
     other = make_memory(backend, key="agent:copy")
-    assert other.import_file(path)["appended"] == len(SHAPES) + 4
-    assert other.import_file(path)["appended"] == 0  # ids kept: importing twice adds nothing
+    assert cast(AppendOutput, other.import_file(path))["appended"] == len(SHAPES) + 4
+    assert cast(AppendOutput, other.import_file(path))["appended"] == 0  # ids kept: importing twice adds nothing
     assert [without_ours(m) | {"id": m["id"]} for m in other.read()["messages"]] == [
         without_ours(m) | {"id": m["id"]} for m in mem.read()["messages"]
     ]
-    assert other.import_file(path, replace=True)["count"] == len(SHAPES) + 4
+    assert cast(WriteOutput, other.import_file(path, replace=True))["count"] == len(SHAPES) + 4
     if suffix == ".parquet":
         table = pd.read_parquet(path)
         assert list(table.columns) == ["id", "role", "content", "tokens", "ts", "message"]

@@ -62,7 +62,7 @@ def roles(messages: Sequence[dict[str, Any]]) -> list[str]:
 
 @pytest.mark.parametrize("flushing", [None, {"type": "lru"}])
 def test_budget_and_last_reads_return_whole_groups(backend: Backend, flushing: dict[str, Any] | None) -> None:
-    fields = {"flushing": flushing} if flushing else {}
+    fields: dict[str, Any] = {"flushing": flushing} if flushing else {}
     mem = make_memory(backend, **fields)
     mem.append(transcript())
     stored = mem.read()["messages"]

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from fake_openai import FakeOpenAI, Reply
 
 from compozy_nb.backends import Backend
 from compozy_nb.project import Project
 from compozy_nb.testing import on_transport
+
+if TYPE_CHECKING:  # tests/ is on sys.path when pytest runs; mypy sees the module as tests.fake_openai
+    from tests.fake_openai import FakeOpenAI, Reply
+else:
+    from fake_openai import FakeOpenAI, Reply
 
 pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
 

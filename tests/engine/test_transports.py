@@ -17,6 +17,7 @@ from compozy_nb import OPERATIONS, AsyncMemory, Project
 from compozy_nb.backends import Backend, connect
 from compozy_nb.errors import CompozyNbError
 from compozy_nb.memory.instance import MemoryInstance
+from compozy_nb.memory.outputs import AppendOutput, StatsOutput
 from compozy_nb.testing import RedisServer, free_port
 
 RESOURCE = {
@@ -206,7 +207,7 @@ def test_project_amemory_is_the_async_transport_of_memory(backend: Backend) -> N
     memory = project.amemory("mem", key="via:amemory")
     assert isinstance(memory, AsyncMemory) and memory.key == "via:amemory"
 
-    async def scenario() -> dict[str, Any]:
+    async def scenario() -> StatsOutput:
         await memory.append("hello")
         out = await memory.stats()
         await memory.client.aclose()
@@ -272,7 +273,7 @@ def test_concurrent_async_calls_share_a_pipeline_and_keep_their_own_results(back
     broken = project.amemory("mem", key="pipelined:broken")
     backend.client.set(broken.instance.layout.base, "not a list")  # the script fails there (WRONGTYPE)
 
-    async def burst() -> list[Any]:
+    async def burst() -> list[AppendOutput | BaseException]:
         calls = [memory.append(user(f"m{i}")) for i in range(40)]
         calls.insert(20, memory.append(too_big))
         calls.insert(10, broken.append(user("lost")))
@@ -282,6 +283,7 @@ def test_concurrent_async_calls_share_a_pipeline_and_keep_their_own_results(back
     outs = asyncio.run(burst())
     errors = [o for o in outs if isinstance(o, BaseException)]
     assert len(errors) == 2 and all(isinstance(e, CompozyNbError) for e in errors)
+    assert isinstance(errors[0], CompozyNbError) and isinstance(errors[1], CompozyNbError)  # narrows for mypy
     assert outs[10] is errors[0] and errors[0].context["key"] == "pipelined:broken"  # the script's own error
     assert errors[1].code == "LIMIT_EXCEEDED" and errors[1].context["operation"] == "append"
     assert backend.client.get(broken.instance.layout.base) == b"not a list"

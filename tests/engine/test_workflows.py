@@ -10,10 +10,9 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from fake_openai import FakeOpenAI, Reply, completion
 
 from compozy_nb import Project
 from compozy_nb.backends import Backend
@@ -21,6 +20,11 @@ from compozy_nb.config.project import ProjectSettings
 from compozy_nb.errors import CompozyNbError, ConfigError
 from compozy_nb.memory.keys import KeyLayout
 from compozy_nb.testing import on_transport
+
+if TYPE_CHECKING:  # tests/ is on sys.path when pytest runs; mypy sees the module as tests.fake_openai
+    from tests.fake_openai import FakeOpenAI, Reply, completion
+else:
+    from fake_openai import FakeOpenAI, Reply, completion
 
 pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
 
@@ -688,7 +692,8 @@ def test_python_provider_gets_the_messages_and_returns_text(project: Project) ->
     @project.llm("shout")
     def shout(messages: list[dict[str, Any]]) -> str:
         seen.append(messages)
-        return messages[-1]["content"].upper()
+        content: str = messages[-1]["content"]
+        return content.upper()
 
     project.add_yaml("""
 name: py

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -62,7 +62,8 @@ class InFlight:
         self.most = max(self.most, self.now)
         await asyncio.sleep(0.02)
         self.now -= 1
-        return "echo: " + messages[-1]["content"]
+        content: str = messages[-1]["content"]
+        return "echo: " + content
 
 
 def test_arun_many_interleaves_async_llm_calls_on_the_loop_thread(project: Project) -> None:
@@ -147,7 +148,7 @@ def test_a_plain_tool_in_an_async_run_runs_off_the_loop(project: Project) -> Non
         return {"content": None, "tool_calls": [call]}
 
     project.llm("caller")(caller)
-    project.tool("t")(lambda: where.append(threading.get_ident()) or "ok")
+    project.tool("t")(lambda: cast(object, where.append(threading.get_ident())) or "ok")  # cast: append returns None
 
     async def main() -> dict[str, Any]:
         return await project.arun("tools", {"user": "x", "text": "go"})

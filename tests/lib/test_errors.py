@@ -94,6 +94,7 @@ def test_codes_read_as_plain_strings() -> None:
 def test_provider_error_lives_in_errors_and_is_exported() -> None:
     from compozy_nb.workflow import providers
 
+    # the providers module imports ProviderError but does not re-export it explicitly (no "as", no __all__)
     assert providers.ProviderError is ProviderError is compozy_nb.ProviderError
     assert compozy_nb.ErrorCode is ErrorCode
     assert ProviderError("no reply").code == "PROVIDER_ERROR"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import pandas as pd
 import pytest
 
@@ -11,6 +14,7 @@ from compozy_nb.backends import Backend
 from compozy_nb.config._yaml import load_documents, validate_document
 from compozy_nb.config.memory import MemoryResource as MemoryModel
 from compozy_nb.config.workflow import Workflow as WorkflowModel
+from compozy_nb.results import OperationResult
 from compozy_nb.sdk import EMAIL
 
 SEED_YAML = r"""
@@ -129,12 +133,12 @@ def test_results_display(backend: Backend) -> None:
     project.add(seed_builder())
     mem = project.memory("conversation_memory", user_id="u", session_id="s")
     mem.append([{"role": "user", "content": "<b>hi</b>", "metadata": {"k": 1}}])
-    read = mem.read()
+    read = cast(OperationResult, mem.read())  # what an output is at run time (its type: ReadOutput)
     html = read._repr_html_()
     assert "&lt;b&gt;hi&lt;/b&gt;" in html and "<b>hi</b>" not in html.replace("<b>read", "")
     frame = mem.to_pandas()
     assert list(frame.columns[:4]) == ["position", "role", "content", "tokens"] and "metadata" in frame.columns
-    stats = mem.stats().to_pandas()
+    stats = cast(OperationResult, mem.stats()).to_pandas()
     assert len(stats) == 1 and stats.loc[0, "message_count"] == 1
 
 
@@ -165,7 +169,7 @@ tasks:
 """
 
 
-def _echo_project(backend: Backend, echo: object) -> Project:
+def _echo_project(backend: Backend, echo: Callable[..., Any]) -> Project:
     project = Project("runs")
     project.use_backend(backend)
     project.llm("echo")(echo)
@@ -241,7 +245,7 @@ def test_transcript_renders_tool_calls_parts_summaries_and_redactions(backend: B
             {"role": "system", "content": "earlier: greetings", "summary": True},
         ]
     )
-    html = mem.read()._repr_html_()
+    html = cast(OperationResult, mem.read())._repr_html_()
     assert "mail <span class='cnb-red'>[REDACTED]</span>" in html
     assert "lookup({&quot;q&quot;: &quot;ada&quot;})" in html and "#call_1" in html
     assert "result of #call_1" in html and "summary of earlier messages" in html
@@ -254,7 +258,7 @@ def test_transcript_renders_content_parts_and_calls_without_text() -> None:
     from compozy_nb.notebook.views import transcript_html
 
     call = {"id": "c9", "type": "function", "function": {"name": "search", "arguments": "{}"}}
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "content": [{"type": "text", "text": "see [REDACTED]"}, {"type": "image_url"}]},
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "user", "content": "<script>x</script> " + "long " * 200},

@@ -45,7 +45,8 @@ def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) 
 def json_documents(text: str) -> list[Any]:
     """Every JSON value printed one after another (exec prints one per request)."""
     decoder = json.JSONDecoder()
-    docs, index = [], 0
+    docs: list[Any] = []
+    index = 0
     while True:
         while index < len(text) and text[index].isspace():
             index += 1
@@ -638,6 +639,7 @@ def test_bad_input_in_process_fails_cleanly(
 ) -> None:
     monkeypatch.delenv("COMPOZY_REDIS_URL", raising=False)
     monkeypatch.chdir(REPO_ROOT)
+    code: str | int | None
     try:
         code = main(args)  # any exception escaping main() would be a traceback for the user
     except SystemExit as exc:  # argparse usage errors

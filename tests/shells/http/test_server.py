@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, cast
 
 # fastapi, uvicorn and schemathesis come with the test extra: missing, these tests fail instead of skipping.
 import fastapi  # noqa: F401
@@ -86,10 +86,20 @@ def key() -> str:
     return f"t:{uuid.uuid4().hex[:12]}"
 
 
-def assert_error(response: httpx.Response, status: int, code: str, field: str | None = None) -> dict[str, Any]:
+class _Response(Protocol):
+    """An httpx response, or an httpx2 one (what Starlette's TestClient returns when httpx2 is installed)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    def json(self, **kwargs: Any) -> Any: ...
+
+
+def assert_error(response: _Response, status: int, code: str, field: str | None = None) -> dict[str, Any]:
     """The response is Compozy's error envelope with ``status``, ``code`` and (when given) ``field``."""
     assert response.status_code == status, response.text
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert body["status"] == status
     assert body["error"]["code"] == code, body
     assert isinstance(body["message"], str) and body["message"]
@@ -600,12 +610,14 @@ def test_openapi_fuzz_finds_no_server_error(api: httpx.Client, server: ServerPro
     """schemathesis generates valid (positive) and invalid (negative) requests for every operation of
     /openapi.json, with random path parameters and with the real memory/workflow/task ids."""
     import schemathesis
+    from schemathesis.core.result import Ok
     from schemathesis.generation import GenerationMode
 
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     real_ids = {"memory_ref": "conversation_memory", "workflow_id": "chatbot-workflow", "task_id": "read_history"}
     seen: dict[str, int] = {}
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok)
         operation = result.ok()
         names = {p.name for p in operation.path_parameters}
         fixed = {name: real_ids[name] for name in names if name in real_ids}
@@ -803,7 +815,7 @@ def test_threads_racing_for_the_first_backend_use_connect_once(redis_url: str, m
     from compozy_nb import Project
 
     calls: list[str | None] = []
-    real_connect = project_module.connect
+    real_connect = cast(Any, project_module).connect  # the name compozy_nb.project imported (not re-exported)
 
     def slow_connect(url: str | None, **options: Any) -> Any:
         calls.append(url)
@@ -843,7 +855,8 @@ _CONFIG_VALUES = st.one_of(
     st.sampled_from(["simple_fifo", "lru", "token_aware_lru", "hybrid_summary", "fifo", "role", "nope"]),
     st.none(),
 )
-_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
+_SURROGATES: tuple[Literal["Cs"]] = ("Cs",)  # annotated: mypy infers a bare tuple literal as tuple[str]
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=_SURROGATES), max_size=30)
 _KEY_PART = st.from_regex(r"[A-Za-z0-9_@.-]{1,12}", fullmatch=True)
 _MESSAGE = st.fixed_dictionaries(
     {"content": st.one_of(_TEXT.filter(str.strip), _TEXT.filter(str.strip), _TEXT, st.integers(), st.none())},
@@ -1098,7 +1111,8 @@ def test_task_and_workflow_runs_wait_for_their_model_on_the_event_loop(redis_url
         async def gated(messages: list[dict[str, Any]]) -> str:
             waiting.append(messages[-1]["content"])
             await gate.wait()
-            return "ok: " + messages[-1]["content"]
+            content: str = messages[-1]["content"]
+            return "ok: " + content
 
         app = create_app(project, api_key="", threads=1)
         async with app.router.lifespan_context(app):

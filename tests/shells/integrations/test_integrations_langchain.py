@@ -9,7 +9,8 @@ import json
 import sys
 import uuid
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -120,9 +121,9 @@ def test_redaction_and_limits_apply(project: Project) -> None:
 
 def test_windows_return_the_newest_messages(project: Project) -> None:
     history(project).add_messages([HumanMessage(f"message {i} " + "word " * 20) for i in range(10)])
-    assert [m.content.split()[1] for m in history(project, last=3).messages] == ["7", "8", "9"]
+    assert [cast(str, m.content).split()[1] for m in history(project, last=3).messages] == ["7", "8", "9"]
     budget = history(project, max_tokens=60).messages
-    assert 0 < len(budget) < 10 and budget[-1].content.startswith("message 9")
+    assert 0 < len(budget) < 10 and cast(str, budget[-1].content).startswith("message 9")
     with pytest.raises(ConfigError):
         history(project, last=1, max_tokens=10)
 
@@ -147,7 +148,10 @@ def chain_with_history(project: Project, seen: list[int], replies: list[str], **
     prompt = ChatPromptTemplate.from_messages(
         [("system", "You are terse."), MessagesPlaceholder("history"), ("human", "{question}")]
     )
-    record = RunnableLambda(lambda value: seen.append(len(value.to_messages())) or value)
+    # casts: mypy cannot pick RunnableLambda's overload for a bare lambda, and append() returns None
+    record = RunnableLambda(
+        cast(Callable[[Any], Any], lambda value: cast(object, seen.append(len(value.to_messages()))) or value)
+    )
     extra = {"history_factory_config": factory.pop("config")} if "config" in factory else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # RunnableWithMessageHistory is deprecated upstream
@@ -392,7 +396,7 @@ def test_a_budget_window_never_starts_inside_a_tool_call_group(project: Project)
 
 def test_content_parts_and_developer_messages_round_trip_through_redis(project: Project) -> None:
     h = history(project)
-    parts = [
+    parts: list[str | dict[Any, Any]] = [
         {"type": "text", "text": "what is this?"},
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
     ]

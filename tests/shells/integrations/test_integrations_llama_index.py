@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from llama_index.core.base.llms.types import AudioBlock, ImageBlock, TextBlock, ThinkingBlock, ToolCallBlock
@@ -125,9 +125,9 @@ def test_window_options(project: Project) -> None:
     full = CompozyChatStore(project, "conv")
     full.set_messages("k", [user(f"m{i} " + "word " * 20) for i in range(10)])
     last = CompozyChatStore(project, "conv", last=2).get_messages("k")
-    assert [m.content.split()[0] for m in last] == ["m8", "m9"]
+    assert [cast(str, m.content).split()[0] for m in last] == ["m8", "m9"]
     budget = CompozyChatStore(project, "conv", max_tokens=60).get_messages("k")
-    assert 0 < len(budget) < 10 and budget[-1].content.startswith("m9")
+    assert 0 < len(budget) < 10 and cast(str, budget[-1].content).startswith("m9")
     with pytest.raises(ConfigError):
         CompozyChatStore(project, "conv", max_tokens=1, last=1)
 

@@ -40,7 +40,7 @@ def test_copies_equal_constructed_models_and_own_their_containers() -> None:
     assert third.tags == [] and first.tags == []
 
 
-STORED = [
+STORED: list[dict[str, Any]] = [
     {"role": "user", "content": "hello", "id": "m1", "tokens": 3, "ts": "2026-12-04T10:00:00.000Z"},
     {"role": "assistant", "content": "hi there", "id": "m2", "tokens": 4},
     {"role": "system", "content": "be brief", "id": "m3"},
@@ -66,15 +66,16 @@ def test_llama_index_text_messages_match_the_constructors() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from compozy_nb.integrations import llama_index as li
+    llama: Any = li  # llama_index's MessageRole, TextBlock, ChatMessage, imported there (not in its __all__)
 
     for stored in STORED * 2:
         quick: Any = li.from_openai(stored)
-        role = li.MessageRole(stored["role"])
-        blocks = [li.TextBlock(text=stored["content"])] if stored["content"] else []
-        exact = li.ChatMessage(role=role, blocks=blocks)
+        role = llama.MessageRole(stored["role"])
+        blocks = [llama.TextBlock(text=stored["content"])] if stored["content"] else []
+        exact = llama.ChatMessage(role=role, blocks=blocks)
         assert quick == exact and quick.model_dump() == exact.model_dump() and quick.content == exact.content
     one: Any = li.from_openai(STORED[0])
     two: Any = li.from_openai(STORED[0])
     one.additional_kwargs["x"] = 1
-    one.blocks.append(li.TextBlock(text="more"))
+    one.blocks.append(llama.TextBlock(text="more"))
     assert two.additional_kwargs == {} and len(two.blocks) == 1

@@ -150,7 +150,7 @@ def test_run_workflow_and_store(ip: object) -> None:
     run = magic(ip, "run remember --input $inp -o out")
     assert run["status"] == "completed"  # type: ignore[index]
     assert ip.user_ns["out"] is run  # type: ignore[attr-defined]
-    assert "save" in run._repr_html_()  # type: ignore[attr-defined]
+    assert "save" in run._repr_html_()
     run2 = magic(ip, 'run remember --input \'{"user": "u9", "text": "again"}\'')
     assert run2["output"]["count"] == 2  # type: ignore[index]
 
@@ -172,7 +172,7 @@ def test_project_and_use(ip: object, backend: Backend) -> None:
     cell(ip, "", "name: analytics\n---\n" + MEMORY_CELL)
     project = magic(ip, "project -o proj")
     assert ip.user_ns["proj"] is project and project.name == "analytics"  # type: ignore[attr-defined]
-    assert "notes" in project.resources  # type: ignore[attr-defined]
+    assert "notes" in project.resources
     other = Project("other")
     other.use_backend(backend)
     other.add_yaml(MEMORY_CELL)
@@ -357,7 +357,7 @@ def test_memory_ls_parses_key_variables_into_columns(ip: object) -> None:
     assert frame["key"].tolist() == ["notes:a1", "notes:b2"]  # type: ignore[index]
     assert frame["user"].tolist() == ["a1", "b2"]  # type: ignore[index]
     assert ip.user_ns["listing"] is frame  # type: ignore[attr-defined]
-    html = frame._repr_html_()  # type: ignore[attr-defined]
+    html = frame._repr_html_()
     assert "2 instances matching" in html and "<th style='text-align:left'>user</th>" in html
     everything = magic(ip, "memory ls")  # no resource given: every resource's key template is tried
     assert everything["user"].tolist() == ["a1", "b2"]  # type: ignore[index]
@@ -373,6 +373,7 @@ def test_read_is_a_dataframe_shown_as_a_transcript(ip: object) -> None:
     assert isinstance(frame, TranscriptFrame) and isinstance(frame, pd.DataFrame)
     assert str(frame["ts"].dtype).startswith("datetime64") and str(frame["ts"].dt.tz) == "UTC"
     html = frame._repr_html_()
+    assert html is not None
     assert "my ssn is <span class='cnb-red'>[REDACTED]</span>" in html
     assert "cnb-assistant" in html and "2 of 2 messages" in html
     assert type(frame[["role", "content"]]) is pd.DataFrame  # a selection is an ordinary DataFrame
@@ -478,4 +479,4 @@ def test_inspect_magic_opens_the_inspector(ip: object) -> None:
     magic(ip, "memory append notes --var user=i1 --payload '\"hello\"'")
     inspector = magic(ip, "inspect --pattern 'notes:*'")
     assert isinstance(inspector, Inspector)
-    assert "notes:i1" in inspector.table.value and "hello" in inspector.transcript.value  # type: ignore[attr-defined]
+    assert "notes:i1" in inspector.table.value and "hello" in inspector.transcript.value

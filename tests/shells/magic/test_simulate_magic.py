@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -34,7 +35,7 @@ def ip() -> Iterator[InteractiveShell]:
     magics._project = None
     magics.project.use_backend(connect(f"embedded://{uuid.uuid4().hex}"))
     shell.run_line_magic("config", "Compozy.progress = False")
-    shell.run_cell_magic("compozy", "", CELL)
+    cast(Any, shell).run_cell_magic("compozy", "", CELL)  # unannotated in IPython
     shell.user_ns["df"] = compozy_nb.synthetic_conversations(users=2, long_turns=8)
     yield shell
     shell.run_line_magic("config", "Compozy.progress = True")
