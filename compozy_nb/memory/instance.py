@@ -16,7 +16,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast, overload
 
 from compozy_nb.backends import Backend
 from compozy_nb.config.memory import STRATEGIES, MemoryResource
@@ -530,6 +530,15 @@ class MemoryInstance:
         messages = self.read(archive=archive)["messages"]
         target = frames.export_messages(messages, path)
         return self._out("export", success=True, path=str(target), count=len(messages))
+
+    @overload
+    def import_file(self, path: str | Path, *, replace: Literal[False] = False) -> AppendOutput: ...
+
+    @overload
+    def import_file(self, path: str | Path, *, replace: Literal[True]) -> WriteOutput: ...
+
+    @overload
+    def import_file(self, path: str | Path, *, replace: bool) -> WriteOutput | AppendOutput: ...
 
     def import_file(self, path: str | Path, *, replace: bool = False) -> WriteOutput | AppendOutput:
         """Append the messages of a file written by :meth:`export` (ids kept: importing twice adds nothing);

@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -17,7 +17,6 @@ import yaml
 from compozy_nb.backends import Backend
 from compozy_nb.errors import CompozyNbError, ConfigError, InvalidPayloadError
 from compozy_nb.memory.instance import MemoryInstance
-from compozy_nb.memory.outputs import AppendOutput, WriteOutput
 from compozy_nb.memory.transcript import PART_TOKENS
 from compozy_nb.project import Project
 from compozy_nb.testing import on_transport
@@ -393,12 +392,12 @@ def test_export_import_round_trip(backend: Backend, tmp_path: Path, suffix: str)
     out = mem.export(path)
     assert out["count"] == len(SHAPES) + 4 and Path(out["path"]) == path
     other = make_memory(backend, key="agent:copy")
-    assert cast(AppendOutput, other.import_file(path))["appended"] == len(SHAPES) + 4
-    assert cast(AppendOutput, other.import_file(path))["appended"] == 0  # ids kept: importing twice adds nothing
+    assert other.import_file(path)["appended"] == len(SHAPES) + 4
+    assert other.import_file(path)["appended"] == 0  # ids kept: importing twice adds nothing
     assert [without_ours(m) | {"id": m["id"]} for m in other.read()["messages"]] == [
         without_ours(m) | {"id": m["id"]} for m in mem.read()["messages"]
     ]
-    assert cast(WriteOutput, other.import_file(path, replace=True))["count"] == len(SHAPES) + 4
+    assert other.import_file(path, replace=True)["count"] == len(SHAPES) + 4
     if suffix == ".parquet":
         table = pd.read_parquet(path)
         assert list(table.columns) == ["id", "role", "content", "tokens", "ts", "message"]
