@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -336,15 +338,26 @@ def _drive(project: Host, steps: RunSteps[T]) -> T:
             error = exc
 
 
+_RUN_POOL = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="compozy-nb run")
+"""Where async runs advance between steps: a pool of their own, so plain tools or models blocking the loop's
+default executor never hold up another run's templates and prompts (threads start on first use)."""
+
+
+async def _advance_off_loop(steps: RunSteps[Any], value: Any, error: Exception | None) -> tuple[RunStep | None, Any]:
+    """:func:`_advance` in :data:`_RUN_POOL`, in a copy of the caller's context (the log's source and friends)."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(_RUN_POOL, context.run, _advance, steps, value, error)
+
+
 async def _adrive(project: Host, steps: RunSteps[T]) -> T:
     """Run the steps from the event loop: memory operations over ``AsyncMemory``, LLM calls over async
     clients, tools awaited (``async def``) or in a worker thread (a plain function may block). The run's own
     work between steps (rendering templates and payloads, building prompts) is CPU-bound, so it advances in a
-    worker thread too: the loop only waits."""
+    worker thread too (:data:`_RUN_POOL`): the loop only waits."""
     value: Any = None
     error: Exception | None = None
     while True:
-        step, result = await asyncio.to_thread(_advance, steps, value, error)
+        step, result = await _advance_off_loop(steps, value, error)
         if step is None:
             return cast(T, result)
         value, error = None, None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from typing import Any, cast
 
@@ -182,3 +183,42 @@ def test_arun_many_checks_its_concurrency(project: Project) -> None:
             asyncio.run(project.workflow("turn").arun_many([{"user": "u", "text": "x"}], concurrency=bad))  # type: ignore[arg-type]
         assert info.value.context["field"] == "concurrency"
     assert stored(project, "u") == []
+
+
+def test_blocking_plain_tools_do_not_hold_up_other_runs(project: Project) -> None:
+    """40 runs whose plain tool blocks fill the loop's default thread pool (min(32, CPUs + 4) threads); a run
+    without tools still completes while they wait, because runs advance between steps in a pool of their own."""
+    project.add_yaml(WORKFLOW.replace("name: turn", "name: tools").replace("function: model", "function: caller"))
+    gate = threading.Event()
+    blocked: list[int] = []
+
+    def caller(messages: list[dict[str, Any]]) -> Any:
+        if messages[-1]["role"] == "tool":
+            return "done"
+        if messages[-1]["content"] == "no tools":
+            return "quick"
+        call = {"id": "c", "type": "function", "function": {"name": "wait", "arguments": "{}"}}
+        return {"content": None, "tool_calls": [call]}
+
+    def wait() -> str:
+        blocked.append(1)
+        gate.wait(120)
+        return "ok"
+
+    project.llm("caller")(caller)
+    project.tool("wait")(wait)
+
+    async def main() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        slow = [asyncio.ensure_future(project.arun("tools", {"user": f"b{i}", "text": "go"})) for i in range(40)]
+        pool_size = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor
+        while len(blocked) < pool_size and not any(task.done() for task in slow):  # the default pool is full
+            await asyncio.sleep(0.01)
+        try:  # a guard against a hang, not a time limit
+            quick = await asyncio.wait_for(project.arun("tools", {"user": "q", "text": "no tools"}), timeout=60)
+        finally:
+            gate.set()
+        return quick, list(await asyncio.gather(*slow))
+
+    quick, slow_runs = asyncio.run(main())
+    assert quick["status"] == "completed" and quick["output"]["content"] == "quick"
+    assert [run["status"] for run in slow_runs] == ["completed"] * 40
