@@ -43,10 +43,13 @@ MAX_IN_FLIGHT = 64  # below the async client's 100 connections: more requests wa
 INLINE_CHARS = 1024
 """Payloads of text up to this many characters are encoded on the event loop (tens of microseconds of work)."""
 INLINE_MESSAGES = 8
+INLINE_FIELDS = 16  # per message: an inline payload's fields are all scalars
+_SCALAR_CHARS = 24  # what a number, bool or None counts for against INLINE_CHARS (its JSON is at most this long)
 
 
 def _small(payload: Any) -> bool:
-    """A string, a message map or a short list of them whose values are all short strings (no nesting)."""
+    """A string, a message map or a short list of them whose values are all short strings or small scalars (a
+    number within 64 bits, a bool, None; no nesting)."""
     if isinstance(payload, str):
         return len(payload) <= INLINE_CHARS
     if isinstance(payload, Mapping):
@@ -57,13 +60,21 @@ def _small(payload: Any) -> bool:
         return False
     total = 0
     for item in items:
-        if not isinstance(item, Mapping):
+        if not isinstance(item, Mapping) or len(item) > INLINE_FIELDS:
             return False
         for value in item.values():
-            if not isinstance(value, str):
+            if isinstance(value, str):
+                total += len(value)
+            elif _scalar(value):
+                total += _SCALAR_CHARS
+            else:
                 return False
-            total += len(value)
     return total <= INLINE_CHARS
+
+
+def _scalar(value: Any) -> bool:
+    """None, a bool, a float or an int within 64 bits (a huge int costs its decimal conversion)."""
+    return value is None or isinstance(value, bool | float) or (isinstance(value, int) and value.bit_length() <= 64)
 
 
 class _ClientState:

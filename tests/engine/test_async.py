@@ -135,3 +135,51 @@ def test_async_append_adopts_compozy_data(backend: Backend) -> None:
     out = asyncio.run(scenario())
     assert out["total_count"] == 2
     assert project.memory("chat", key="old").stats()["message_count"] == 2
+
+
+def test_async_messages_with_scalar_fields_are_stored_as_sync_stores_them(backend: Backend) -> None:
+    """Small payloads whose extra fields are numbers, booleans or None are encoded on the event loop (a worker
+    thread costs more than the work); a huge int takes the worker thread. Both store what the sync path stores,
+    and a NaN is refused with the same error, writing nothing."""
+    project = _project(backend)
+    project.add_yaml(RESOURCE.replace("id: chat", "id: big").replace("max_messages: 5", "max_messages: 100"))
+    payloads: list[Any] = [
+        {"role": "user", "content": "hi", "client": 3, "seq": 17, "score": 0.25, "final": False, "note": None},
+        [{"role": "user", "content": "a", "n": -(2**63)}, {"role": "assistant", "content": "b", "n": 2**64 - 1}],
+        {"role": "user", "content": "big", "n": 2**100},  # beyond 64 bits: encoded in the worker thread
+    ]
+    sync_mem = project.memory("big", key="s")
+    async_mem = AsyncMemory(project.memory("big", key="a"))
+
+    async def scenario() -> str:
+        for payload in payloads:
+            await async_mem.append(payload)
+        try:
+            await async_mem.append({"role": "user", "content": "x", "score": float("nan")})
+        except Exception as exc:  # compared with the sync path's error below
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            error = "no error"
+        await async_mem.client.aclose()
+        return error
+
+    async_error = asyncio.run(scenario())
+    for payload in payloads:
+        sync_mem.append(payload)
+    try:
+        sync_mem.append({"role": "user", "content": "x", "score": float("nan")})
+    except Exception as exc:
+        sync_error = f"{type(exc).__name__}: {exc}"
+    assert async_error == sync_error and "NaN" in async_error
+
+    def stored(key: str) -> list[dict[str, Any]]:
+        out = []
+        for raw in backend.client.lrange(f"compozy:aio:memory:{key}", 0, -1):
+            message = json.loads(raw)
+            del message["id"], message["ts"]
+            out.append(message)
+        return out
+
+    assert stored("a") == stored("s")
+    assert [m["content"] for m in stored("a")] == ["hi", "a", "b", "big"]
+    assert stored("a")[0]["client"] == 3 and stored("a")[3]["n"] == 2**100
