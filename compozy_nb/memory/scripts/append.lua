@@ -91,7 +91,7 @@ local function satisfied() return removed_msgs >= need_msgs and removed_tokens >
 -- kept whole, a leading tool run (its call removed elsewhere) is a group of its own
 local pos = 0
 local chunk = 8
-if need_msgs > 0 then chunk = need_msgs + 4 end
+if need_msgs > 0 then chunk = need_msgs + 1 end  -- the usual eviction: one message, and the next one's role
 local group_mode = nil        -- 'evict' or 'keep': what happens to the group being scanned
 local stop = false
 while pos < count and not stop do
