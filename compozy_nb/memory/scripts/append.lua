@@ -93,7 +93,7 @@ local pos = 0
 local chunk = 8
 if need_msgs > 0 then chunk = need_msgs + 1 end  -- the usual eviction: one message, and the next one's role
 local group_mode = nil        -- 'evict' or 'keep': what happens to the group being scanned
-local stop = false
+local stop = satisfied()  -- under the limits: nothing to read
 while pos < count and not stop do
   local raws = redis.call('LRANGE', LIST, pos, pos + chunk - 1)
   if #raws == 0 then break end
