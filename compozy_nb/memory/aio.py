@@ -43,7 +43,7 @@ MAX_IN_FLIGHT = 64  # below the async client's 100 connections: more requests wa
 INLINE_CHARS = 1024
 """Payloads of text up to this many characters are encoded on the event loop (tens of microseconds of work)."""
 INLINE_MESSAGES = 8
-INLINE_FIELDS = 16  # per message: an inline payload's fields are all scalars
+INLINE_FIELDS = 16  # at most this many fields per message of an inline payload
 _SCALAR_CHARS = 24  # what a number, bool or None counts for against INLINE_CHARS (its JSON is at most this long)
 
 
