@@ -57,7 +57,7 @@ from compozy_nb.memory.outputs import (
     WriteOutput,
 )
 from compozy_nb.memory.steps import Batch, Call, Command, Script, Step, Steps, Work
-from compozy_nb.memory.store import ForeignDataError, Scripts, redis_errors
+from compozy_nb.memory.store import READ_ONLY_SCRIPTS, ForeignDataError, Scripts, redis_errors
 from compozy_nb.privacy import PrivacyPolicy
 from compozy_nb.results import OperationResult, display_limits
 from compozy_nb.tokens import TokenCounter, get_counter
@@ -176,7 +176,7 @@ class MemoryInstance:
         return OperationResult({"operation": operation, "key": self.key, **values}, limits=self.runtime.display_limits)
 
     def _run(self, script: str, args: Sequence[Any], operation: str, strategy: str | None = None) -> Any:
-        args = [*args, self._log_arg(operation, strategy)] if script != "read" else args
+        args = args if script in READ_ONLY_SCRIPTS else [*args, self._log_arg(operation, strategy)]
         return self._scripts.run(script, self._keys, args, operation=operation, key=self.key)
 
     def _log_arg(self, operation: str, strategy: str | None = None) -> str:
@@ -838,15 +838,13 @@ class MemoryInstance:
         return cast(StatsOutput, self._drive(self._stats_steps(include_content)))
 
     def _stats_steps(self, include_content: bool) -> Steps[Output]:
-        # HGETALL, PTTL, LLEN, the tail (and head/tail previews) in one round trip; a list another tool changed is
-        # adopted first, so role counts and token totals describe the list as it is
-        base = self.layout.base
-        calls = self._stats_calls
-        if include_content:
-            calls = (*calls, Call("lrange", (base, 0, 2)), Call("lrange", (base, -3, -1)))
+        # stats.lua: the metadata, PTTL, LLEN, the tail (and head/tail previews) in one call; a list another tool
+        # changed is adopted first, so role counts and token totals describe the list as it is
+        args = ("1" if include_content else "0",)
         for _ in range(2):
-            results: list[Any] = yield Batch("stats", calls)
-            meta: dict[bytes, bytes] = results[0]  # fields used by name, not all decoded (nb_ops is ~500 bytes)
+            results: list[Any] = yield Script("stats", args, "stats")
+            flat = results[0]
+            meta: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
             length = int(results[2])
             if (
                 not length
@@ -888,17 +886,6 @@ class MemoryInstance:
         return out
 
     # ------------------------------------------------------------------ internals
-    @functools.cached_property
-    def _stats_calls(self) -> tuple[Call, ...]:
-        base = self.layout.base
-        # the tail: what every Compozy write changes (see is_ours)
-        return (
-            Call("hgetall", (self.layout.metadata,)),
-            Call("pttl", (base,)),
-            Call("llen", (base,)),
-            Call("lindex", (base, -1)),
-        )
-
     def _counters(self, operation: str) -> tuple[int, int, str | None]:
         """message_count, token_count and last_flush; a list another tool changed is adopted first."""
         return self._drive(self._counters_steps(operation))

@@ -38,12 +38,19 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+READ_ONLY_SCRIPTS = frozenset({"read", "stats"})
+"""Scripts that write nothing: they take no operation-log argument."""
+
+
 @cache
 def script_source(name: str) -> str:
-    """The full source of one script: the shared helpers followed by the script itself."""
+    """The full source of one script: the shared helpers followed by the script itself (a script whose first line
+    starts with ``-- standalone`` runs without them)."""
     folder = resources.files("compozy_nb.memory") / "scripts"
-    common = (folder / "_common.lua").read_text(encoding="utf-8")
     body = (folder / f"{name}.lua").read_text(encoding="utf-8")
+    if body.startswith("-- standalone"):
+        return body
+    common = (folder / "_common.lua").read_text(encoding="utf-8")
     return f"{common}\n{body}"
 
 
