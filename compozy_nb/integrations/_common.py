@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from compozy_nb.memory.aio import AsyncMemory
-from compozy_nb.memory.messages import decode, new_id, utc_now_iso
+from compozy_nb.memory.messages import decode, new_op_id, utc_now_iso
 from compozy_nb.memory.store import ForeignDataError, redis_errors, script_source
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def _flush_args(mem: MemoryInstance, raws: Sequence[bytes]) -> list[Any]:
     resource = mem.resource
     args = [mem.runtime.ttl_ms, resource.archive_max_messages, utc_now_iso(), "", 0, "", mem.runtime.track, len(raws)]
     # the retry-safe engine takes an operation id first (a re-send after a lost reply returns the first result)
-    return [new_id(), *args] if "ARGV: op," in script_source("flush") else args
+    return [new_op_id(), *args] if "ARGV: op," in script_source("flush") else args
 
 
 def take(mem: MemoryInstance, start: int, stop: int, operation: str) -> list[dict[str, Any]]:

@@ -215,7 +215,7 @@ class AsyncMemory:
 
     async def _script(self, name: str, args: Sequence[Any], operation: str, strategy: str | None = None) -> Any:
         mem = self.instance
-        keys = mem._keys
+        keys = mem._script_keys.get(name, mem._keys)
         args = args if name in READ_ONLY_SCRIPTS else [*args, mem._log_arg(operation, strategy)]
         client = self.client
         state = _state(client)

@@ -42,6 +42,7 @@ from compozy_nb.memory.messages import (
     decode,
     encode,
     new_id,
+    new_op_id,
     normalize_payload,
     stored_text,
     utc_now_iso,
@@ -57,7 +58,7 @@ from compozy_nb.memory.outputs import (
     WriteOutput,
 )
 from compozy_nb.memory.steps import Batch, Call, Command, Script, Step, Steps, Work
-from compozy_nb.memory.store import READ_ONLY_SCRIPTS, ForeignDataError, Scripts, redis_errors
+from compozy_nb.memory.store import READ_ONLY_SCRIPTS, SCRIPT_KEYS, ForeignDataError, Scripts, redis_errors
 from compozy_nb.privacy import PrivacyPolicy
 from compozy_nb.results import OperationResult, display_limits
 from compozy_nb.tokens import TokenCounter, get_counter
@@ -129,6 +130,7 @@ class MemoryInstance:
         self.project = project
         self.layout = KeyLayout(project, self.key, backend.cluster)
         self._keys = tuple(k.encode() for k in self.layout.all_keys)  # every script's KEYS, encoded once
+        self._script_keys = {name: self._keys[:n] for name, n in SCRIPT_KEYS.items()}
         self._scripts = _connection(backend)
 
     def __repr__(self) -> str:
@@ -177,7 +179,8 @@ class MemoryInstance:
 
     def _run(self, script: str, args: Sequence[Any], operation: str, strategy: str | None = None) -> Any:
         args = args if script in READ_ONLY_SCRIPTS else [*args, self._log_arg(operation, strategy)]
-        return self._scripts.run(script, self._keys, args, operation=operation, key=self.key)
+        keys = self._script_keys.get(script, self._keys)
+        return self._scripts.run(script, keys, args, operation=operation, key=self.key)
 
     def _log_arg(self, operation: str, strategy: str | None = None) -> str:
         """The last argument of a write script: its operation log entry's settings (memory/log.py)."""
@@ -211,9 +214,9 @@ class MemoryInstance:
     def _store_args(self, mode: str, encoded: Sequence[Encoded]) -> list[Any]:
         """append.lua's arguments. The operation id and every message id are fixed here, before the first
         send, so a re-send of the same arguments (a retry after a lost reply) writes nothing twice."""
-        args: list[Any] = [new_id(), self.runtime.append_config[mode], len(encoded)]
-        for item in encoded:
-            args.extend((item.raw, item.tokens, item.id, item.role))
+        args: list[Any] = [new_op_id().encode(), self.runtime.append_config[mode], b"%d" % len(encoded)]
+        for item in encoded:  # as bytes: redis-py's encoder costs more per argument than str.encode
+            args.extend((item.raw, b"%d" % item.tokens, item.id.encode(), item.role.encode()))
         return args
 
     def _store(self, mode: str, encoded: Sequence[Encoded], operation: str) -> list[int]:
@@ -652,7 +655,7 @@ class MemoryInstance:
         messages = self._decode_all(raws, 0)
         encoded = [
             Encoded(
-                raw.decode("utf-8") if isinstance(raw, bytes) else raw,
+                raw if isinstance(raw, bytes) else raw.encode("utf-8"),
                 count_decoded(self.runtime.counter, m),
                 str(m.get("id") or new_id()),
                 str(m["role"]),
@@ -738,13 +741,13 @@ class MemoryInstance:
                 would_remain=remaining,
                 **base,
             )
-        summary_raw, summary_tokens, summary_id = "", 0, ""
+        summary_raw, summary_tokens, summary_id = b"", 0, ""
         if plan.strategy == "hybrid_summary":
             summary_raw, summary_tokens, summary_id = yield Work(lambda: self._summary(plan))  # calls the LLM
         result = yield Script(
             "flush",
             (
-                new_id(),  # the operation id: a re-send after a lost reply returns the first run's result
+                new_op_id(),  # the operation id: a re-send after a lost reply returns the first run's result
                 self.runtime.ttl_ms,
                 self.resource.archive_max_messages,
                 utc_now_iso(),
@@ -935,7 +938,7 @@ class MemoryInstance:
             snapshot.append(flushing.Stored(raw, message, position))
         return snapshot
 
-    def _summary(self, plan: flushing.FlushPlan) -> tuple[str, int, str]:
+    def _summary(self, plan: flushing.FlushPlan) -> tuple[bytes, int, str]:
         previous = "\n".join(str(s.message.get("content", "")) for s in plan.remove if s.is_summary) or None
         originals = [s.message for s in plan.remove if not s.is_summary]
         budget = int(self.resource.flushing.summary_tokens or 0)

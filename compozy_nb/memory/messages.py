@@ -28,9 +28,9 @@ _MAX_ID = 128
 
 @dataclass(frozen=True)
 class Encoded:
-    """A message ready for the append script."""
+    """A message ready for the append script (``raw``: its stored element, UTF-8)."""
 
-    raw: str
+    raw: bytes
     tokens: int
     id: str
     role: str
@@ -72,6 +72,12 @@ def new_id() -> str:
     return os.urandom(16).hex()
 
 
+def new_op_id() -> str:
+    """A fresh operation id for the retry record of a write (64 random bits, hex): it only has to differ from the
+    ~10 other calls recorded with it, and every byte of it is read and rewritten by each write of the memory."""
+    return os.urandom(8).hex()
+
+
 def normalize_payload(payload: Any, *, operation: str) -> list[dict[str, Any]]:
     """Turn a payload (message map, list of maps, string or DataFrame) into message dicts.
 
@@ -84,6 +90,8 @@ def normalize_payload(payload: Any, *, operation: str) -> list[dict[str, Any]]:
     """
     if payload is None:
         raise InvalidPayloadError(f"{operation} operation requires payload", operation=operation)
+    if type(payload) is dict and _plain(payload, payload.get("content")):  # the usual call: one {role, content}
+        return [{"role": payload["role"], "content": payload["content"]}]
     nested = isinstance(payload, Mapping | list | tuple)  # what the caller built: its depth is unchecked
     if isinstance(payload, str):
         items: list[Any] = [{"role": "user", "content": payload}]
@@ -193,8 +201,8 @@ def encode(
             stored[name] = value
     stored.update(structured)
     try:
-        raw = _JSON.encode(stored)
-        size = len(raw) if raw.isascii() else len(raw.encode("utf-8"))
+        raw = _JSON.encode(stored).encode("utf-8")  # here once, not by redis-py on every send of it
+        size = len(raw)
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError: a lone surrogate elsewhere
         reason = "NaN or Infinity" if isinstance(exc, ValueError) and "float" in str(exc) else type(exc).__name__
         raise InvalidPayloadError(

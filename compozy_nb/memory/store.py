@@ -41,6 +41,10 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 READ_ONLY_SCRIPTS = frozenset({"read", "stats"})
 """Scripts that write nothing: they take no operation-log argument."""
 
+SCRIPT_KEYS = {"stats": 2, "read": 5}
+"""Scripts that use only the first n of an instance's keys (KEYS[1..n], see scripts/_common.lua) are sent only those:
+each key is a Lua string to build on every call (the others get all seven)."""
+
 
 @cache
 def script_source(name: str) -> str:

@@ -690,6 +690,64 @@ def test_ttl_on_every_key_after_each_write(backend: Backend) -> None:
     assert 0 < ttl_seconds <= 3600
 
 
+def set_pttl(mem: MemoryInstance, ms: int) -> None:
+    """Age every key of the instance: as if its TTL had been set ``ttl - ms`` ago."""
+    for name in instance_keys(mem):
+        mem.backend.client.pexpire(name, ms)
+
+
+def pttls(mem: MemoryInstance) -> dict[str, int]:
+    """The TTL left of each key of the instance but the operation log (which has its own TTL setting)."""
+    client = mem.backend.client
+    return {name.rsplit(":", 1)[-1]: int(client.pttl(name)) for name in instance_keys(mem) if name != mem.layout.log}
+
+
+def test_append_refreshes_the_ttl_once_more_than_its_slack_has_run(backend: Backend) -> None:
+    # an append re-expires the keys when more than min(1 % of the TTL, 1 min) of it has run (36 s of 1 h): a busy
+    # memory re-expires them about once a minute instead of with every message, and still expires between
+    # TTL - 1 min and TTL after its last write
+    hour = 3_600_000
+    mem = make_memory(backend, max_messages=2, persistence={"ttl": "1h"})
+    mem.append([user("a"), user("b")])
+    set_pttl(mem, hour - 30_000)  # set 30 s ago: within the slack
+    mem.append(user("c"))  # evicts "a" (creating the archive, which gets the list's TTL)
+    assert len(pttls(mem)) == 4 and all(hour - 45_000 < ms <= hour - 30_000 for ms in pttls(mem).values()), pttls(mem)
+    set_pttl(mem, hour - 40_000)  # set 40 s ago: beyond the slack
+    mem.append(user("d"))
+    assert all(hour - 10_000 < ms <= hour for ms in pttls(mem).values()), pttls(mem)
+
+
+def test_keys_created_between_refreshes_expire_with_the_list(backend: Backend) -> None:
+    # between two refreshes, a key the append creates gets the list's TTL: the archive (first eviction) and the
+    # ids set (re-created by SADD after Redis evicted it under maxmemory, or a hand DEL); a list emptied by the
+    # eviction and pushed again is re-expired in full
+    hour = 3_600_000
+    mem = make_memory(backend, max_messages=2, persistence={"ttl": "1h"})
+    mem.append([user("a"), user("b")])
+    assert not mem.backend.client.exists(mem.layout.archive)
+    mem.backend.client.delete(mem.layout.ids)
+    set_pttl(mem, hour - 10_000)
+    mem.append(user("c"))  # evicts "a": creates the archive and the ids set
+    assert set(pttls(mem)) == {mem.layout.base.rsplit(":", 1)[-1], "metadata", "archive", "ids"}
+    assert all(hour - 25_000 < ms <= hour - 10_000 for ms in pttls(mem).values()), pttls(mem)
+    assert mem.backend.client.smembers(mem.layout.ids) == {m["id"].encode() for m in stored(mem)[1:]}
+
+    single = make_memory(backend, key="chat:single", max_messages=1, persistence={"ttl": "1h"})
+    single.append(user("x"))
+    set_pttl(single, hour - 10_000)
+    single.append(user("y"))  # evicts the only message: the list is emptied, then pushed again
+    assert contents(stored(single)) == ["y"]
+    assert all(hour - 5_000 < ms <= hour for ms in pttls(single).values()), pttls(single)
+
+
+def test_a_shorter_ttl_applies_at_the_next_append(backend: Backend) -> None:
+    mem = make_memory(backend, max_messages=10, persistence={"ttl": "1h"})
+    mem.append(user("a"))
+    shorter = make_memory(backend, max_messages=10, persistence={"ttl": "10m"})
+    shorter.append(user("b"))
+    assert all(0 < ms <= 600_000 for ms in pttls(shorter).values()), pttls(shorter)
+
+
 @pytest.mark.parametrize("ttl", ["0", 0])
 def test_ttl_zero_means_no_expiry(backend: Backend, ttl: Any) -> None:
     mem = make_memory(backend, max_messages=2, flushing={"type": "lru"}, persistence={"ttl": ttl})

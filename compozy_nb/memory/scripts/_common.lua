@@ -1,5 +1,6 @@
 -- Shared helpers, prepended to every script by store.py.
--- KEYS: 1 messages list, 2 metadata hash, 3 archive list, 4 ids set, 5 access zset, 6 backups set, 7 log stream.
+-- KEYS: 1 messages list, 2 metadata hash, 3 archive list, 4 ids set, 5 access zset, 6 backups set, 7 log stream
+-- (read.lua is sent the first five, stats.lua the first two: store.py SCRIPT_KEYS).
 -- Every script checks all of its arguments before its first write, and writes nothing when a check fails.
 local LIST, META, ARCHIVE, IDS, ACCESS, BACKUPS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local MAX_INT = 9007199254740991   -- 2^53 - 1: exact in Lua numbers, JSON and Redis replies
@@ -13,6 +14,14 @@ local function int_arg(value, hi)
   local v = tonumber(value)
   if v > hi then return nil end
   return v
+end
+
+-- int_arg for a value a pattern already matched as digits: only the bound is left to check (a run of digits
+-- too long for exactness reads as a number above any bound).
+local function digits_arg(digits, hi)
+  local v = tonumber(digits)
+  if v and v <= hi then return v end
+  return nil
 end
 
 local function arg_error(name)
@@ -75,12 +84,12 @@ end
 -- caller (FOREIGN_DATA), which counts the tokens of its messages.
 -- Retries: each write call carries an operation id (op) chosen before its first send. A re-send of a call
 -- that already ran (its reply was lost, the client retried) finds the id and the result recorded with it.
--- The last OPS_KEPT_BYTES of calls are kept ('nb_ops': "\n<op>\t<result json>" entries, newest first), so
+-- The last OPS_KEPT_BYTES of calls are kept ('nb_ops': "\n<op>\t<result json>" entries, newest last), so
 -- calls sent together (a pipeline, concurrent clients) and re-sent together each answer as they first did.
 -- Returns count, tokens, fresh, replayed: fresh for an empty list (whose stale ids, access data and role counts
 -- the caller drops with its first write); replayed is the recorded result of a re-sent call; count is nil when
 -- the list is foreign. Writes nothing.
-local OPS_KEPT_BYTES = 512  -- about 7 calls: a pipeline or burst of writes to one memory, re-sent together
+local OPS_KEPT_BYTES = 384  -- about 9 appends: a pipeline or burst of writes to one memory, re-sent together
 
 -- The result recorded for operation id op in the 'nb_ops' value ops (nil: not there).
 local function recorded(ops, op)
@@ -92,22 +101,32 @@ local function recorded(ops, op)
   return cjson.decode(string.sub(ops, from, to and to - 1 or -1))
 end
 
-local OPS = nil  -- the 'nb_ops' value once read by load_counters or replayed (false: none), for save_counters
--- the event counters as load_counters read them (a missing or garbled value counts as 0), so a write sets them in
--- its HSET: an HINCRBY on a value another tool garbled would fail after the write's other commands
-local TALLIES = {'evicted_count', 'flush_count', 'summary_count'}
-local TALLY = nil
-
-local function load_tallies(values, first)
-  TALLY = {}
-  for i, name in ipairs(TALLIES) do TALLY[name] = int_arg(values[first + i - 1], MAX_INT) or 0 end
+-- A result (integers) as the JSON array recorded for it: one string.format, where cjson.encode costs a microsecond
+-- more on every write. '%d' prints every integer up to MAX_INT exactly (no exponent form).
+local INT_LISTS = {[2] = '[%d,%d]', [4] = '[%d,%d,%d,%d]', [6] = '[%d,%d,%d,%d,%d,%d]'}
+local function int_list(values)
+  local format = INT_LISTS[#values]
+  if format then return string.format(format, unpack(values)) end
+  return cjson.encode(values)
 end
 
-local function load_counters(op)
+local OPS = nil  -- the 'nb_ops' value once read by load_counters or replayed (false: none), for save_counters
+-- the event counters a script adds to ('evicted_count', 'flush_count', 'summary_count'), as load_counters read them
+-- (a missing or garbled value counts as 0), so a write sets them in its HSET: an HINCRBY on a value another tool
+-- garbled would fail after the write's other commands
+local TALLY = nil
+
+local function load_tallies(names, values, first)
+  TALLY = {}
+  for i, name in ipairs(names) do TALLY[name] = int_arg(values[first + i - 1], MAX_INT) or 0 end
+end
+
+-- tallies: the names of the event counters the script may add to (read with the counters)
+local function load_counters(op, tallies)
   local v = redis.call('HMGET', META, 'token_count', 'message_count', 'nb_count', 'nb_tokens', 'nb_last', 'nb_ops',
-    unpack(TALLIES))
+    unpack(tallies))
   OPS = v[6]
-  load_tallies(v, 7)
+  load_tallies(tallies, v, 7)
   local previous = recorded(OPS, op)
   if previous then return 0, 0, false, previous end
   local len = redis.call('LLEN', LIST)
@@ -118,11 +137,11 @@ local function load_counters(op)
 end
 
 -- The recorded result of a re-sent call (see load_counters), for scripts that do not load the counters.
-local function replayed(op)
+local function replayed(op, tallies)
   if op == '' then return nil end
-  local v = redis.call('HMGET', META, 'nb_ops', unpack(TALLIES))
+  local v = redis.call('HMGET', META, 'nb_ops', unpack(tallies))
   OPS = v[1]
-  load_tallies(v, 2)
+  load_tallies(tallies, v, 2)
   return recorded(OPS, op)
 end
 
@@ -134,12 +153,12 @@ end
 
 -- Record the counters and the fingerprint (see load_counters) after a write, and the call's result under
 -- its operation id; returns the result. last: the id now at the tail when the caller knows it (nil: read it);
--- tallies: {name = n} added to the TALLIES counters (in the same HSET when load_counters read them).
+-- tallies: {name = n} added to the event counters (in the same HSET when load_counters read them).
 local function save_counters(count, tokens, op, result, last, tallies)
   local fields = {'message_count', count, 'token_count', tokens, 'nb_count', count, 'nb_tokens', tokens,
     'nb_last', last or tail_id()}
   for name, n in pairs(tallies or {}) do
-    if n > 0 and TALLY then
+    if n > 0 and TALLY and TALLY[name] then
       fields[#fields + 1] = name
       fields[#fields + 1] = TALLY[name] + n
     elseif n > 0 then
@@ -148,9 +167,10 @@ local function save_counters(count, tokens, op, result, last, tallies)
   end
   if op and op ~= '' then
     if OPS == nil then OPS = redis.call('HGET', META, 'nb_ops') end  -- not read yet (no script writes it between)
-    local ops = '\n' .. op .. '\t' .. cjson.encode(result) .. (OPS or '')
-    if #ops > OPS_KEPT_BYTES then  -- drop the oldest entries, whole
-      ops = string.sub(ops, 1, (string.match(string.sub(ops, 1, OPS_KEPT_BYTES + 1), '.*()\n') or 1) - 1)
+    local ops = (OPS or '') .. '\n' .. op .. '\t' .. int_list(result)
+    if #ops > OPS_KEPT_BYTES then  -- drop the oldest entries, whole: keep from the first entry that fits
+      local at = string.find(ops, '\n', #ops - OPS_KEPT_BYTES + 1, true)
+      ops = at and string.sub(ops, at) or ''
     end
     fields[#fields + 1] = 'nb_ops'
     fields[#fields + 1] = ops
@@ -163,10 +183,12 @@ local function foreign_error()
   return redis.error_reply('FOREIGN_DATA this memory was written by another tool and must be adopted first')
 end
 
+-- Returns true when the archive was created by this call (it needs its TTL).
 local function archive(raws, archive_max)
-  if archive_max <= 0 or #raws == 0 then return end
+  if archive_max <= 0 or #raws == 0 then return false end
   local len = push_all(ARCHIVE, raws, true)
   if len > archive_max then redis.call('LTRIM', ARCHIVE, 0, archive_max - 1) end
+  return len == #raws
 end
 
 local function forget_ids(ids, track)
@@ -183,6 +205,13 @@ local function bump_roles(deltas)
   for role, n in pairs(deltas) do
     if n ~= 0 then redis.call('HINCRBY', META, 'role:' .. role, n) end
   end
+end
+
+-- An append refreshes the TTL only once more than TTL_SLACK of it has run (1 % of the TTL, at most a minute): a
+-- busy memory re-expires its keys about once a minute instead of on every message, and still expires between
+-- TTL - 1 min and TTL after its last write. (Compozy re-expires when less than half the TTL is left.)
+local function ttl_slack(ttl_ms)
+  return math.min(math.floor(ttl_ms / 100), 60000)
 end
 
 local function expire_all(ttl_ms, track)

@@ -11,10 +11,10 @@ local op = ARGV[1]
 local mode, ttl_s, max_messages_s, max_tokens_s, archive_max_s, track_s =
   string.match(ARGV[2], '^(%l+)\t(%d+)\t(%d+)\t(%d+)\t(%d+)\t([01])$')
 if mode ~= 'append' and mode ~= 'replace' then return arg_error('config (mode and limits)') end
-local ttl_ms = int_arg(ttl_s, MAX_TTL_MS)
-local max_messages = int_arg(max_messages_s, MAX_INT)
-local max_tokens = int_arg(max_tokens_s, MAX_INT)
-local archive_max = int_arg(archive_max_s, MAX_INT)
+local ttl_ms = digits_arg(ttl_s, MAX_TTL_MS)
+local max_messages = digits_arg(max_messages_s, MAX_INT)
+local max_tokens = digits_arg(max_tokens_s, MAX_INT)
+local archive_max = digits_arg(archive_max_s, MAX_INT)
 local track = track_s == '1'
 local n = int_arg(ARGV[3], MAX_INT)
 local FIRST = 4
@@ -26,9 +26,9 @@ if not n or #ARGV ~= FIRST - 1 + n * 4 then return arg_error('n') end
 
 local count, tokens, fresh, previous = 0, 0, true, nil
 if mode == 'replace' then
-  previous = replayed(op)
+  previous = replayed(op, {'evicted_count'})
 else
-  count, tokens, fresh, previous = load_counters(op)
+  count, tokens, fresh, previous = load_counters(op, {'evicted_count'})
   if count == nil then return foreign_error() end
 end
 if previous then return previous end
@@ -149,6 +149,14 @@ if not satisfied() then
     .. 'every older non-system message (system messages are never evicted)')
 end
 
+-- the TTL left, read before the writes: an append within TTL_SLACK of the last refresh leaves it (see ttl_slack)
+local refresh = ttl_ms > 0
+local pttl = 0
+if refresh and mode ~= 'replace' and not fresh and prefix_len < count then  -- (a list emptied here is re-created)
+  pttl = redis.call('PTTL', LIST)
+  refresh = pttl < ttl_ms - ttl_slack(ttl_ms) or pttl > ttl_ms  -- (or the TTL was shortened since)
+end
+
 -- apply (every check is above: nothing was written so far)
 if mode == 'replace' then
   redis.call('DEL', LIST, IDS, ACCESS)
@@ -176,7 +184,7 @@ for i, m in ipairs(new) do
 end
 push_all(LIST, kept, false)
 add_ids(stored_ids)
-archive(evicted_raws, archive_max)
+local archive_created = archive(evicted_raws, archive_max)
 forget_ids(evicted_ids, track)
 bump_roles(roles)
 
@@ -189,7 +197,13 @@ local last = nil
 if mode ~= 'replace' then last = stored_ids[#stored_ids] end
 local result = save_counters(new_count, new_tokens, op,
   {#new, new_count, new_tokens, removed_msgs, duplicates, removed_tokens}, last, {evicted_count = removed_msgs})
-expire_all(ttl_ms, track)
+if refresh then
+  expire_all(ttl_ms, track)
+elseif pttl > 0 then  -- every key gets the list's TTL: the ids set (it may have been evicted by maxmemory and
+  -- re-created by SADD), and the archive when this call created it; the metadata exists (it matched the fingerprint)
+  redis.call('PEXPIRE', IDS, pttl)
+  if archive_created then redis.call('PEXPIRE', ARCHIVE, pttl) end
+end
 for i, m in ipairs(new) do if drop_new[i] then evicted_ids[#evicted_ids + 1] = m.id end end
 log_event({appended = #kept, ids = stored_ids, evicted = removed_msgs, evicted_ids = evicted_ids,
   duplicates = duplicates, messages = new_count, tokens = new_tokens})

@@ -26,7 +26,7 @@ if summary_raw ~= '' and summary_id == '' then return arg_error('summary_id') en
 if ARGV[8] ~= '0' and ARGV[8] ~= '1' then return arg_error('track_access') end
 if not n or #ARGV ~= FIRST - 1 + n then return arg_error('n') end
 
-local count, tokens, _, previous = load_counters(op)
+local count, tokens, _, previous = load_counters(op, {'flush_count', 'summary_count'})
 if count == nil then return foreign_error() end
 if previous then return previous end
 local wanted = {}
