@@ -143,6 +143,13 @@ def _translated(exc: BaseException, operation: str, key: str | None) -> CompozyN
                 operation=operation,
                 key=key,
             )
+        if isinstance(exc, redis.exceptions.NoPermissionError) or "NOPERM" in text or "can't run this command" in text:
+            return MemoryOperationError(
+                f"{operation} failed: the Redis user may not run a command it needs ({text}); grant the commands "
+                "listed under 'ACL user' in docs/deployment/memory-tasks-rollout.md",
+                operation=operation,
+                key=key,
+            )
         if "INVALID_ARGUMENT" in text:
             detail = text.split("INVALID_ARGUMENT", 1)[1].strip()
             return MemoryOperationError(f"{operation} failed: {detail}", operation=operation, key=key)
