@@ -207,7 +207,7 @@ local function bump_roles(deltas)
   end
 end
 
--- An append refreshes the TTL only once more than TTL_SLACK of it has run (1 % of the TTL, at most a minute): a
+-- An append refreshes the TTL only once more than ttl_slack() of it has run (1 % of the TTL, at most a minute): a
 -- busy memory re-expires its keys about once a minute instead of on every message, and still expires between
 -- TTL - 1 min and TTL after its last write. (Compozy re-expires when less than half the TTL is left.)
 local function ttl_slack(ttl_ms)

@@ -149,7 +149,7 @@ if not satisfied() then
     .. 'every older non-system message (system messages are never evicted)')
 end
 
--- the TTL left, read before the writes: an append within TTL_SLACK of the last refresh leaves it (see ttl_slack)
+-- the TTL left, read before the writes: an append within ttl_slack() of the last refresh leaves it
 local refresh = ttl_ms > 0
 local pttl = 0
 if refresh and mode ~= 'replace' and not fresh and prefix_len < count then  -- (a list emptied here is re-created)
