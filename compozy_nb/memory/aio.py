@@ -35,7 +35,7 @@ from compozy_nb.memory.outputs import (
     WriteOutput,
 )
 from compozy_nb.memory.steps import Command, Runner, Script, Step, Steps, Work
-from compozy_nb.memory.store import READ_ONLY_SCRIPTS, ForeignDataError, redis_errors, script_sha, script_source
+from compozy_nb.memory.store import ForeignDataError, redis_errors, script_sha, script_source
 
 T = TypeVar("T")
 
@@ -215,8 +215,7 @@ class AsyncMemory:
 
     async def _script(self, name: str, args: Sequence[Any], operation: str, strategy: str | None = None) -> Any:
         mem = self.instance
-        keys = mem._script_keys.get(name, mem._keys)
-        args = args if name in READ_ONLY_SCRIPTS else [*args, mem._log_arg(operation, strategy)]
+        keys, args = mem._script_input(name, args, operation, strategy)
         client = self.client
         state = _state(client)
         async with state.limit:

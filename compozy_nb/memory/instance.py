@@ -178,9 +178,16 @@ class MemoryInstance:
         return OperationResult({"operation": operation, "key": self.key, **values}, limits=self.runtime.display_limits)
 
     def _run(self, script: str, args: Sequence[Any], operation: str, strategy: str | None = None) -> Any:
-        args = args if script in READ_ONLY_SCRIPTS else [*args, self._log_arg(operation, strategy)]
-        keys = self._script_keys.get(script, self._keys)
+        keys, args = self._script_input(script, args, operation, strategy)
         return self._scripts.run(script, keys, args, operation=operation, key=self.key)
+
+    def _script_input(
+        self, script: str, args: Sequence[Any], operation: str, strategy: str | None = None
+    ) -> tuple[Sequence[bytes], Sequence[Any]]:
+        """The KEYS and ARGV a script is sent, on either transport: the keys it uses (store.SCRIPT_KEYS), and a
+        write script's arguments followed by its operation log argument."""
+        keys = self._script_keys.get(script, self._keys)
+        return keys, (args if script in READ_ONLY_SCRIPTS else [*args, self._log_arg(operation, strategy)])
 
     def _log_arg(self, operation: str, strategy: str | None = None) -> str:
         """The last argument of a write script: its operation log entry's settings (memory/log.py)."""

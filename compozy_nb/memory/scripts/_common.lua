@@ -7,21 +7,19 @@ local MAX_INT = 9007199254740991   -- 2^53 - 1: exact in Lua numbers, JSON and R
 local MAX_TTL_MS = 3153600000000   -- 100 years, as config/durations.py MAX_DURATION_SECONDS
 local CHUNK = 500                  -- values per variadic command (Lua's unpack() fails above ~8,000)
 
--- A non-negative integer argument within [0, hi], or nil. Refuses '1e+17', '.5', '-1', 'nan' and friends
--- (numbers Lua would print in exponent form, which PEXPIRE and friends refuse after earlier writes).
-local function int_arg(value, hi)
-  if type(value) ~= 'string' or #value > 16 or not string.match(value, '^%d+$') then return nil end
-  local v = tonumber(value)
-  if v > hi then return nil end
-  return v
-end
-
 -- int_arg for a value a pattern already matched as digits: only the bound is left to check (a run of digits
 -- too long for exactness reads as a number above any bound).
 local function digits_arg(digits, hi)
   local v = tonumber(digits)
   if v and v <= hi then return v end
   return nil
+end
+
+-- A non-negative integer argument within [0, hi], or nil. Refuses '1e+17', '.5', '-1', 'nan' and friends
+-- (numbers Lua would print in exponent form, which PEXPIRE and friends refuse after earlier writes).
+local function int_arg(value, hi)
+  if type(value) ~= 'string' or #value > 16 or not string.match(value, '^%d+$') then return nil end
+  return digits_arg(value, hi)
 end
 
 local function arg_error(name)
